@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from joulebench import data
+
+
+def test_digits_is_the_real_dataset():
+    images, labels, classes = data.load_digits_source()
+    assert images.shape == (1797, 1, 8, 8)
+    assert images.dtype == np.float32 and images.min() >= 0.0 and images.max() <= 1.0
+    assert classes == [str(i) for i in range(10)]
+    assert np.bincount(labels).min() >= 170
+
+
+def test_split_is_disjoint_stratified_and_seeded(digits_arrays):
+    arrays, _ = digits_arrays
+    sizes = [len(arrays[f"{s}_y"]) for s in data.SPLITS]
+    assert sum(sizes) == 1797
+    assert sizes[2] == pytest.approx(0.2 * 1797, abs=1)
+    assert sizes[1] == pytest.approx(0.15 * 1797, abs=2)
+    # Stratified: every class share in test within one image of the overall share.
+    overall = np.bincount(np.concatenate([arrays[f"{s}_y"] for s in data.SPLITS])) / 1797
+    test_counts = np.bincount(arrays["test_y"])
+    assert np.all(np.abs(test_counts - overall * sizes[2]) <= 1.0)
+    # Disjoint: no image appears in two splits.
+    keys = {s: {img.tobytes() for img in arrays[f"{s}_x"]} for s in data.SPLITS}
+    assert not keys["train"] & keys["test"]
+    images, labels, _ = data.load_digits_source()
+    again = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    assert all(np.array_equal(arrays[k], again[k]) for k in arrays)
+
+
+def make_image_tree(root, classes=("cat", "dog"), per_class=3, size=(6, 6)):
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, size=(*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+
+
+def test_imagefolder_loads_real_files(tmp_path):
+    make_image_tree(tmp_path)
+    images, labels, classes = data.load_imagefolder_source(str(tmp_path))
+    assert images.shape == (6, 3, 6, 6)
+    assert classes == ["cat", "dog"]
+    assert list(labels) == [0, 0, 0, 1, 1, 1]
+
+
+def test_imagefolder_missing_root_names_the_path(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(data.DatasetError, match="nope.*does not exist"):
+        data.load_imagefolder_source(str(missing))
+
+
+def test_torchvision_missing_root_without_download(tmp_path):
+    with pytest.raises(data.DatasetError, match="does not exist.*download: true"):
+        data.load_torchvision_source("CIFAR10", str(tmp_path / "cifar"), download=False)
+
+
+def test_torchvision_reads_a_local_mnist_root(tmp_path):
+    # A real MNIST on-disk layout (raw idx files), written by hand with 4 train and 2 test images.
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+
+    def idx(path, magic, array):
+        header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+        path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+    for prefix, n in (("train", 4), ("t10k", 2)):
+        idx(raw / f"{prefix}-images-idx3-ubyte", 2051, np.full((n, 28, 28), 255))
+        idx(raw / f"{prefix}-labels-idx1-ubyte", 2049, np.arange(n) % 2)
+    images, labels, classes = data.load_torchvision_source("MNIST", str(tmp_path), download=False)
+    assert images.shape == (6, 1, 28, 28)
+    assert images.max() == 1.0
+    assert list(labels) == [0, 1, 0, 1, 0, 1]
+    assert len(classes) == 10

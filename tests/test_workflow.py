@@ -1,0 +1,132 @@
+"""The real workflow, run by Snakemake on a tiny config in a temporary directory."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT, run_snakemake, tiny_config
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+VARIANTS = ["baseline", "bf16", "distill_w8", "fp16", "int8_dynamic", "prune80"]
+
+
+def test_every_output_exists_with_sane_values(tiny_run):
+    workdir, config, _ = tiny_run
+    report = workdir / "results" / "report"
+    for name in ("results.csv", "summary.csv", "summary.md", "pareto.png", "pareto.pdf"):
+        assert (report / name).stat().st_size > 0, name
+    table = pd.read_csv(report / "results.csv")
+    assert sorted(table["variant"]) == VARIANTS
+    assert set(table["seed"]) == {0}
+    assert table["test_accuracy"].between(0.5, 1.0).all()
+    assert (table["own_energy_j"] > 0).all() and (table["pipeline_energy_j"] > 0).all()
+    assert set(table["own_energy_source"]) == {"estimate:green-algorithms"}
+    assert not table["pipeline_energy_measured"].any()
+    rows = table.set_index("variant")
+    # Claims of each variant, visible in the evaluation.
+    assert rows.loc["prune80", "nonzero_params"] < 0.3 * rows.loc["baseline", "nonzero_params"]
+    assert rows.loc["distill_w8", "params"] < rows.loc["baseline", "params"] / 3
+    assert rows.loc["int8_dynamic", "size_bytes"] < 0.5 * rows.loc["baseline", "size_bytes"]
+    assert rows.loc["bf16", "precision"] == "bf16"
+    assert rows.loc["fp16", "precision"] in ("fp16", "bf16")
+    # Lineage energy: a compressed model carries the baseline that it was made from.
+    for variant in ("prune80", "int8_dynamic", "distill_w8"):
+        assert rows.loc[variant, "pipeline_energy_j"] > rows.loc["baseline", "pipeline_energy_j"]
+    assert (rows["macs"] > 0).all() and (rows["flops"] == 2 * rows["macs"]).all()
+    assert (rows["latency_p95_ms"] >= rows["latency_p50_ms"]).all()
+    summary = (report / "summary.md").read_text()
+    assert "Pareto-optimal" in summary and "estimated" in summary
+    assert "does **not** save" in summary  # on CPU, compression never saves the energy to produce
+
+
+def test_energy_records_and_histories(tiny_run):
+    workdir, config, _ = tiny_run
+    records = list((workdir / "results").rglob("energy.json"))
+    # data + 6 producing rules + 6 evaluations
+    assert len(records) == 13
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["schema"] == "joulebench.energy/1"
+        assert record["measured"] is False and record["joules"] > 0
+        assert record["source"] == "estimate:green-algorithms"
+        assert record["estimate"]["power_per_core_w"] == config["energy"]["estimate"]["power_per_core_w"]
+        assert record["zeus_version"] == "0.16.0"
+        assert record["windows"], path
+    history = pd.read_csv(workdir / "results/models/digits/small_cnn/baseline/seed0/history.csv")
+    assert list(history["epoch"]) == [1]
+    log = (workdir / "logs/train_model/digits/small_cnn/baseline/seed0.log").read_text()
+    assert "epoch 1/1 loss" in log
+
+
+def test_second_run_has_nothing_to_do(tiny_run):
+    workdir, config, _ = tiny_run
+    result = run_snakemake(workdir, config)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_dry_run_has_no_warnings(tmp_path):
+    result = run_snakemake(tmp_path, tiny_config(), "-n")
+    output = result.stdout + result.stderr
+    assert "warning" not in output.lower(), output
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda c: c.update(colour="blue"),
+            "Additional properties are not allowed ('colour' was unexpected)",
+        ),
+        (lambda c: c["training"].update(epochs="five"), "'five' is not of type 'integer'"),
+        (lambda c: c["training"].update(epochs=0), "0 is less than the minimum of 1"),
+        (lambda c: c.update(seeds=[]), "[] should be non-empty"),
+        (
+            lambda c: c["variants"]["prune80"].update(sparsity=1.5),
+            "1.5 is greater than or equal to the maximum",
+        ),
+        (
+            lambda c: c["variants"]["prune80"].update(**{"from": "ghost"}),
+            "variants.prune80.from: unknown variant",
+        ),
+        (lambda c: c.update(models=["vgg99"]), "'vgg99' is not one of"),
+    ],
+)
+def test_bad_config_stops_before_any_job(tmp_path, change, message):
+    config = tiny_config()
+    change(config)
+    result = run_snakemake(tmp_path, config, check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_shipped_config_is_valid_and_builds_the_full_dag(tmp_path):
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    result = run_snakemake(tmp_path, config, "-n", "--quiet", "rules")
+    assert "evaluate_model" in result.stdout
+
+
+def tool(name, *args):
+    """Run a tool installed beside this Python (the project's venv)."""
+    return subprocess.run([str(BIN / name), *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_snakemake_lint_is_clean():
+    result = tool("snakemake", "--lint", "--cores", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_and_snakefmt_pass():
+    for command in (
+        ("ruff", "check", "."),
+        ("ruff", "format", "--check", "."),
+        ("snakefmt", "--check", "Snakefile", "workflow/rules"),
+    ):
+        result = tool(*command)
+        assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout}{result.stderr}"

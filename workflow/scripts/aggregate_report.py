@@ -1,0 +1,11 @@
+from pathlib import Path
+
+from joulebench.stages import aggregate_results, start_rule_logging
+
+start_rule_logging(snakemake.log[0], snakemake.threads)
+aggregate_results(
+    snakemake.params.entries,
+    snakemake.params.variants,
+    snakemake.input.data_energy,
+    Path(snakemake.output.table).parent,
+)

@@ -1,0 +1,1 @@
+"""joulebench: measure what Green-AI techniques buy, in accuracy and joules."""

@@ -1,0 +1,32 @@
+"""Checks a JSON schema cannot express; run right after schema validation, before any job."""
+
+BASELINE = "baseline"
+
+
+class ConfigError(ValueError):
+    """A config problem, named by its key, with what to do about it."""
+
+
+def check_config(config: dict) -> None:
+    variants = config["variants"]
+    for name, variant in variants.items():
+        parent = variant.get("from", BASELINE)
+        if variant["technique"] == "precision" and "from" in variant:
+            raise ConfigError(f"variants.{name}.from: precision variants train from scratch; remove 'from'")
+        if parent != BASELINE and parent not in variants:
+            raise ConfigError(
+                f"variants.{name}.from: unknown variant {parent!r}; use baseline or one of {sorted(variants)}"
+            )
+        seen = [name]
+        while parent != BASELINE:
+            if parent in seen:
+                raise ConfigError(
+                    f"variants.{name}.from: the chain {' -> '.join([*seen, parent])} is a cycle"
+                )
+            seen.append(parent)
+            parent = variants[parent].get("from", BASELINE)
+    dataset = config["dataset"]
+    if dataset["source"] != "sklearn-digits" and "root" not in dataset:
+        raise ConfigError(f"dataset.root: required for source {dataset['source']!r}; set the local directory")
+    if dataset["val_fraction"] + dataset["test_fraction"] >= 0.9:
+        raise ConfigError("dataset.val_fraction + dataset.test_fraction must leave at least 10% for training")

@@ -1,0 +1,14 @@
+from pathlib import Path
+
+from joulebench.stages import prune_variant, start_rule_logging
+
+start_rule_logging(snakemake.log[0], snakemake.threads)
+prune_variant(
+    snakemake.input.splits,
+    Path(snakemake.input.model).parent,
+    snakemake.params.variant,
+    snakemake.params.training,
+    int(snakemake.wildcards.seed),
+    snakemake.params.energy,
+    Path(snakemake.output.model).parent,
+)

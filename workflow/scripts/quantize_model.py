@@ -1,0 +1,11 @@
+from pathlib import Path
+
+from joulebench.stages import quantize_variant, start_rule_logging
+
+start_rule_logging(snakemake.log[0], snakemake.threads)
+quantize_variant(
+    Path(snakemake.input.model).parent,
+    snakemake.params.variant,
+    snakemake.params.energy,
+    Path(snakemake.output.model).parent,
+)
