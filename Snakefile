@@ -5,6 +5,7 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/energy.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/compress.smk"
@@ -12,7 +13,13 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Light rules run on the submit host under a cluster executor instead of waiting in the queue.
+localrules:
+    aggregate_report,
+
+
 rule all:
     default_target: True
     input:
         report_outputs(),
+        data_outputs(),

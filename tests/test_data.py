@@ -29,6 +29,9 @@ def test_split_is_disjoint_stratified_and_seeded(digits_arrays):
     images, labels, _ = data.load_digits_source()
     again = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
     assert all(np.array_equal(arrays[k], again[k]) for k in arrays)
+    # Ids point back at the source image.
+    assert np.array_equal(images[arrays["test_id"]], arrays["test_x"])
+    assert sorted(np.concatenate([arrays[f"{s}_id"] for s in data.SPLITS])) == list(range(1797))
 
 
 def make_image_tree(root, classes=("cat", "dog"), per_class=3, size=(6, 6)):
@@ -42,10 +45,31 @@ def make_image_tree(root, classes=("cat", "dog"), per_class=3, size=(6, 6)):
 
 def test_imagefolder_loads_real_files(tmp_path):
     make_image_tree(tmp_path)
-    images, labels, classes = data.load_imagefolder_source(str(tmp_path))
-    assert images.shape == (6, 3, 6, 6)
-    assert classes == ["cat", "dog"]
-    assert list(labels) == [0, 0, 0, 1, 1, 1]
+    source = data.load_imagefolder_source(str(tmp_path))
+    assert source.images.shape == (6, 3, 6, 6)
+    assert source.classes == ["cat", "dog"]
+    assert list(source.labels) == [0, 0, 0, 1, 1, 1]
+    assert source.names[0] == "cat/0.png" and source.rejected == []
+
+
+def test_imagefolder_outliers_are_errors_or_rejected_items(tmp_path):
+    make_image_tree(tmp_path)
+    Image.fromarray(np.zeros((9, 9, 3), dtype=np.uint8)).save(tmp_path / "cat" / "big.png")
+    Image.fromarray(np.zeros((6, 6), dtype=np.uint8)).save(tmp_path / "dog" / "grey.png")
+    with pytest.raises(data.DatasetError, match=r"big.png has size \(9, 9\), expected \(6, 6\)"):
+        data.load_imagefolder_source(str(tmp_path))
+    source = data.load_imagefolder_source(str(tmp_path), skip_unusable=True)
+    assert len(source.labels) == 6
+    assert {(r["item"], r["reason"]) for r in source.rejected} == {
+        ("cat/big.png", "wrong_size"),
+        ("dog/grey.png", "wrong_mode"),
+    }
+
+
+def test_imagefolder_without_class_folders_says_what_is_expected(tmp_path):
+    Image.fromarray(np.zeros((6, 6, 3), dtype=np.uint8)).save(tmp_path / "loose.png")
+    with pytest.raises(data.DatasetError, match="expected root/<class>/<image>"):
+        data.load_imagefolder_source(str(tmp_path))
 
 
 def test_imagefolder_missing_root_names_the_path(tmp_path):

@@ -1,14 +1,33 @@
-import itertools
+"""The report's logic on hand-made records: table, statistics, Pareto sets, decisions, outputs."""
+
+import math
 import random
 
+import pandas as pd
 import pytest
 
-from joulebench.report import lineage, pareto_mask, pipeline_joules
+from joulebench import io
+from joulebench.report import build_table, lineage, read_histories, stage_joules, write_report
+from joulebench.report_decisions import (
+    break_even,
+    break_even_table,
+    cheapest_meeting_target,
+    decide,
+    most_accurate_within_budget,
+)
+from joulebench.report_stats import mean_ci, pareto_mask, summarize
+from joulebench.report_tables import latex_escape, latex_table, paper_table, summary_markdown
 
 VARIANTS = {
-    "prune80": {"technique": "prune", "sparsity": 0.8},
-    "int8_of_prune": {"technique": "quantize", "from": "prune80"},
-    "fp16": {"technique": "precision"},
+    "prune80": {"technique": "prune", "sparsity": 0.8, "finetune_epochs": 1},
+    "int8_of_prune": {"technique": "quantize", "method": "int8_dynamic", "from": "prune80"},
+    "fp16": {"technique": "precision", "precision": "fp16"},
+}
+RULES = {
+    "baseline": "train_model",
+    "fp16": "train_model",
+    "prune80": "prune_model",
+    "int8_of_prune": "quantize_model",
 }
 
 
@@ -24,25 +43,325 @@ def brute_force_pareto(points):
     return optimal
 
 
-@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("seed", range(30))
 def test_pareto_mask_matches_brute_force(seed):
     rng = random.Random(seed)
+    # Few distinct values so ties and duplicates are common.
     points = [
         (rng.choice([0.9, 0.95, 0.97, rng.random()]), rng.choice([10.0, 20.0, rng.random() * 30]))
-        for _ in range(12)
+        for _ in range(rng.randint(1, 15))
     ]
     accuracy, energy = zip(*points, strict=True)
     assert pareto_mask(accuracy, energy) == brute_force_pareto(points)
 
 
-def test_lineage_and_pipeline_energy_follow_chains():
-    assert lineage("int8_of_prune", VARIANTS) == ["int8_of_prune", "prune80", "baseline"]
-    assert lineage("fp16", VARIANTS) == ["fp16"]  # trained from scratch
-    own = {(v, 0): {"joules": j} for v, j in [("baseline", 100.0), ("prune80", 30.0), ("int8_of_prune", 2.0)]}
-    assert pipeline_joules("int8_of_prune", 0, own, VARIANTS, data_joules=5.0) == pytest.approx(137.0)
-    assert pipeline_joules("baseline", 0, own, VARIANTS, data_joules=5.0) == pytest.approx(105.0)
-
-
 def test_pareto_ties_are_all_optimal():
     assert pareto_mask([0.9, 0.9], [5.0, 5.0]) == [True, True]
-    assert list(itertools.compress("ab", pareto_mask([0.9, 0.8], [5.0, 5.0]))) == ["a"]
+    assert pareto_mask([0.9, 0.8], [5.0, 5.0]) == [True, False]
+    assert pareto_mask([0.9, 0.9], [5.0, 4.0]) == [False, True]
+
+
+def test_mean_ci_is_the_student_t_interval():
+    # [1, 2, 3]: mean 2, sd 1, t(0.975, df=2) = 4.302652729911275 (t tables).
+    mean, half_width, n = mean_ci([1.0, 2.0, 3.0])
+    assert (mean, n) == (2.0, 3)
+    assert half_width == pytest.approx(4.302652729911275 / math.sqrt(3))
+    # Two seeds: t(0.975, df=1) = 12.706204736174707; sd of [0.9, 0.94] is 0.02 * sqrt(2).
+    mean, half_width, n = mean_ci([0.9, 0.94])
+    assert mean == pytest.approx(0.92)
+    assert half_width == pytest.approx(12.706204736174707 * 0.02 * math.sqrt(2) / math.sqrt(2))
+
+
+def test_mean_ci_gives_no_interval_for_one_value_and_ignores_missing():
+    assert mean_ci([0.8]) == (0.8, None, 1)
+    assert mean_ci([0.8, float("nan")]) == (0.8, None, 1)
+    mean, half_width, n = mean_ci([])
+    assert math.isnan(mean) and half_width is None and n == 0
+    assert mean_ci([5.0, 5.0, 5.0]) == (5.0, 0.0, 3)
+
+
+def test_lineage_follows_the_rule_that_made_each_model():
+    assert lineage("int8_of_prune", VARIANTS, RULES.get) == ["int8_of_prune", "prune80", "baseline"]
+    assert lineage("fp16", VARIANTS, RULES.get) == ["fp16"]  # trained from scratch
+    assert lineage("baseline", VARIANTS, RULES.get) == ["baseline"]
+
+
+def test_stage_joules_attributes_each_record_to_its_rule():
+    chain = [{"rule": "quantize_model", "joules": 2.0}, {"rule": "prune_model", "joules": 30.0}]
+    chain.append({"rule": "train_model", "joules": 100.0})
+    stages = stage_joules([{"rule": "prepare_dataset", "joules": 5.0}], chain, {"joules": 7.0})
+    assert stages == {
+        "energy_data_j": 5.0,
+        "energy_train_j": 100.0,
+        "energy_compress_j": 32.0,
+        "energy_evaluate_j": 7.0,
+    }
+
+
+# --- hand-made run on disk ----------------------------------------------------------------------
+
+
+def energy_record(rule: str, joules: float, start: float, measured: bool = False) -> dict:
+    """A record shaped like EnergyMeter.record(), estimated unless `measured`."""
+    source = "nvml-counter" if measured else "estimate:green-algorithms"
+    devices = {"gpu0": {"joules": joules, "source": source, "name": "GPU", "device_id": "gpu:A"}}
+    return {
+        "schema": "joulebench.energy/1",
+        "rule": rule,
+        "host": "node1",
+        "slurm_job_id": None,
+        "zeus_version": "0.16.0",
+        "hardware": {},
+        "start_unix": start,
+        "end_unix": start + 1.0,
+        "wall_time_s": 1.0,
+        "measured": measured,
+        "joules": joules,
+        "source": source,
+        "short_window": False,
+        "short_windows": [],
+        "devices": devices if measured else {},
+        "windows": [],
+    }
+
+
+# (variant, seed) -> (accuracy, joules of its producing rule, inference J per 1k samples)
+RUN = {
+    ("baseline", 0): (0.95, 100.0, 4.0),
+    ("baseline", 1): (0.97, 110.0, 4.2),
+    ("fp16", 0): (0.94, 60.0, 4.1),
+    ("fp16", 1): (0.96, 70.0, 3.9),
+    ("prune80", 0): (0.93, 30.0, 2.0),
+    ("prune80", 1): (0.95, 34.0, 2.2),
+    ("int8_of_prune", 0): (0.92, 2.0, 1.0),
+    ("int8_of_prune", 1): (0.92, 2.0, 1.2),
+}
+
+
+@pytest.fixture
+def hand_made_run(tmp_path):
+    """Files as the workflow leaves them for one model, four variants, two seeds."""
+    entries = []
+    start = 1000.0
+    for (variant, seed), (acc, joules, inference) in RUN.items():
+        model_dir = tmp_path / "models" / variant / f"seed{seed}"
+        eval_dir = tmp_path / "eval" / variant / f"seed{seed}"
+        metrics = {
+            "test_accuracy": acc,
+            "params": 1000,
+            "nonzero_params": 200 if "prune" in variant else 1000,
+            "size_bytes": 4000 if variant != "int8_of_prune" else 1500,
+            "macs": 50000,
+            "flops": 100000,
+            "latency_p50_ms": 1.0,
+            "latency_p95_ms": 1.5,
+            "throughput_per_s": 900.0,
+            "inference_joules_per_1k": inference,
+            "inference_energy_source": "estimate:green-algorithms",
+            "precision": "fp16" if variant == "fp16" else "fp32",
+        }
+        io.write_json(eval_dir / "metrics.json", metrics)
+        io.write_json(eval_dir / "energy.json", energy_record("evaluate_model", 3.0, start + 0.5))
+        io.write_json(model_dir / "energy.json", energy_record(RULES[variant], joules, start))
+        if variant != "int8_of_prune":
+            history = pd.DataFrame(
+                {
+                    "epoch": [1, 2],
+                    "val_accuracy": [acc - 0.1, acc],
+                    "cumulative_joules": [joules / 2, joules],
+                    "energy_source": ["estimate:green-algorithms"] * 2,
+                }
+            )
+            io.write_csv(model_dir / "history.csv", history)
+        start += 10.0
+        entries.append(
+            {
+                "dataset": "digits",
+                "model": "small_cnn",
+                "variant": variant,
+                "seed": seed,
+                "metrics": str(eval_dir / "metrics.json"),
+                "energy": str(model_dir / "energy.json"),
+                "eval_energy": str(eval_dir / "energy.json"),
+            }
+        )
+    data_energy = energy_record("prepare_dataset", 5.0, 0.0)
+    return entries, data_energy
+
+
+def test_build_table_has_stage_energy_and_lineage(hand_made_run):
+    entries, data_energy = hand_made_run
+    table = build_table(entries, VARIANTS, data_energy).set_index(["variant", "seed"])
+    assert len(table) == len(RUN)
+    row = table.loc[("int8_of_prune", 1)]
+    # quantization (2) + pruning (34) + baseline training (110) + data (5), all of seed 1
+    assert row["energy_compress_j"] == pytest.approx(36.0)
+    assert row["energy_train_j"] == pytest.approx(110.0)
+    assert row["energy_data_j"] == pytest.approx(5.0)
+    assert row["energy_evaluate_j"] == pytest.approx(3.0)
+    assert row["pipeline_energy_j"] == pytest.approx(151.0)
+    assert row["parent"] == "prune80" and row["producing_rule"] == "quantize_model"
+    fp16 = table.loc[("fp16", 0)]
+    assert fp16["pipeline_energy_j"] == pytest.approx(65.0) and fp16["energy_compress_j"] == 0.0
+    assert pd.isna(fp16["parent"])
+    assert not table["pipeline_energy_measured"].any()
+    assert set(table["pipeline_energy_sources"]) == {"estimate:green-algorithms"}
+
+
+def test_read_histories_starts_each_curve_where_its_lineage_ended(hand_made_run):
+    entries, data_energy = hand_made_run
+    table = build_table(entries, VARIANTS, data_energy)
+    curves = read_histories(entries, table)
+    assert "int8_of_prune" not in set(curves["variant"])  # post-training: no curve
+    prune = curves[(curves["variant"] == "prune80") & (curves["seed"] == 0)]
+    # data 5 + baseline 100 before pruning starts; then 15 and 30 J of fine-tuning
+    assert list(prune["energy_from_data_j"]) == pytest.approx([120.0, 135.0])
+    assert not curves["measured"].any()
+
+
+def test_summarize_gives_means_intervals_and_fronts(hand_made_run):
+    entries, data_energy = hand_made_run
+    summary = summarize(build_table(entries, VARIANTS, data_energy)).set_index("variant")
+    base = summary.loc["baseline"]
+    assert base["n"] == 2
+    assert base["test_accuracy"] == pytest.approx(0.96)
+    assert base["test_accuracy_ci95"] == pytest.approx(12.706204736174707 * 0.01)
+    assert base["pipeline_energy_j"] == pytest.approx(110.0)
+    assert summary.loc["int8_of_prune", "test_accuracy_ci95"] == 0.0  # identical seeds
+    # fp16 (0.95, 70 J) dominates nothing cheaper; baseline (0.96, 110 J) is most accurate.
+    assert summary["pareto_training"].to_dict() == {
+        "baseline": True,
+        "fp16": True,
+        "int8_of_prune": False,
+        "prune80": False,
+    }
+    assert summary.loc["int8_of_prune", "pareto_inference"]
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+
+def decision_summary(rows):
+    """A summary with just the columns decisions read: (variant, accuracy, energy)."""
+    return pd.DataFrame(
+        [
+            {"dataset": "d", "model": "m", "variant": v, "n": 1, "test_accuracy": a, "pipeline_energy_j": e}
+            for v, a, e in rows
+        ]
+    )
+
+
+def test_cheapest_meeting_target_takes_min_energy_and_keeps_ties():
+    summary = decision_summary([("a", 0.90, 50.0), ("b", 0.95, 80.0), ("c", 0.97, 80.0), ("d", 0.99, 200.0)])
+    assert list(cheapest_meeting_target(summary, 0.95)["variant"]) == ["c"]  # same energy, more accurate
+    assert list(cheapest_meeting_target(summary, 0.90)["variant"]) == ["a"]
+    assert list(cheapest_meeting_target(summary, 0.995)["variant"]) == []  # nobody meets it
+    tied = decision_summary([("x", 0.96, 80.0), ("w", 0.96, 80.0)])
+    assert list(cheapest_meeting_target(tied, 0.95)["variant"]) == ["w", "x"]
+
+
+def test_most_accurate_within_budget_takes_max_accuracy_and_keeps_ties():
+    summary = decision_summary([("a", 0.90, 50.0), ("b", 0.95, 80.0), ("c", 0.95, 70.0), ("d", 0.99, 200.0)])
+    assert list(most_accurate_within_budget(summary, 100.0)["variant"]) == ["c"]  # same accuracy, cheaper
+    assert list(most_accurate_within_budget(summary, 200.0)["variant"]) == ["d"]  # budget is inclusive
+    assert list(most_accurate_within_budget(summary, 10.0)["variant"]) == []
+    tied = decision_summary([("x", 0.96, 80.0), ("w", 0.96, 80.0)])
+    assert list(most_accurate_within_budget(tied, 80.0)["variant"]) == ["w", "x"]
+
+
+def test_decide_reports_both_decisions_as_json_ready_records():
+    summary = decision_summary([("a", 0.90, 50.0), ("b", 0.95, 80.0)])
+    summary["test_accuracy_ci95"] = [None, 0.01]
+    summary["pipeline_energy_j_ci95"] = [float("nan"), 2.0]
+    summary["pipeline_energy_measured"] = [False, False]
+    decisions = decide(summary, {"accuracy_target": 0.92, "energy_budget_j": 60.0})
+    assert [r["variant"] for r in decisions["cheapest_meeting_target"]] == ["b"]
+    assert [r["variant"] for r in decisions["most_accurate_within_budget"]] == ["a"]
+    assert decisions["most_accurate_within_budget"][0]["pipeline_energy_j_ci95"] is None
+    assert decide(summary, {})["cheapest_meeting_target"] == []
+
+
+def test_break_even_arithmetic():
+    # 1000 J more to produce, 0.5 J saved per inference: paid back after 2000 inferences.
+    result = break_even(2000.0, 1000.0, inference_baseline_j=1.0, inference_variant_j=0.5)
+    assert result.inferences == pytest.approx(2000.0)
+    assert result.verdict == "after 2,000 inferences"
+    # 4.1 - 2.1 is 1.9999999999999996 in floating point; the verdict must still say 16,000.
+    assert break_even(142.0, 110.0, 4.1 / 1000, 2.1 / 1000).verdict == "after 16,000 inferences"
+    # Cheaper to produce and per inference: ahead from the start.
+    assert break_even(900.0, 1000.0, 1.0, 0.5).inferences == 0.0
+    # More to produce and no cheaper per inference: never.
+    never = break_even(2000.0, 1000.0, 1.0, 1.0)
+    assert never.inferences is None and never.verdict.startswith("never")
+    assert break_even(2000.0, 1000.0, 1.0, 1.5).inferences is None
+    # Cheaper to produce but dearer per inference: ahead only for the first 100/0.5 = 200.
+    ahead = break_even(900.0, 1000.0, 1.0, 1.5)
+    assert ahead.inferences is None and "first 200 inferences" in ahead.verdict
+
+
+def test_break_even_table_uses_the_same_models_baseline(hand_made_run):
+    entries, data_energy = hand_made_run
+    summary = summarize(build_table(entries, VARIANTS, data_energy))
+    table = break_even_table(summary).set_index("variant")
+    # prune80: 105 + 32 vs 105 J to produce (mean), 2.1 vs 4.1 J/1k inference
+    assert table.loc["prune80", "extra_produce_j"] == pytest.approx(32.0)
+    assert table.loc["prune80", "break_even_inferences"] == pytest.approx(32.0 / (2.0 / 1000))
+    assert table.loc["fp16", "verdict"].startswith("immediately")
+    assert "baseline" not in table.index
+
+
+# --- tables and files --------------------------------------------------------------------------
+
+
+def test_paper_table_marks_intervals_and_estimates(hand_made_run):
+    entries, data_energy = hand_made_run
+    summary = summarize(build_table(entries, VARIANTS, data_energy))
+    header, rows, footnotes = paper_table(summary)
+    assert "Accuracy (%)" in header and "Energy to produce (J)" in header
+    baseline = rows[list(summary["variant"]).index("baseline")]
+    assert baseline[2] == f"96.00 ± {12.706204736174707:.2f}"
+    assert baseline[3].endswith("†")  # estimated energy
+    assert any("Estimated, not measured" in note for note in footnotes)
+    one_seed = summarize(build_table(entries[::2], VARIANTS, data_energy))
+    _, rows, footnotes = paper_table(one_seed)
+    assert rows[0][2].endswith("‡")  # n = 1: no interval, said so
+    assert "‡ one seed, no interval" in footnotes[0]
+
+
+def test_latex_table_is_booktabs_and_escaped():
+    tex = latex_table(["Variant", "Accuracy (%)"], [["int8_of_prune", "92.0 ± 1.0†"]], ["† Estimated."])
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert "int8\\_of\\_prune & 92.0 $\\pm$ 1.0$^\\dagger$ \\\\" in tex
+    assert "Accuracy (\\%)" in tex
+    assert latex_escape("a_b & c") == "a\\_b \\& c"
+
+
+def test_summary_says_when_nothing_meets_the_target(hand_made_run):
+    entries, data_energy = hand_made_run
+    summary = summarize(build_table(entries, VARIANTS, data_energy))
+    settings = {"accuracy_target": 0.99, "energy_budget_j": 1.0}
+    text = summary_markdown(summary, decide(summary, settings), break_even_table(summary))
+    assert "**No variant reaches 99.0% accuracy**" in text
+    assert "**No variant can be produced within 1.0 J**" in text
+    assert "does **not** save energy to produce" in text
+    settings = {"accuracy_target": 0.95, "energy_budget_j": 120.0}
+    text = summary_markdown(summary, decide(summary, settings), break_even_table(summary))
+    assert "Cheapest variant reaching 95.0% accuracy: **small_cnn/fp16**" in text
+    assert "Most accurate variant within 120.0 J to produce: **small_cnn/baseline**" in text
+
+
+def test_write_report_is_byte_identical_on_a_rerun(hand_made_run, tmp_path):
+    entries, data_energy = hand_made_run
+    table = build_table(entries, VARIANTS, data_energy)
+    histories = read_histories(entries, table)
+    settings = {"accuracy_target": 0.95, "energy_budget_j": 120.0}
+    write_report(table, histories, settings, tmp_path / "first")
+    write_report(table, histories, settings, tmp_path / "second")
+    first = sorted(p.name for p in (tmp_path / "first").iterdir())
+    for name in ("accuracy_vs_training_energy.pdf", "training_curves.png", "table.tex", "results.parquet"):
+        assert name in first
+    for name in first:
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
+    pdf = (tmp_path / "first" / "energy_by_stage.pdf").read_bytes()
+    assert b"CreationDate" not in pdf
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "first" / "results.parquet"), table)

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -5,15 +7,23 @@ import torch.nn.functional as F
 from joulebench.energy import EnergyMeter
 from joulebench.models import build_model
 from joulebench.train import (
+    Distillation,
     TrainSettings,
     accuracy,
     distillation_loss,
     effective_precision,
     seed_everything,
     train,
+    training_summary,
 )
 
 RECIPE = {"arch": "small_cnn", "in_channels": 1, "num_classes": 10}
+
+
+def subset(arrays: dict, train: int = 512, val: int = 128) -> dict:
+    """The first samples of train and val: enough to check what runs, cheap on a loaded CPU."""
+    return {**arrays, "train_x": arrays["train_x"][:train], "train_y": arrays["train_y"][:train],
+            "val_x": arrays["val_x"][:val], "val_y": arrays["val_y"][:val]}  # fmt: skip
 
 
 def test_distillation_loss_matches_its_definition():
@@ -61,7 +71,7 @@ def test_training_learns_and_logs_each_epoch(digits_arrays):
 
 
 def test_same_seed_same_weights(digits_arrays):
-    arrays, _ = digits_arrays
+    arrays = subset(digits_arrays[0])
     first, _, _ = run(arrays, seed=3, epochs=1)
     second, _, _ = run(arrays, seed=3, epochs=1)
     for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
@@ -69,10 +79,102 @@ def test_same_seed_same_weights(digits_arrays):
 
 
 def test_bf16_training_computes_in_bf16(digits_arrays):
-    arrays, _ = digits_arrays
+    arrays = subset(digits_arrays[0])
     seen = []
     model = build_model(RECIPE)
     model.classifier.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     with EnergyMeter("test") as meter:
         train(model, arrays, TrainSettings(1, 256, 3e-3, precision="bf16"), meter)
     assert torch.bfloat16 in seen
+
+
+def test_early_stop_at_target_reports_time_and_energy_to_accuracy(digits_arrays):
+    arrays, _ = digits_arrays
+    seed_everything(0)
+    model = build_model(RECIPE)
+    settings = TrainSettings(5, 64, 3e-3, target_val_accuracy=0.5)
+    with EnergyMeter("test") as meter:
+        history = train(model, arrays, settings, meter)
+    assert len(history) == 1, "digits passes 50% validation accuracy in the first epoch"
+    summary = training_summary(history, settings)
+    assert summary["stopped_early"] and summary["epoch_reaching_target"] == 1
+    assert summary["time_to_accuracy_s"] == history[0]["cumulative_seconds"] > 0
+    assert summary["energy_to_accuracy_j"] == history[0]["cumulative_joules"] > 0
+    assert summary["energy_source"] == "estimate:green-algorithms"
+
+
+def test_summary_of_a_target_never_reached_is_null():
+    rows = [
+        {
+            "epoch": n,
+            "val_accuracy": acc,
+            "cumulative_seconds": n,
+            "cumulative_joules": 10 * n,
+            "energy_source": "rapl",
+        }
+        for n, acc in [(1, 0.5), (2, 0.8), (3, 0.85)]
+    ]
+    reached = training_summary(rows, TrainSettings(3, 64, 1e-3, target_val_accuracy=0.8))
+    assert (
+        reached["epoch_reaching_target"],
+        reached["time_to_accuracy_s"],
+        reached["energy_to_accuracy_j"],
+    ) == (
+        2,
+        2,
+        20,
+    )
+    assert not reached["stopped_early"], "the run used every epoch it was given"
+    never = training_summary(rows, TrainSettings(3, 64, 1e-3, target_val_accuracy=0.9))
+    assert never["time_to_accuracy_s"] is None and never["energy_to_accuracy_j"] is None
+    assert never["best_val_accuracy"] == 0.85
+
+
+def test_distillation_teacher_forwards_run_inside_the_student_epoch_windows(digits_arrays):
+    arrays = subset(digits_arrays[0])
+    seed_everything(0)
+    teacher = build_model(RECIPE)
+    calls = []
+    teacher.register_forward_hook(lambda m, i, o: calls.append(time.time()))
+    student = build_model({**RECIPE, "width": 4})
+    with EnergyMeter("test") as meter:
+        train(student, arrays, TrainSettings(1, 256, 3e-3), meter, Distillation(teacher, 2.0, 0.5))
+    (window,) = meter.windows
+    assert len(calls) == -(-len(arrays["train_y"]) // 256), "one teacher forward per student batch"
+    assert all(window["start_unix"] <= t <= window["end_unix"] for t in calls)
+
+
+def test_fp16_training_computes_in_the_effective_precision(digits_arrays):
+    arrays = subset(digits_arrays[0])
+    precision = effective_precision("fp16", torch.device("cpu"))
+    seen = []
+    model = build_model(RECIPE)
+    model.classifier.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with EnergyMeter("test") as meter:
+        train(model, arrays, TrainSettings(1, 256, 3e-3, precision=precision), meter)
+    assert {"fp16": torch.float16, "bf16": torch.bfloat16}[precision] in seen
+    assert all(p.dtype is torch.float32 for p in model.parameters()), "autocast keeps fp32 master weights"
+
+
+def test_channels_last_reaches_the_convolutions(digits_arrays):
+    arrays = subset(digits_arrays[0])
+    layouts = []
+    model = build_model(RECIPE)
+    model.features[0].register_forward_hook(
+        lambda m, i, o: layouts.append(i[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    with EnergyMeter("test") as meter:
+        train(model, arrays, TrainSettings(1, 256, 3e-3, channels_last=True), meter)
+    assert layouts and all(layouts)
+
+
+@pytest.mark.slow
+def test_compiled_training_learns(digits_arrays):
+    # Batches that divide the subset evenly: no recompilation for a ragged last batch.
+    arrays = subset(digits_arrays[0], train=1024, val=256)
+    seed_everything(0)
+    model = build_model(RECIPE)
+    with EnergyMeter("test") as meter:
+        history = train(model, arrays, TrainSettings(2, 128, 3e-3, compile=True), meter)
+    assert history[-1]["val_accuracy"] > 0.8
+    assert not any(key.startswith("_orig_mod") for key in model.state_dict()), "saved weights stay plain"

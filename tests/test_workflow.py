@@ -8,18 +8,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from conftest import ROOT, run_snakemake, tiny_config
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-VARIANTS = ["baseline", "bf16", "distill_w8", "fp16", "int8_dynamic", "prune80"]
+VARIANTS = sorted(["baseline", *yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["variants"]])
 
 
 def test_every_output_exists_with_sane_values(tiny_run):
     workdir, config, _ = tiny_run
     report = workdir / "results" / "report"
-    for name in ("results.csv", "summary.csv", "summary.md", "pareto.png", "pareto.pdf"):
+    for name in ("results.csv", "summary.csv", "summary.md", "accuracy_vs_training_energy.pdf"):
         assert (report / name).stat().st_size > 0, name
     table = pd.read_csv(report / "results.csv")
     assert sorted(table["variant"]) == VARIANTS
@@ -28,11 +29,21 @@ def test_every_output_exists_with_sane_values(tiny_run):
     assert (table["own_energy_j"] > 0).all() and (table["pipeline_energy_j"] > 0).all()
     assert set(table["own_energy_source"]) == {"estimate:green-algorithms"}
     assert not table["pipeline_energy_measured"].any()
+    # Attribution and provenance columns (joulebench.energy_columns): estimates have no device,
+    # so nothing is contended and there is no dynamic energy; carbon comes from the joules.
+    assert not table["own_contended"].any() and not table["pipeline_contended"].any()
+    assert table["own_energy_hardware"].str.startswith("none measured").all()
+    assert table["own_dynamic_energy_j"].isna().all()
+    assert (table["pipeline_gco2e"] > 0).all() and (table["zeus_version"] == "0.16.0").all()
     rows = table.set_index("variant")
     # Claims of each variant, visible in the evaluation.
     assert rows.loc["prune80", "nonzero_params"] < 0.3 * rows.loc["baseline", "nonzero_params"]
     assert rows.loc["distill_w8", "params"] < rows.loc["baseline", "params"] / 3
     assert rows.loc["int8_dynamic", "size_bytes"] < 0.5 * rows.loc["baseline", "size_bytes"]
+    for variant in ("channels50", "channels50_qat"):  # channels physically removed
+        assert rows.loc[variant, "params"] < 0.45 * rows.loc["baseline", "params"]
+        assert rows.loc[variant, "macs"] < 0.45 * rows.loc["baseline", "macs"]
+    assert rows.loc["channels50_qat", "size_bytes"] < 0.5 * rows.loc["channels50", "size_bytes"]
     assert rows.loc["bf16", "precision"] == "bf16"
     assert rows.loc["fp16", "precision"] in ("fp16", "bf16")
     # Lineage energy: a compressed model carries the baseline that it was made from.
@@ -48,8 +59,10 @@ def test_every_output_exists_with_sane_values(tiny_run):
 def test_energy_records_and_histories(tiny_run):
     workdir, config, _ = tiny_run
     records = list((workdir / "results").rglob("energy.json"))
-    # data + 6 producing rules + 6 evaluations
-    assert len(records) == 13
+    # prepare + clean, one sampling per subset variant and seed, and one producing rule and one
+    # evaluation per model (baseline and each variant)
+    subsets = [v for v in config["variants"].values() if v["technique"] == "subset"]
+    assert len(records) == 2 + len(subsets) * len(config["seeds"]) + 2 * len(VARIANTS)
     for path in records:
         record = json.loads(path.read_text())
         assert record["schema"] == "joulebench.energy/1"
@@ -95,6 +108,10 @@ def test_dry_run_has_no_warnings(tmp_path):
             "variants.prune80.from: unknown variant",
         ),
         (lambda c: c.update(models=["vgg99"]), "'vgg99' is not one of"),
+        (
+            lambda c: c["energy"].update(carbon={"region": "ATLANTIS"}),
+            "energy.carbon.region: unknown region 'ATLANTIS'",
+        ),
     ],
 )
 def test_bad_config_stops_before_any_job(tmp_path, change, message):

@@ -17,6 +17,7 @@ VARIANTS = config["variants"]
 MODEL_DIR = "results/models/{dataset}/{model}/{variant}/seed{seed}"
 EVAL_DIR = "results/eval/{dataset}/{model}/{variant}/seed{seed}"
 REPORT_DIR = "results/report"
+SUBSET_DIR = "results/data/{dataset}/subsets/{variant}/seed{seed}"
 
 
 def variant_names(*techniques):
@@ -40,6 +41,29 @@ def parent_model(wildcards):
     return {"model": f"{directory}/model.pt", "recipe": f"{directory}/model.json"}
 
 
+def training_splits(wildcards):
+    """The splits a from-scratch training reads: a subset variant's own, else the cleaned ones."""
+    if VARIANTS.get(wildcards.variant, {}).get("technique") == "subset":
+        return f"{SUBSET_DIR}/splits.npz".format(**wildcards)
+    return f"results/data/{wildcards.dataset}/splits.npz"
+
+
+def data_energy_records(variant, seed):
+    """Energy records of the data work a model depends on: preparation, cleaning and, where its
+    lineage starts at a subset variant, that subset's sampling (with its proxy run)."""
+    records = [
+        f"results/data/{DATASET}/raw/energy.json",
+        f"results/data/{DATASET}/energy.json",
+    ]
+    root = variant
+    while root in VARIANTS and "from" in VARIANTS[root]:
+        root = VARIANTS[root]["from"]
+    if VARIANTS.get(root, {}).get("technique") == "subset":
+        keys = dict(dataset=DATASET, variant=root, seed=seed)
+        records.append(f"{SUBSET_DIR}/energy.json".format(**keys))
+    return records
+
+
 def variant_settings(wildcards):
     return VARIANTS.get(wildcards.variant, {})
 
@@ -60,6 +84,8 @@ def report_entries():
                         **keys,
                         "metrics": f"{EVAL_DIR}/metrics.json".format(**keys),
                         "energy": f"{MODEL_DIR}/energy.json".format(**keys),
+                        "eval_energy": f"{EVAL_DIR}/energy.json".format(**keys),
+                        "data_energy": data_energy_records(variant, seed),
                     }
                 )
     return entries
@@ -69,10 +95,55 @@ def report_inputs(kind):
     return [entry[kind] for entry in report_entries()]
 
 
+def data_energy_inputs():
+    return sorted({path for entry in report_entries() for path in entry["data_energy"]})
+
+
+# Report figures (name -> category in `snakemake --report`); captions in workflow/report/<name>.rst.
+REPORT_FIGURES = {
+    "accuracy_vs_training_energy": "Pareto fronts",
+    "accuracy_vs_inference_energy": "Pareto fronts",
+    "accuracy_vs_size": "Model cost",
+    "accuracy_vs_macs": "Model cost",
+    "energy_by_stage": "Energy",
+    "training_curves": "Energy",
+}
+
+
+def report_figures(extension):
+    """Figure files of the report; PNGs go into the HTML report with their captions."""
+    paths = []
+    for name, category in REPORT_FIGURES.items():
+        path = f"{REPORT_DIR}/{name}.{extension}"
+        if extension == "png":
+            path = report(path, category=category, caption=f"../report/{name}.rst")
+        paths.append(path)
+    return paths
+
+
+def data_outputs():
+    """Data-stage files beyond what training needs: the cleaning report, augmentation outputs."""
+    outputs = [f"results/data/{DATASET}/cleaning_report.json"]
+    if config["augmentation"]["transforms"]:
+        outputs.append(f"results/data/{DATASET}/augmentation.png")
+        if config["augmentation"]["materialize_copies"] > 0:
+            outputs.append(f"results/data/{DATASET}/augmented/splits.npz")
+    return outputs
+
+
 def report_outputs():
     return [
         f"{REPORT_DIR}/results.csv",
         f"{REPORT_DIR}/summary.md",
-        f"{REPORT_DIR}/pareto.png",
-        f"{REPORT_DIR}/pareto.pdf",
+        *report_figures("pdf"),
     ]
+
+
+IDLE_POWER = "results/energy/idle_power.json"
+
+
+def idle_baseline(wildcards):
+    """The idle-power record, where energy.idle_baseline_seconds asks for one."""
+    if config["energy"]["idle_baseline_seconds"] > 0:
+        return {"idle": IDLE_POWER}
+    return {}

@@ -29,6 +29,7 @@ rule prune_model:
 rule quantize_model:
     input:
         unpack(parent_model),
+        splits="results/data/{dataset}/splits.npz",
     output:
         model=f"{MODEL_DIR}/model.pt",
         recipe=f"{MODEL_DIR}/model.json",
@@ -46,6 +47,7 @@ rule quantize_model:
         measured=1,
     params:
         variant=variant_settings,
+        training=config["training"],
         energy=config["energy"],
     script:
         "../scripts/quantize_model.py"

@@ -1,8 +1,9 @@
 rule prepare_dataset:
     output:
-        splits="results/data/{dataset}/splits.npz",
-        facts="results/data/{dataset}/dataset.json",
-        energy="results/data/{dataset}/energy.json",
+        splits="results/data/{dataset}/raw/splits.npz",
+        facts="results/data/{dataset}/raw/dataset.json",
+        rejected="results/data/{dataset}/raw/rejected.csv",
+        energy="results/data/{dataset}/raw/energy.json",
     log:
         "logs/prepare_dataset/{dataset}.log",
     benchmark:
@@ -14,6 +15,104 @@ rule prepare_dataset:
         measured=1,
     params:
         dataset=config["dataset"],
+        cleaning=config["cleaning"],
         energy=config["energy"],
     script:
         "../scripts/prepare_dataset.py"
+
+
+# Every later rule reads the cleaned splits (results/data/{dataset}/splits.npz).
+rule clean_dataset:
+    input:
+        splits="results/data/{dataset}/raw/splits.npz",
+        facts="results/data/{dataset}/raw/dataset.json",
+        rejected="results/data/{dataset}/raw/rejected.csv",
+    output:
+        splits="results/data/{dataset}/splits.npz",
+        facts="results/data/{dataset}/dataset.json",
+        report="results/data/{dataset}/cleaning_report.json",
+        removed="results/data/{dataset}/removed.csv",
+        energy="results/data/{dataset}/energy.json",
+    log:
+        "logs/clean_dataset/{dataset}.log",
+    benchmark:
+        "benchmarks/clean_dataset/{dataset}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        measured=1,
+    params:
+        cleaning=config["cleaning"],
+        energy=config["energy"],
+    script:
+        "../scripts/clean_dataset.py"
+
+
+rule sample_dataset:
+    input:
+        splits="results/data/{dataset}/splits.npz",
+        facts="results/data/{dataset}/dataset.json",
+    output:
+        splits=f"{SUBSET_DIR}/splits.npz",
+        summary=f"{SUBSET_DIR}/subset.json",
+        energy=f"{SUBSET_DIR}/energy.json",
+    log:
+        "logs/sample_dataset/{dataset}/{variant}/seed{seed}.log",
+    benchmark:
+        "benchmarks/sample_dataset/{dataset}/{variant}/seed{seed}.tsv"
+    wildcard_constraints:
+        variant=variant_names("subset"),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        measured=1,
+    params:
+        variant=variant_settings,
+        training=config["training"],
+        energy=config["energy"],
+    script:
+        "../scripts/sample_dataset.py"
+
+
+rule plot_augmentation:
+    input:
+        splits="results/data/{dataset}/splits.npz",
+    output:
+        png=report(
+            "results/data/{dataset}/augmentation.png",
+            category="Data",
+            caption="../report/augmentation.rst",
+        ),
+    log:
+        "logs/plot_augmentation/{dataset}.log",
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        augmentation=config["augmentation"],
+    script:
+        "../scripts/plot_augmentation.py"
+
+
+rule augment_dataset:
+    input:
+        splits="results/data/{dataset}/splits.npz",
+    output:
+        splits="results/data/{dataset}/augmented/splits.npz",
+        energy="results/data/{dataset}/augmented/energy.json",
+    log:
+        "logs/augment_dataset/{dataset}.log",
+    benchmark:
+        "benchmarks/augment_dataset/{dataset}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        measured=1,
+    params:
+        augmentation=config["augmentation"],
+        seed=config["dataset"]["split_seed"],
+        energy=config["energy"],
+    script:
+        "../scripts/augment_dataset.py"

@@ -1,17 +1,31 @@
 rule aggregate_report:
     input:
+        unpack(idle_baseline),
         metrics=report_inputs("metrics"),
         energy=report_inputs("energy"),
+        eval_energy=report_inputs("eval_energy"),
         data_energy=f"results/data/{DATASET}/energy.json",
+        data_records=data_energy_inputs(),
     output:
         table=f"{REPORT_DIR}/results.csv",
-        summary=f"{REPORT_DIR}/summary.md",
-        png=report(
-            f"{REPORT_DIR}/pareto.png",
-            category="Pareto",
-            caption="../report/pareto.rst",
+        parquet=f"{REPORT_DIR}/results.parquet",
+        summary_table=f"{REPORT_DIR}/summary.csv",
+        break_even=f"{REPORT_DIR}/break_even.csv",
+        curves=f"{REPORT_DIR}/training_curves.csv",
+        decisions=f"{REPORT_DIR}/decisions.json",
+        summary=report(
+            f"{REPORT_DIR}/summary.md",
+            category="Tables",
+            caption="../report/summary.rst",
         ),
-        pdf=f"{REPORT_DIR}/pareto.pdf",
+        markdown=f"{REPORT_DIR}/table.md",
+        latex=report(
+            f"{REPORT_DIR}/table.tex",
+            category="Tables",
+            caption="../report/table.rst",
+        ),
+        figures=report_figures("png"),
+        pdf=report_figures("pdf"),
     log:
         "logs/aggregate_report.log",
     conda:
@@ -19,5 +33,7 @@ rule aggregate_report:
     params:
         entries=report_entries(),
         variants=VARIANTS,
+        energy=config["energy"],
+        report=config.get("report", {}),
     script:
         "../scripts/aggregate_report.py"

@@ -1,18 +1,24 @@
+# Per-epoch training checkpoints. Deliberately not a declared output: Snakemake deletes the
+# outputs of a failed job, and the checkpoint must survive a killed job for its rerun to resume.
+CHECKPOINT = "results/checkpoints/{dataset}/{model}/{variant}/seed{seed}/last.pt"
+
+
 rule train_model:
     input:
-        splits="results/data/{dataset}/splits.npz",
+        splits=training_splits,
         facts="results/data/{dataset}/dataset.json",
     output:
         model=f"{MODEL_DIR}/model.pt",
         recipe=f"{MODEL_DIR}/model.json",
         history=f"{MODEL_DIR}/history.csv",
         energy=f"{MODEL_DIR}/energy.json",
+        training=f"{MODEL_DIR}/training.json",
     log:
         "logs/train_model/{dataset}/{model}/{variant}/seed{seed}.log",
     benchmark:
         "benchmarks/train_model/{dataset}/{model}/{variant}/seed{seed}.tsv"
     wildcard_constraints:
-        variant=variant_names("train", "precision"),
+        variant=variant_names("train", "precision", "subset"),
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -22,6 +28,8 @@ rule train_model:
         variant=variant_settings,
         training=config["training"],
         energy=config["energy"],
+        checkpoint=CHECKPOINT,
+        augmentation=config["augmentation"],
     script:
         "../scripts/train_model.py"
 
@@ -35,6 +43,7 @@ rule distill_model:
         recipe=f"{MODEL_DIR}/model.json",
         history=f"{MODEL_DIR}/history.csv",
         energy=f"{MODEL_DIR}/energy.json",
+        training=f"{MODEL_DIR}/training.json",
     log:
         "logs/distill_model/{dataset}/{model}/{variant}/seed{seed}.log",
     benchmark:
@@ -50,5 +59,6 @@ rule distill_model:
         variant=variant_settings,
         training=config["training"],
         energy=config["energy"],
+        checkpoint=CHECKPOINT,
     script:
         "../scripts/distill_model.py"

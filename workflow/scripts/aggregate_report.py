@@ -8,4 +8,7 @@ aggregate_results(
     snakemake.params.variants,
     snakemake.input.data_energy,
     Path(snakemake.output.table).parent,
+    snakemake.params.energy,
+    snakemake.input.get("idle"),
+    snakemake.params.report,
 )

@@ -11,4 +11,5 @@ distill_variant(
     int(snakemake.wildcards.seed),
     snakemake.params.energy,
     Path(snakemake.output.model).parent,
+    snakemake.params.checkpoint,
 )

@@ -3,8 +3,10 @@ from joulebench.stages import prepare_dataset, start_rule_logging
 start_rule_logging(snakemake.log[0], snakemake.threads)
 prepare_dataset(
     snakemake.params.dataset,
+    snakemake.params.cleaning,
     snakemake.params.energy,
     snakemake.output.splits,
     snakemake.output.facts,
+    snakemake.output.rejected,
     snakemake.output.energy,
 )

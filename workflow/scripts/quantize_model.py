@@ -4,8 +4,11 @@ from joulebench.stages import quantize_variant, start_rule_logging
 
 start_rule_logging(snakemake.log[0], snakemake.threads)
 quantize_variant(
+    snakemake.input.splits,
     Path(snakemake.input.model).parent,
     snakemake.params.variant,
+    snakemake.params.training,
+    int(snakemake.wildcards.seed),
     snakemake.params.energy,
     Path(snakemake.output.model).parent,
 )

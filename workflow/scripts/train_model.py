@@ -12,4 +12,6 @@ train_variant(
     int(snakemake.wildcards.seed),
     snakemake.params.energy,
     Path(snakemake.output.model).parent,
+    snakemake.params.checkpoint,
+    snakemake.params.augmentation,
 )

@@ -1,67 +1,92 @@
-"""Compression techniques, each a function model -> model."""
+"""One configured compression variant applied to a model: technique steps plus shared-loop fine-tuning.
+
+The techniques themselves live in joulebench.prune and joulebench.quantize; this module reads a
+variant's config, runs its steps under named energy windows, and says what it did (`facts`).
+"""
+
+import logging
+from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.utils import prune
 
-PRUNABLE = (nn.Conv2d, nn.Linear)
+from joulebench import io, prune, quantize
+from joulebench.data import loader
+from joulebench.models import count_parameters, save_model
+from joulebench.train import TrainSettings, train
 
-
-def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    return [(module, "weight") for module in model.modules() if isinstance(module, PRUNABLE)]
-
-
-def global_magnitude_prune(model: nn.Module, sparsity: float) -> nn.Module:
-    """Zero the `sparsity` fraction of smallest-magnitude conv/linear weights, ranked globally.
-
-    The masks stay attached (so fine-tuning keeps pruned weights at zero) until
-    `make_pruning_permanent` folds them into the weights.
-    """
-    prune.global_unstructured(prunable_weights(model), pruning_method=prune.L1Unstructured, amount=sparsity)
-    return model
+log = logging.getLogger(__name__)
 
 
-def make_pruning_permanent(model: nn.Module) -> nn.Module:
-    for module, name in prunable_weights(model):
-        if prune.is_pruned(module):
-            prune.remove(module, name)
-    return model
+def training_batches(arrays: dict, batch_size: int, count: int) -> list[torch.Tensor]:
+    """The first `count` unshuffled training batches (deterministic calibration data)."""
+    batches = []
+    for images, _ in loader(arrays, "train", batch_size):
+        if len(batches) == count:
+            break
+        batches.append(images)
+    return batches
 
 
-def weight_sparsity(model: nn.Module) -> float:
-    """Fraction of zeros among all conv/linear weights."""
-    weights = [getattr(module, name).detach() for module, name in prunable_weights(model)]
-    zeros = sum(int((w == 0).sum()) for w in weights)
-    return zeros / sum(w.numel() for w in weights)
+def example_batch(arrays: dict) -> torch.Tensor:
+    """Two training images: graphs are traced at batch 2 so the batch dimension stays dynamic."""
+    return training_batches(arrays, 2, 1)[0]
 
 
-def apply_quantization(model: nn.Module, method: str) -> nn.Module:
-    """Post-training quantization of a float model in eval mode, through torchao.
+def prune_model(model: nn.Module, variant: dict, arrays: dict, settings: TrainSettings, meter):
+    """Prune as configured and fine-tune; returns (model, history rows, facts)."""
+    model.cpu().eval()
+    params_before = count_parameters(model)[0]
+    history = []
+    if variant.get("method", "magnitude") == "channel":
+        channels_before = prune.channel_counts(model)
+        with meter.window("prune"):
+            prune.channel_prune(model, variant["channel_ratio"], example_batch(arrays))
+        history = train(model, arrays, settings, meter)
+        facts = {"channels_before": channels_before, "channels_after": prune.channel_counts(model)}
+    else:
+        steps = variant.get("steps", 1)
+        for step, amount in enumerate(prune.step_amounts(variant["sparsity"], steps), start=1):
+            with meter.window(f"prune{step}"):
+                prune.global_magnitude_prune(model.cpu(), amount)
+            for row in train(model, arrays, settings, meter):
+                history.append({"prune_step": step, **row})
+        prune.make_pruning_permanent(model)
+        facts = {"weight_sparsity": prune.weight_sparsity(model.cpu())}
+    facts["params_before"], facts["params_after"] = params_before, count_parameters(model)[0]
+    log.info("pruning: %s", facts)
+    return model.cpu().eval(), history, facts
 
-    int8_dynamic: linear weights stored as int8, activations quantized per token at run time.
-    """
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
-    if method != "int8_dynamic":
-        raise ValueError(f"unknown quantization method {method!r}; choose int8_dynamic")
-    quantize_(model, Int8DynamicActivationInt8WeightConfig())
-    return model
+def quantize_model(model: nn.Module, variant: dict, arrays: dict, settings: TrainSettings, meter):
+    """Quantize as configured (QAT fine-tunes first); returns (model or converted graph, history, facts)."""
+    method = variant["method"]
+    model.cpu().eval()
+    history = []
+    if method == "int8_dynamic":
+        with meter.window("quantize"):
+            model = quantize.dynamic_int8(model)
+        return model, history, {"int8_linear_layers": quantize.int8_linear_count(model)}
+    if method == "int8_static":
+        with meter.window("quantize"):
+            calibration = training_batches(arrays, settings.batch_size, variant.get("calibration_batches", 8))
+            converted = quantize.static_int8(model, calibration)
+    elif method == "int8_qat":
+        with meter.window("prepare_qat"):
+            prepared = quantize.prepare_qat(model, example_batch(arrays))
+        history = train(prepared, arrays, settings, meter)
+        with meter.window("quantize"):
+            converted = quantize.convert_qat(prepared.cpu())
+    else:
+        raise ValueError(f"unknown quantization method {method!r}; choose one of {quantize.METHODS}")
+    return converted, history, {"quantized_graph_nodes": len(converted.graph.nodes)}
 
 
-def quantized_tensor_types() -> tuple:
-    """Tensor classes a quantized artifact holds; allowed explicitly for weights_only loading."""
-    from torchao.quantization import Int8Tensor
-
-    return (Int8Tensor,)
-
-
-def int8_linear_count(model: nn.Module) -> int:
-    """Linear layers whose weight is stored as an int8 tensor (a torchao quantized tensor)."""
-    count = 0
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            weight = module.weight
-            stored = getattr(weight, "qdata", None)
-            if stored is not None and stored.dtype is torch.int8:
-                count += 1
-    return count
+def save_quantized(model, recipe: dict, arrays: dict, out_dir) -> None:
+    """A state dict for eager (torchao) models; a torch.export archive for converted PT2E graphs."""
+    out_dir = Path(out_dir)
+    if recipe["quantization"] in quantize.EXPORTED_METHODS:
+        quantize.save_exported(model, example_batch(arrays), out_dir / "model.pt")
+        io.write_json(out_dir / "model.json", {**recipe, "format": "torch.export"})
+    else:
+        save_model(model, recipe, out_dir)

@@ -5,6 +5,8 @@ split, plus a JSON of facts (classes, shape, counts). Every later rule reads onl
 """
 
 import logging
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,57 +64,123 @@ def load_torchvision_source(name: str, root: str, download: bool):
     return np.stack(images), np.asarray(labels, dtype=np.int64), classes
 
 
-def load_imagefolder_source(root: str):
-    """An ImageFolder tree: root/<class>/<image>; every image must have the same size and mode."""
+@dataclass
+class Source:
+    """Decoded images of one dataset, a name per image and the files that could not be used."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    names: list[str]
+    rejected: list[dict] = field(default_factory=list)
+
+
+# PIL modes by the number of channels they decode to; "wrong mode" means the wrong channel count.
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def _open_image(path: Path):
+    """Decode a whole file (PIL is lazy: load() is what finds a truncated file)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image.convert("L" if image.mode in _GREY_MODES else "RGB")
+
+
+def load_imagefolder_source(root: str, skip_unusable: bool = False) -> Source:
+    """An ImageFolder tree: root/<class>/<image>, every image of one size and mode.
+
+    With `skip_unusable`, files that do not decode and images whose size or mode differs from
+    the majority are listed in `Source.rejected` (for the cleaning report) instead of raising.
+    """
+    from PIL import Image
     from torchvision.datasets import ImageFolder
 
-    if not Path(root).is_dir():
+    root_path = Path(root)
+    if not root_path.is_dir():
         raise DatasetError(f"image folder {root!r} does not exist; expected root/<class>/<image> files")
     try:
-        folder = ImageFolder(root)
+        # The loader is never called: we decode ourselves to catch and report bad files.
+        folder = ImageFolder(root, loader=lambda path: path)
     except (FileNotFoundError, RuntimeError) as err:
-        raise DatasetError(f"image folder {root!r}: {err}") from err
-    images, labels = [], []
+        raise DatasetError(f"image folder {root!r}: {err}; expected root/<class>/<image> files") from err
+    decoded, rejected = [], []
     for path, label in folder.samples:
+        name = str(Path(path).relative_to(root_path))
         try:
-            images.append(_pil_to_array(folder.loader(path)))
-        except OSError as err:
-            raise DatasetError(f"cannot read image {path}: {err}") from err
+            image = _open_image(Path(path))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            if not skip_unusable:
+                raise DatasetError(
+                    f"cannot read image {path}: {err}; remove or replace the file, or enable cleaning"
+                ) from err
+            rejected.append({"item": name, "reason": "unreadable", "detail": str(err)})
+            continue
+        decoded.append((name, label, image))
+    if not decoded:
+        raise DatasetError(f"image folder {root!r} has no readable image files")
+    expected_size = Counter(image.size for _, _, image in decoded).most_common(1)[0][0]
+    expected_mode = Counter(image.mode for _, _, image in decoded).most_common(1)[0][0]
+    images, labels, names = [], [], []
+    for name, label, image in decoded:
+        problem = None
+        if image.mode != expected_mode:
+            problem = ("wrong_mode", f"mode {image.mode}, expected {expected_mode}")
+        elif image.size != expected_size:
+            problem = ("wrong_size", f"size {image.size}, expected {expected_size}")
+        if problem is not None:
+            if not skip_unusable:
+                raise DatasetError(
+                    f"image {root_path / name} has {problem[1]}; every image under {root!r} must have "
+                    "one size and mode: resize/convert it, or enable cleaning to drop it"
+                )
+            rejected.append({"item": name, "reason": problem[0], "detail": problem[1]})
+            continue
+        images.append(_pil_to_array(image))
         labels.append(label)
-    shapes = {image.shape for image in images}
-    if len(shapes) > 1:
-        raise DatasetError(
-            f"images under {root!r} have different shapes {sorted(shapes)}; resize them to one size"
-        )
-    return np.stack(images), np.asarray(labels, dtype=np.int64), list(folder.classes)
+        names.append(name)
+    if rejected:
+        log.warning("%d unusable files under %s left out (see the cleaning report)", len(rejected), root)
+    return Source(np.stack(images), np.asarray(labels, dtype=np.int64), list(folder.classes), names, rejected)
 
 
-def load_source(dataset: dict):
+def load_source(dataset: dict, skip_unusable: bool = False) -> Source:
+    """The configured dataset, with a name per image (file path or source:index) for reports."""
     source = dataset["source"]
-    if source == "sklearn-digits":
-        return load_digits_source()
-    if source == "torchvision":
-        return load_torchvision_source(dataset["name"], dataset["root"], dataset.get("download", False))
     if source == "imagefolder":
-        return load_imagefolder_source(dataset["root"])
-    raise DatasetError(f"unknown dataset source {source!r}")
+        return load_imagefolder_source(dataset["root"], skip_unusable)
+    if source == "sklearn-digits":
+        images, labels, classes = load_digits_source()
+    elif source == "torchvision":
+        images, labels, classes = load_torchvision_source(
+            dataset["name"], dataset["root"], dataset.get("download", False)
+        )
+    else:
+        raise DatasetError(f"unknown dataset source {source!r}")
+    names = [f"{dataset['name']}:{index}" for index in range(len(labels))]
+    return Source(images, labels, classes, names)
 
 
 def split_arrays(images, labels, val_fraction: float, test_fraction: float, seed: int) -> dict:
-    """Stratified train/val/test split, identical for a given seed."""
+    """Stratified train/val/test split, identical for a given seed.
+
+    `<split>_id` holds each image's index in the source, so any later step can name the file.
+    """
     from sklearn.model_selection import train_test_split  # imported here: costs 3 s per job
 
-    rest_x, test_x, rest_y, test_y = train_test_split(
-        images, labels, test_size=test_fraction, random_state=seed, stratify=labels
+    ids = np.arange(len(labels), dtype=np.int64)
+    rest_x, test_x, rest_y, test_y, rest_id, test_id = train_test_split(
+        images, labels, ids, test_size=test_fraction, random_state=seed, stratify=labels
     )
     val_share = val_fraction / (1.0 - test_fraction)
-    train_x, val_x, train_y, val_y = train_test_split(
-        rest_x, rest_y, test_size=val_share, random_state=seed, stratify=rest_y
+    train_x, val_x, train_y, val_y, train_id, val_id = train_test_split(
+        rest_x, rest_y, rest_id, test_size=val_share, random_state=seed, stratify=rest_y
     )
     return {
-        "train_x": train_x, "train_y": train_y,
-        "val_x": val_x, "val_y": val_y,
-        "test_x": test_x, "test_y": test_y,
+        "train_x": train_x, "train_y": train_y, "train_id": train_id,
+        "val_x": val_x, "val_y": val_y, "val_id": val_id,
+        "test_x": test_x, "test_y": test_y, "test_id": test_id,
     }  # fmt: skip
 
 
@@ -131,8 +199,17 @@ def describe(arrays: dict, classes: list[str]) -> dict:
     return facts
 
 
-def loader(arrays: dict, split: str, batch_size: int, shuffle: bool = False, seed: int = 0):
-    """A DataLoader over one split; in-process (num_workers=0) so energy windows see all work."""
-    dataset = TensorDataset(torch.from_numpy(arrays[f"{split}_x"]), torch.from_numpy(arrays[f"{split}_y"]))
+def loader(arrays: dict, split: str, batch_size: int, shuffle: bool = False, seed: int = 0, augment=None):
+    """A DataLoader over one split; in-process (num_workers=0) so energy windows see all work.
+
+    `augment`: albumentations transforms (config `augmentation.transforms`) applied online.
+    """
+    images, labels = arrays[f"{split}_x"], arrays[f"{split}_y"]
+    if augment:
+        from joulebench.augment import AugmentedImages, build_pipeline
+
+        dataset = AugmentedImages(images, labels, build_pipeline(list(augment), seed=seed))
+    else:
+        dataset = TensorDataset(torch.from_numpy(images), torch.from_numpy(labels))
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)

@@ -43,6 +43,11 @@ class SmallCNN(nn.Module):
 def _small_input_resnet18(in_channels: int, num_classes: int, width: int = 64):
     from torchvision.models import resnet18
 
+    if width != 64:
+        raise ValueError(
+            f"resnet18 has a fixed width of 64 (got width {width}); for a narrower student set "
+            "student_arch to small_cnn or mobilenet_v3_small"
+        )
     model = resnet18(num_classes=num_classes)
     # Small images: a 3x3 stem without the max-pool keeps spatial size for the residual stages.
     model.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
@@ -53,7 +58,8 @@ def _small_input_resnet18(in_channels: int, num_classes: int, width: int = 64):
 def _small_input_mobilenet_v3_small(in_channels: int, num_classes: int, width: int = 16):
     from torchvision.models import mobilenet_v3_small
 
-    model = mobilenet_v3_small(num_classes=num_classes)
+    # `width` is the stem's channel count (16 at full width); it scales every layer via width_mult.
+    model = mobilenet_v3_small(num_classes=num_classes, width_mult=width / 16)
     stem = model.features[0][0]
     model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, stride=1, padding=1, bias=False)
     return model
@@ -79,9 +85,11 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(parameters, non-zero parameters); quantized weights count by their logical shape."""
     total = nonzero = 0
     for param in model.parameters():
-        dense = param.dequantize() if hasattr(param, "dequantize") else param
+        # detach first: dequantize() of a float parameter would return a non-leaf view of it.
+        dense = param.detach()
+        dense = dense.dequantize() if dense.is_quantized or hasattr(param, "qdata") else dense
         total += dense.numel()
-        nonzero += int(torch.count_nonzero(dense.detach()))
+        nonzero += int(torch.count_nonzero(dense))
     return total, nonzero
 
 
@@ -92,7 +100,10 @@ def _resize_to(model: nn.Module, state_dict: dict) -> None:
         if weight is None or weight.shape == module.weight.shape:
             continue
         if isinstance(module, nn.Conv2d):
+            depthwise = module.groups == module.in_channels == module.out_channels and module.groups > 1
             module.out_channels, in_per_group = weight.shape[:2]
+            # A pruned depthwise conv keeps one group per channel.
+            module.groups = module.out_channels if depthwise else module.groups
             module.in_channels = in_per_group * module.groups
         elif isinstance(module, nn.Linear):
             module.out_features, module.in_features = weight.shape
@@ -117,14 +128,19 @@ def load_model(directory) -> tuple[nn.Module, dict]:
     recipe = io.read_json(directory / "model.json")
     model = build_model(recipe)
     quantization = recipe.get("quantization")
+    if quantization in ("int8_static", "int8_qat"):
+        from joulebench.quantize import load_exported
+
+        # A torch.export archive (see joulebench.quantize); run through oneDNN int8 kernels.
+        return load_exported(directory / "model.pt")[0], recipe
     if quantization:
-        from joulebench.compress import apply_quantization, quantized_tensor_types
+        from joulebench.quantize import dynamic_int8, quantized_tensor_types
 
         state_dict = io.load_tensors(directory / "model.pt", allow=quantized_tensor_types())
     else:
         state_dict = io.load_tensors(directory / "model.pt")
     _resize_to(model, state_dict)
     if quantization:
-        model = apply_quantization(model.eval(), quantization)
+        model = dynamic_int8(model)
     model.load_state_dict(state_dict, assign=True)
     return model.eval(), recipe

@@ -1,211 +1,180 @@
-"""Aggregate energy records and evaluations into a tidy table, a Pareto plot and a summary."""
+"""Aggregate energy records and evaluations into one tidy table, then write the whole report.
+
+The table has one row per (model, variant, seed). Energy is attributed to pipeline stages by the
+rule that made each record: data (dataset rules), train (a from-scratch training run),
+compress (every rule that makes a model from another: pruning + fine-tuning, quantization,
+distillation) and evaluate. Statistics, decisions, figures and paper tables are in the
+report_* modules; write_report ties them together.
+"""
 
 import logging
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from joulebench import io  # noqa: E402
+from joulebench import io, report_decisions, report_figures, report_stats, report_tables
+from joulebench.energy_columns import EnergyColumns
 
 log = logging.getLogger(__name__)
 
 BASELINE = "baseline"
 
 
-def parent(variant: str, variants: dict) -> str | None:
-    """The variant this one is made from; None for models trained from scratch."""
-    if variant == BASELINE or variants[variant]["technique"] == "precision":
+# Rules that train a model from scratch: its lineage stops there (the baseline, precision variants
+# and any other variant train_model makes). Every other producing rule starts from a parent model.
+FROM_SCRATCH_RULES = {"train_model"}
+STAGES = ("data", "train", "compress", "evaluate")
+
+
+def producing_stage(rule: str) -> str:
+    return "train" if rule in FROM_SCRATCH_RULES else "compress"
+
+
+def parent(variant: str, variants: dict, rule: str) -> str | None:
+    """The variant this one is made from; None for a model that `rule` trained from scratch."""
+    if variant == BASELINE or rule in FROM_SCRATCH_RULES:
         return None
     return variants[variant].get("from", BASELINE)
 
 
-def lineage(variant: str, variants: dict) -> list[str]:
-    """The variant and every variant it was made from, back to one trained from scratch."""
+def lineage(variant: str, variants: dict, rule_of) -> list[str]:
+    """The variant and every variant it was made from, back to one trained from scratch.
+
+    `rule_of(variant)` names the rule that produced that variant's model (its record's `rule`).
+    """
     chain = [variant]
-    while (step := parent(chain[-1], variants)) is not None:
+    while (step := parent(chain[-1], variants, rule_of(chain[-1]))) is not None:
         chain.append(step)
     return chain
 
 
-def pipeline_joules(variant: str, seed: int, own: dict, variants: dict, data_joules: float) -> float:
-    """Energy to produce a variant from raw data: data preparation plus every rule in its lineage.
+def stage_joules(data_records: list[dict], chain_records: list[dict], evaluation: dict | None) -> dict:
+    """Joules per pipeline stage for one model: `energy_<stage>_j` columns.
 
-    A pruned model cannot exist without the baseline it was pruned from, so it carries that cost.
-    Precision variants and the baseline are trained from scratch and start at the data.
+    A pruned model cannot exist without the baseline it was pruned from, so its train stage is the
+    baseline's training; its compress stage is the pruning and fine-tuning.
     """
-    total = data_joules
-    for step in lineage(variant, variants):
-        total += own[(step, seed)]["joules"]
-    return total
+    joules = {stage: 0.0 for stage in STAGES}
+    for record in data_records:
+        joules["data"] += record["joules"]
+    for record in chain_records:
+        joules[producing_stage(record["rule"])] += record["joules"]
+    joules["evaluate"] = evaluation["joules"] if evaluation else None
+    return {f"energy_{stage}_j": value for stage, value in joules.items()}
 
 
-def build_table(entries: list[dict], variants: dict, data_energy: dict) -> pd.DataFrame:
-    """One row per (model, variant, seed): metrics, energy and where each energy figure came from."""
-    own = {(e["variant"], e["seed"]): io.read_json(e["energy"]) for e in entries}
+def build_table(
+    entries: list[dict],
+    variants: dict,
+    data_energy: dict,
+    energy_config: dict | None = None,
+    idle: dict | None = None,
+) -> pd.DataFrame:
+    """One row per (model, variant, seed): metrics, energy and where each energy figure came from.
+
+    `idle` is the optional idle-power record (config energy.idle_baseline_seconds).
+    """
+    own = {_key(e): io.read_json(e["energy"]) for e in entries}
+    # Every energy record of the run by label, so contention is checked across all of them.
+    labels = {_key(e): e["energy"] for e in entries}
+    run_records = {"data": data_energy, **({"idle": idle} if idle else {})}
+    # Entries may name their own data records (preparation, cleaning, a subset's sampling).
+    data_paths = {path: io.read_json(path) for e in entries for path in e.get("data_energy", [])}
+    if data_paths:
+        run_records = {**data_paths, **({"idle": idle} if idle else {})}
+    run_records |= {e["energy"]: own[_key(e)] for e in entries}
+    run_records |= {e["eval_energy"]: io.read_json(e["eval_energy"]) for e in entries if "eval_energy" in e}
+    energy_columns = EnergyColumns(run_records, energy_config, idle)
     rows = []
     for entry in entries:
-        variant, seed = entry["variant"], entry["seed"]
+        model, variant, seed = entry["model"], entry["variant"], entry["seed"]
         metrics = io.read_json(entry["metrics"])
-        record = own[(variant, seed)]
-        chain = lineage(variant, variants)
-        chain_records = [own[(step, seed)] for step in chain] + [data_energy]
+        record = own[(model, variant, seed)]
+        chain = lineage(variant, variants, lambda step, m=model, s=seed: own[(m, step, s)]["rule"])
+        lineage_records = [own[(model, step, seed)] for step in chain]
+        data_labels = entry.get("data_energy", ["data"])
+        data_records = [run_records[label] for label in data_labels]
+        chain_records = [*lineage_records, *data_records]
+        evaluation = run_records.get(entry.get("eval_energy"))
+        stages = stage_joules(data_records, lineage_records, evaluation)
+        pipeline = stages["energy_data_j"] + stages["energy_train_j"] + stages["energy_compress_j"]
+        chain_labels = [labels[(model, step, seed)] for step in chain] + data_labels
         rows.append(
             {
                 "dataset": entry["dataset"],
                 "model": entry["model"],
                 "variant": variant,
                 "technique": variants.get(variant, {}).get("technique", "train"),
-                "parent": parent(variant, variants),
+                "parent": chain[1] if len(chain) > 1 else None,
+                "producing_rule": record["rule"],
                 "seed": seed,
                 **metrics,
                 "own_energy_j": record["joules"],
                 "own_energy_source": record["source"],
                 "own_wall_time_s": record["wall_time_s"],
-                "pipeline_energy_j": pipeline_joules(variant, seed, own, variants, data_energy["joules"]),
+                **stages,
+                "pipeline_energy_j": pipeline,
                 "pipeline_energy_measured": all(r["measured"] for r in chain_records),
                 "pipeline_energy_sources": "+".join(sorted({r["source"] for r in chain_records})),
+                **energy_columns.row(
+                    labels[(model, variant, seed)], chain_labels, pipeline, entry.get("eval_energy")
+                ),
             }
         )
     return pd.DataFrame(rows).sort_values(["model", "variant", "seed"]).reset_index(drop=True)
 
 
-def pareto_mask(accuracy, energy) -> list[bool]:
-    """True where no other point has accuracy >= and energy <= with at least one strictly better."""
-    points = list(zip(accuracy, energy, strict=True))
-    return [not any(a2 >= a and e2 <= e and (a2 > a or e2 < e) for a2, e2 in points) for a, e in points]
+def _key(entry: dict) -> tuple:
+    return entry["model"], entry["variant"], entry["seed"]
 
 
-def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation per (model, variant) over seeds, with the Pareto flag."""
-    grouped = table.groupby(["model", "variant"], sort=True)
-    summary = grouped.agg(
-        n=("seed", "count"),
-        accuracy=("test_accuracy", "mean"),
-        accuracy_std=("test_accuracy", "std"),
-        pipeline_energy_j=("pipeline_energy_j", "mean"),
-        pipeline_energy_std=("pipeline_energy_j", "std"),
-        inference_j_per_1k=("inference_joules_per_1k", "mean"),
-        latency_p50_ms=("latency_p50_ms", "mean"),
-        params=("params", "mean"),
-        nonzero_params=("nonzero_params", "mean"),
-        size_bytes=("size_bytes", "mean"),
-        measured=("pipeline_energy_measured", "all"),
-        precision=("precision", "first"),
-    ).reset_index()
-    summary["pareto_optimal"] = pareto_mask(summary["accuracy"], summary["pipeline_energy_j"])
-    return summary
+def read_histories(entries: list[dict], table: pd.DataFrame) -> pd.DataFrame:
+    """Per-epoch validation accuracy of every trained model, on an energy axis from raw data.
 
-
-def plot_pareto(summary: pd.DataFrame, out_base: Path) -> None:
-    """Accuracy vs pipeline energy, one marker per variant; hollow markers are estimates."""
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    colors = plt.get_cmap("tab10").colors  # a colour-blind-safe palette
-    for i, row in summary.iterrows():
-        color = colors[i % len(colors)]
-        ax.errorbar(
-            row["pipeline_energy_j"], row["accuracy"] * 100,
-            xerr=row["pipeline_energy_std"] if row["n"] > 1 else None,
-            yerr=row["accuracy_std"] * 100 if row["n"] > 1 else None,
-            fmt="o", color=color, mfc=color if row["measured"] else "white", capsize=2,
-            label=f"{row['variant']} (n={row['n']})",
-        )  # fmt: skip
-    front = summary[summary["pareto_optimal"]].sort_values("pipeline_energy_j")
-    ax.step(front["pipeline_energy_j"], front["accuracy"] * 100, where="post", color="0.4", ls="--", lw=1)
-    estimated = not summary["measured"].all()
-    ax.set_xlabel("Energy to produce the model (J)" + (", hollow = estimated" if estimated else ""))
-    ax.set_ylabel("Test accuracy (%)")
-    ax.set_title("Accuracy vs energy; dashed: Pareto front")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    for suffix in (".png", ".pdf"):
-        path = out_base.with_suffix(suffix)
-        io.write_atomic(
-            path, lambda tmp, s=suffix: fig.savefig(tmp, format=s[1:], dpi=200, metadata=_NO_DATES[s])
+    history.csv is written by the same job as the model's energy.json (a rule input), so it exists
+    exactly when that job trains; post-training rules (quantization) have none. Each curve is
+    shifted by the energy spent before its rule started (data + its lineage), so a fine-tuned
+    model's curve starts where its parent's ended.
+    """
+    rows = table.set_index(["model", "variant", "seed"])
+    curves = []
+    for entry in entries:
+        path = Path(entry["energy"]).with_name("history.csv")
+        if not path.exists():
+            continue
+        history = pd.read_csv(path)
+        row = rows.loc[_key(entry)]
+        before = row["pipeline_energy_j"] - row["own_energy_j"]
+        curves.append(
+            history.assign(
+                model=entry["model"],
+                variant=entry["variant"],
+                seed=entry["seed"],
+                energy_from_data_j=before + history["cumulative_joules"],
+                measured=~history["energy_source"].str.startswith("estimate"),
+            )
         )
-    plt.close(fig)
+    columns = ["model", "variant", "seed", "epoch", "val_accuracy", "cumulative_joules", "energy_from_data_j"]
+    if not curves:
+        return pd.DataFrame(columns=[*columns, "measured"])
+    return pd.concat(curves, ignore_index=True)
 
 
-# No creation dates in figure files, so the same table always gives byte-identical figures.
-_NO_DATES = {".png": {"Software": None}, ".pdf": {"CreationDate": None, "Producer": None}}
-
-
-def _markdown_table(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
-
-
-def summary_markdown(summary: pd.DataFrame) -> str:
-    lines = ["# joulebench summary", ""]
-    measured = summary["measured"].all()
-    lines.append(
-        "Energy figures are **measured** by hardware counters."
-        if measured
-        else "Energy figures are **estimated** (no energy counter on this machine): Green Algorithms "
-        "model from each rule's CPU time and memory; see each record's `estimate` block."
-    )
-    lines.append("")
-    for model, group in summary.groupby("model"):
-        base = group[group["variant"] == BASELINE].iloc[0]
-        table = pd.DataFrame(
-            {
-                "variant": group["variant"],
-                "n": group["n"],
-                "precision": group["precision"],
-                "accuracy %": (group["accuracy"] * 100).round(2),
-                "energy J": group["pipeline_energy_j"].round(1),
-                "vs baseline": [
-                    f"{(e / base['pipeline_energy_j'] - 1) * 100:+.1f}%" for e in group["pipeline_energy_j"]
-                ],
-                "inference J/1k": group["inference_j_per_1k"].round(3),
-                "p50 latency ms": group["latency_p50_ms"].round(3),
-                "params": group["params"].astype(int),
-                "Pareto": ["yes" if p else "" for p in group["pareto_optimal"]],
-            }
-        )
-        lines += [f"## {model}", "", _markdown_table(table), ""]
-        optimal = ", ".join(group.loc[group["pareto_optimal"], "variant"])
-        lines.append(f"Pareto-optimal (accuracy vs energy to produce): **{optimal}**.")
-        lines.append("")
-        for _, row in group[group["variant"] != BASELINE].iterrows():
-            lines.append(_verdict(row, base))
-        lines.append("")
-    lines.append(
-        "Energy to produce a model counts data preparation and every rule in its lineage: a "
-        "compressed model includes the baseline it was made from, so it can only repay that cost "
-        "through cheaper inference."
-    )
-    return "\n".join(lines) + "\n"
-
-
-def _verdict(row, base) -> str:
-    d_energy = row["pipeline_energy_j"] / base["pipeline_energy_j"] - 1
-    d_acc = (row["accuracy"] - base["accuracy"]) * 100
-    d_inf = row["inference_j_per_1k"] / base["inference_j_per_1k"] - 1
-    train_part = (
-        f"saves {-d_energy:.0%} of the energy to produce"
-        if d_energy < 0
-        else f"does **not** save energy to produce (+{d_energy:.0%})"
-    )
-    infer_part = (
-        f"saves {-d_inf:.0%} inference energy"
-        if d_inf < 0
-        else f"does **not** save inference energy (+{d_inf:.0%})"
-    )
-    return f"- **{row['variant']}** {train_part}, {infer_part}, accuracy {d_acc:+.2f} points vs baseline."
-
-
-def write_report(table: pd.DataFrame, out_dir) -> pd.DataFrame:
+def write_report(table: pd.DataFrame, histories: pd.DataFrame, settings: dict, out_dir) -> pd.DataFrame:
+    """Every report file under out_dir; `settings` is config `report` (targets and budgets)."""
     out_dir = Path(out_dir)
-    summary = summarize(table)
+    summary = report_stats.summarize(table)
+    decisions = report_decisions.decide(summary, settings)
+    break_even = report_decisions.break_even_table(summary)
     io.write_csv(out_dir / "results.csv", table)
+    io.write_atomic(out_dir / "results.parquet", lambda tmp: table.to_parquet(tmp, index=False))
     io.write_csv(out_dir / "summary.csv", summary)
-    plot_pareto(summary, out_dir / "pareto")
-    io.write_text(out_dir / "summary.md", summary_markdown(summary))
+    io.write_csv(out_dir / "break_even.csv", break_even)
+    io.write_csv(out_dir / "training_curves.csv", histories)
+    io.write_json(out_dir / "decisions.json", decisions)
+    report_figures.write_figures(summary, histories, out_dir)
+    header, rows, footnotes = report_tables.paper_table(summary)
+    io.write_text(out_dir / "table.md", report_tables.markdown_with_notes(header, rows, footnotes))
+    io.write_text(out_dir / "table.tex", report_tables.latex_table(header, rows, footnotes))
+    io.write_text(out_dir / "summary.md", report_tables.summary_markdown(summary, decisions, break_even))
     return summary

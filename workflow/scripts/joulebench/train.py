@@ -1,6 +1,7 @@
 """One explicit training loop shared by every variant: baseline, precision, fine-tune, distillation."""
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from joulebench.checkpoint import Checkpointer, restore_rng_state, rng_state
 from joulebench.data import loader
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,12 @@ class TrainSettings:
     weight_decay: float = 0.0
     precision: str = "fp32"
     seed: int = 0
+    # Stop after the first epoch whose validation accuracy reaches this fraction (None: never).
+    target_val_accuracy: float | None = None
+    channels_last: bool = False
+    compile: bool = False
+    # Albumentations transforms ({name, params}) applied online to training batches (joulebench.augment).
+    augmentation: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -74,15 +82,58 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, arrays: dict, split: str, batch_size: int = 512) -> float:
+def accuracy(
+    model: nn.Module, arrays: dict, split: str, batch_size: int = 512, memory_format=torch.contiguous_format
+) -> float:
     device = next(model.parameters()).device
     model.eval()
-    correct = total = 0
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    total = 0
     for images, labels in loader(arrays, split, batch_size):
-        logits = model(images.to(device))
-        correct += int((logits.argmax(1).cpu() == labels).sum())
+        logits = model(images.to(device, memory_format=memory_format))
+        correct += (logits.argmax(1) == labels.to(device)).sum()
         total += len(labels)
-    return correct / total
+    return correct.item() / total
+
+
+def target_reached(history: list[dict], target: float | None) -> bool:
+    return target is not None and bool(history) and history[-1]["val_accuracy"] >= target
+
+
+def training_summary(history: list[dict], settings: TrainSettings) -> dict:
+    """Time- and energy-to-accuracy (DAWNBench / Zeus style): cumulative seconds and joules of the
+    epochs up to the first one whose validation accuracy reaches the target; None if none did."""
+    target = settings.target_val_accuracy
+    first = next((row for row in history if target is not None and row["val_accuracy"] >= target), None)
+    return {
+        "epochs_max": settings.epochs,
+        "epochs_run": len(history),
+        "target_val_accuracy": target,
+        "stopped_early": target_reached(history, target) and len(history) < settings.epochs,
+        "epoch_reaching_target": first["epoch"] if first else None,
+        "time_to_accuracy_s": first["cumulative_seconds"] if first else None,
+        "energy_to_accuracy_j": first["cumulative_joules"] if first else None,
+        "energy_source": "+".join(sorted({row["energy_source"] for row in history})),
+        "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "best_val_accuracy": max((row["val_accuracy"] for row in history), default=None),
+        "total_seconds": history[-1]["cumulative_seconds"] if history else 0.0,
+        "total_joules": history[-1]["cumulative_joules"] if history else 0.0,
+        "precision": settings.precision,
+        "channels_last": settings.channels_last,
+        "compile": settings.compile,
+    }
+
+
+def _resume(checkpointer, model, optimizer, scaler, batches) -> list[dict]:
+    """Load the last checkpoint into the run's state; returns the history so far (empty if none)."""
+    state = checkpointer.load() if checkpointer else None
+    if state is None:
+        return []
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"], batches)
+    return list(state["history"])
 
 
 def train(
@@ -91,25 +142,42 @@ def train(
     settings: TrainSettings,
     meter,
     distillation: Distillation | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> list[dict]:
-    """Train in place; one energy window per epoch. Returns one history row per epoch."""
+    """Train in place; one energy window per epoch. Returns one history row per epoch.
+
+    With a checkpointer, the state after every epoch is saved and a rerun resumes from it (the
+    history returned then includes the earlier attempts' epochs). Training stops early after the
+    first epoch whose validation accuracy reaches `settings.target_val_accuracy`.
+    """
     device = pick_device()
-    model.to(device)
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
     dtype = PRECISIONS[settings.precision]
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
-    teacher = distillation.teacher.to(device).eval() if distillation else None
-    batches = loader(arrays, "train", settings.batch_size, shuffle=True, seed=settings.seed)
-    history, cumulative_joules = [], 0.0
-    for epoch in range(1, settings.epochs + 1):
+    teacher = distillation.teacher.to(device, memory_format=memory_format).eval() if distillation else None
+    forward = torch.compile(model) if settings.compile else model
+    batches = loader(
+        arrays, "train", settings.batch_size, shuffle=True, seed=settings.seed, augment=settings.augmentation
+    )
+    history = _resume(checkpointer, model, optimizer, scaler, batches)
+    epoch_windows = list(checkpointer.prior_windows) if checkpointer else []
+    for epoch in range(len(history) + 1, settings.epochs + 1):
+        if target_reached(history, settings.target_val_accuracy):
+            break
         started = time.perf_counter()
         with meter.window(f"epoch{epoch}") as window:
-            model.train()
-            loss_sum = correct = seen = 0
+            forward.train()
+            # Running sums stay on the device: no host sync per batch.
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen = 0
             for images, labels in batches:
-                images, labels = images.to(device), labels.to(device)
+                images = images.to(device, memory_format=memory_format, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = model(images)
+                    logits = forward(images)
                     if teacher is None:
                         loss = F.cross_entropy(logits, labels)
                     else:
@@ -118,35 +186,56 @@ def train(
                         loss = distillation_loss(
                             logits, teacher_logits, labels, distillation.temperature, distillation.alpha
                         )
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} in epoch {epoch}; lower the learning rate "
-                        f"(now {settings.lr}) or use fp32 precision"
-                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                loss_sum += loss.item() * len(labels)
-                correct += int((logits.argmax(1) == labels).sum())
+                loss_sum += loss.detach().float() * len(labels)
+                correct += (logits.argmax(1) == labels).sum()
                 seen += len(labels)
-            val_accuracy = accuracy(model, arrays, "val")
+            train_loss = loss_sum.item() / seen
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(
+                    f"loss became {train_loss} in epoch {epoch}; lower the learning rate "
+                    f"(now {settings.lr}) or use fp32 precision"
+                )
+            val_accuracy = accuracy(forward, arrays, "val", memory_format=memory_format)
         record = window.record
-        cumulative_joules += record["joules"]
+        seconds = time.perf_counter() - started
         row = {
             "epoch": epoch,
-            "train_loss": loss_sum / seen,
-            "train_accuracy": correct / seen,
+            "train_loss": train_loss,
+            "train_accuracy": correct.item() / seen,
             "val_accuracy": val_accuracy,
-            "seconds": time.perf_counter() - started,
+            "seconds": seconds,
+            "cumulative_seconds": (history[-1]["cumulative_seconds"] if history else 0.0) + seconds,
             "joules": record["joules"],
-            "cumulative_joules": cumulative_joules,
+            "cumulative_joules": (history[-1]["cumulative_joules"] if history else 0.0) + record["joules"],
             "energy_source": record["source"],
         }
         history.append(row)
+        epoch_windows.append(record)
         log.info(
             "epoch %d/%d loss %.4f train_acc %.4f val_acc %.4f %.2fs %.2f J (%s)",
             epoch, settings.epochs, row["train_loss"], row["train_accuracy"], val_accuracy,
             row["seconds"], row["joules"], row["energy_source"],
         )  # fmt: skip
+        if checkpointer:
+            checkpointer.save(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": rng_state(batches),
+                    "history": history,
+                    "windows": epoch_windows,
+                }
+            )
+    if target_reached(history, settings.target_val_accuracy) and len(history) < settings.epochs:
+        log.info(
+            "validation accuracy reached %s: stopped after epoch %d",
+            settings.target_val_accuracy,
+            len(history),
+        )
     return history

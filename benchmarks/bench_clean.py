@@ -1,0 +1,96 @@
+"""Cleaning throughput on synthetic 32x32 RGB images, on one core.
+
+Target (issue #3): thousands of images per second per core. Prints images/s for the whole
+clean_splits call (content hash + pHash + near-duplicate search + grouping) and per step, and the
+ratio to the target. The images are smooth random textures with planted exact and near duplicates,
+so the grouping does real work.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_clean.py [--images 20000]
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # per core: before numpy starts its thread pool
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
+
+import numpy as np  # noqa: E402
+
+from joulebench import clean  # noqa: E402
+
+TARGET_IMAGES_PER_S = 1000.0
+
+
+def synthetic_splits(count: int, seed: int = 0) -> dict:
+    """Smooth 32x32 RGB textures (4x4 noise upsampled), 2% exact and 2% near duplicates."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((count, 3, 4, 4), dtype=np.float32)
+    images = np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3)
+    images += rng.normal(0, 0.05, images.shape).astype(np.float32)
+    planted = count // 50
+    images[-planted:] = images[:planted]
+    images[-2 * planted : -planted] = np.clip(images[planted : 2 * planted] * 1.02, 0, 1)
+    images = np.clip(images, 0, 1)
+    labels = rng.integers(0, 10, count)
+    labels[-planted:] = labels[:planted]
+    labels[-2 * planted : -planted] = labels[planted : 2 * planted]
+    order = rng.permutation(count)
+    cut_val, cut_test = int(0.65 * count), int(0.8 * count)
+    parts = {"train": order[:cut_val], "val": order[cut_val:cut_test], "test": order[cut_test:]}
+    arrays = {}
+    for split, rows in parts.items():
+        arrays |= {f"{split}_x": images[rows], f"{split}_y": labels[rows], f"{split}_id": rows}
+    return arrays
+
+
+def timed(function, *args):
+    """Result and CPU seconds of this process (per core, and less disturbed by other jobs than wall)."""
+    started = time.process_time()
+    result = function(*args)
+    return result, time.process_time() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=20000)
+    parser.add_argument("--max-distance", type=int, default=4)
+    args = parser.parse_args()
+    arrays = synthetic_splits(args.images)
+    names = [f"synthetic:{i}" for i in range(args.images)]
+    settings = {"enabled": True, "near_duplicates": True, "near_duplicate_max_distance": args.max_distance}
+
+    pixels, t_uint8 = timed(clean.to_uint8, np.concatenate([arrays[f"{s}_x"] for s in clean.SPLIT_ORDER]))
+    digests, t_content = timed(clean.content_hashes, pixels)
+    phashes, t_phash = timed(clean.perceptual_hashes, pixels)
+    _, t_groups = timed(clean.duplicate_groups, digests, phashes, args.max_distance)
+    wall_started = time.perf_counter()
+    (_, removed), t_total = timed(clean.clean_splits, arrays, names, settings)
+    wall = time.perf_counter() - wall_started
+
+    n = args.images
+    print(f"cleaning {n} synthetic 32x32 RGB images, one thread, max pHash distance {args.max_distance}")
+    print("(CPU seconds of this process; images/s = images per CPU-second, i.e. per core)")
+    for step, seconds in (
+        ("to uint8", t_uint8),
+        ("content hash", t_content),
+        ("pHash", t_phash),
+        ("group (Hamming search)", t_groups),
+    ):
+        print(f"  {step:24s} {seconds:7.3f} s  {n / seconds:10.0f} images/s")
+    print(f"  {'clean_splits total':24s} {t_total:7.3f} s  {n / t_total:10.0f} images/s")
+    print(f"  wall time of clean_splits: {wall:.3f} s (load average now {os.getloadavg()[0]:.1f})")
+    print(
+        f"removed {len(removed)} images (planted: {2 * (n // 50)} duplicates, some grouped with neighbours)"
+    )
+    print(
+        f"throughput / target ({TARGET_IMAGES_PER_S:.0f} images/s/core): "
+        f"{n / t_total / TARGET_IMAGES_PER_S:.1f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()

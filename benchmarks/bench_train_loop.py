@@ -1,0 +1,132 @@
+"""Cost of our training loop against a minimal plain PyTorch loop, and of energy monitoring.
+
+Three arms run the same model, data, batches and optimizer steps, interleaved (the order rotates
+every repeat) so drift in machine load hits all alike:
+
+- plain:  a minimal PyTorch loop (pytorch/examples style): AdamW steps over the same DataLoader,
+          then the same per-epoch validation pass our loop does (it is what early stopping and
+          time-to-accuracy need, so both arms pay it);
+- ours:   joulebench.train.train with the real EnergyMeter (one Zeus window per epoch);
+- ours, monitor off: the same with a meter that measures nothing.
+
+Prints the minimum and median wall and CPU seconds per arm, the throughput ratio ours/plain
+(target >= 0.95) and the monitor overhead ratio on/off (target <= 1.01). CPU time of this process
+is less disturbed by other processes on a shared machine than wall time; both are printed.
+
+    python benchmarks/bench_train_loop.py [--repeats 9] [--epochs 1] [--threads 1]
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from joulebench import data  # noqa: E402
+from joulebench.energy import EnergyMeter  # noqa: E402
+from joulebench.models import build_model  # noqa: E402
+from joulebench.train import TrainSettings, seed_everything, train  # noqa: E402
+
+RECIPE = {"arch": "small_cnn", "in_channels": 1, "num_classes": 10}
+THROUGHPUT_TARGET = 0.95
+MONITOR_TARGET = 1.01
+
+
+class NoMeter:
+    """The 'monitor off' arm: a meter whose windows measure nothing."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    @contextmanager
+    def window(self, name: str):
+        yield SimpleNamespace(record={"joules": 0.0, "source": "off"})
+
+
+def plain_loop(model, arrays: dict, settings: TrainSettings) -> None:
+    """The minimal loop: what plain PyTorch costs for these steps and the per-epoch validation."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    batches = data.loader(arrays, "train", settings.batch_size, shuffle=True, seed=settings.seed)
+    for _ in range(settings.epochs):
+        model.train()
+        for images, labels in batches:
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for images, labels in data.loader(arrays, "val", 512):
+                correct += int((model(images).argmax(1) == labels).sum())
+
+
+def one_run(arm: str, arrays: dict, settings: TrainSettings) -> tuple[float, float]:
+    """(wall, CPU) seconds of one arm, meter construction included."""
+    seed_everything(0)
+    model = build_model(RECIPE)
+    wall, cpu = time.perf_counter(), time.process_time()
+    if arm == "plain":
+        plain_loop(model, arrays, settings)
+    else:
+        meter = EnergyMeter("bench") if arm == "ours" else NoMeter()
+        with meter:
+            train(model, arrays, settings, meter)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    images, labels, _ = data.load_digits_source()
+    arrays = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    settings = TrainSettings(epochs=args.epochs, batch_size=64, lr=3e-3, seed=0)
+    arms = ["plain", "ours", "ours_monitor_off"]
+    one_run("plain", arrays, settings)  # warm-up: first-call allocations and lazy imports
+    one_run("ours", arrays, settings)
+    times = {arm: {"wall": [], "cpu": []} for arm in arms}
+    for repeat in range(args.repeats):
+        for arm in arms[repeat % 3 :] + arms[: repeat % 3]:
+            wall, cpu = one_run(arm, arrays, settings)
+            times[arm]["wall"].append(wall)
+            times[arm]["cpu"].append(cpu)
+    samples = args.epochs * len(arrays["train_y"])
+    print(f"small_cnn on digits: {args.epochs} epochs x {len(arrays['train_y'])} samples, batch 64, ", end="")
+    print(f"{args.threads} threads, {args.repeats} interleaved repeats")
+    for arm in arms:
+        wall, cpu = times[arm]["wall"], times[arm]["cpu"]
+        print(
+            f"  {arm:18s} wall min {min(wall):7.3f} s ({samples / min(wall):7.0f} samples/s) median "
+            f"{statistics.median(wall):7.3f} s   cpu min {min(cpu):7.3f} s "
+            f"median {statistics.median(cpu):7.3f} s"
+        )
+    # The minimum is the run least disturbed by other processes; the median is printed beside it.
+    for kind in ("wall", "cpu"):
+        for name, pick in (("min", min), ("median", statistics.median)):
+            best = {arm: pick(times[arm][kind]) for arm in arms}
+            throughput = best["plain"] / best["ours"]
+            monitor = best["ours"] / best["ours_monitor_off"]
+            print(
+                f"{kind:4s} {name:6s}: throughput ratio ours/plain {throughput:.3f} (target >= "
+                f"{THROUGHPUT_TARGET}: {'met' if throughput >= THROUGHPUT_TARGET else 'MISSED'}); monitor "
+                f"overhead on/off {monitor:.3f} (target <= {MONITOR_TARGET}: "
+                f"{'met' if monitor <= MONITOR_TARGET else 'MISSED'})"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Cleaning on a real image tree with planted problems: every planted item found, no clean one lost."""
+
+import io as bytes_io
+import shutil
+
+import imagehash
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageEnhance
+from sklearn.datasets import load_sample_images
+
+from joulebench import clean, data, io, stages
+
+CLASSES = ("boats", "flowers", "roofs")
+PER_CLASS = 20
+SETTINGS = {
+    "enabled": True,
+    "near_duplicates": True,
+    "near_duplicate_max_distance": 6,
+    "examples_per_reason": 3,
+}
+ENERGY = {"estimate": {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}}
+
+
+def photo_crops(count: int, seed: int = 0) -> list[Image.Image]:
+    """32x32 crops of scikit-learn's two sample photos, textured and pairwise far apart in pHash."""
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    crops, hashes = [], []
+    while len(crops) < count:
+        photo = photos[rng.integers(len(photos))]
+        side = int(rng.integers(48, 160))
+        top, left = rng.integers(0, photo.shape[0] - side), rng.integers(0, photo.shape[1] - side)
+        crop = Image.fromarray(photo[top : top + side, left : left + side]).resize((32, 32), Image.BILINEAR)
+        if np.asarray(crop.convert("L")).std() < 30:  # flat sky: no structure to hash
+            continue
+        digest = imagehash.phash(crop)
+        if all(digest - other > 20 for other in hashes):
+            crops.append(crop)
+            hashes.append(digest)
+    return crops
+
+
+def near_copy(image: Image.Image) -> Image.Image:
+    """A slightly brighter JPEG re-encode: different bytes, same picture."""
+    buffer = bytes_io.BytesIO()
+    ImageEnhance.Brightness(image).enhance(1.04).save(buffer, "JPEG", quality=92)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def planted_tree(tmp_path_factory):
+    """An ImageFolder tree of real photo crops plus planted problems; returns (root, planted)."""
+    root = tmp_path_factory.mktemp("tree")
+    crops = photo_crops(len(CLASSES) * PER_CLASS)
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir()
+        for i in range(PER_CLASS):
+            crops[c * PER_CLASS + i].save(root / name / f"{i:02d}.png")
+    png = (root / "boats/00.png").read_bytes()
+    jpeg = bytes_io.BytesIO()
+    crops[1].save(jpeg, "JPEG", quality=90)
+    (root / "boats/truncated.png").write_bytes(png[: len(png) // 2])
+    (root / "flowers/truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (root / "roofs/garbage.png").write_bytes(np.random.default_rng(1).bytes(500))
+    crops[2].resize((40, 40)).save(root / "boats/big.png")
+    crops[3].convert("L").save(root / "boats/grey.png")
+    planted = {
+        "unreadable": {"boats/truncated.png", "flowers/truncated.jpg", "roofs/garbage.png"},
+        "wrong_size": {"boats/big.png"},
+        "wrong_mode": {"boats/grey.png"},
+        # Pairs of one picture: exactly one of each pair must go (which one depends on the split).
+        "pairs": [],
+        "conflicts": set(),
+    }
+    for i in (4, 5, 6):
+        shutil.copy(root / f"flowers/{i:02d}.png", root / f"flowers/copy{i}.png")
+        planted["pairs"].append({f"flowers/{i:02d}.png", f"flowers/copy{i}.png"})
+    for i in (7, 8, 9):
+        near_copy(crops[2 * PER_CLASS + i]).save(root / f"roofs/near{i}.png")
+        planted["pairs"].append({f"roofs/{i:02d}.png", f"roofs/near{i}.png"})
+    # The same picture filed under two classes: neither label can be trusted, both go.
+    shutil.copy(root / "boats/10.png", root / "flowers/mislabelled.png")
+    planted["conflicts"] = {"boats/10.png", "flowers/mislabelled.png"}
+    return root, planted
+
+
+def run_cleaning(root, tmp_path, settings=SETTINGS):
+    dataset = {"name": "tree", "source": "imagefolder", "root": str(root)}
+    dataset |= {"val_fraction": 0.2, "test_fraction": 0.3, "split_seed": 0}
+    raw = {
+        name: tmp_path / f"raw_{name}" for name in ("splits.npz", "facts.json", "rejected.csv", "energy.json")
+    }
+    stages.prepare_dataset(dataset, settings, ENERGY, *raw.values())
+    out = {
+        "splits": tmp_path / "splits.npz",
+        "facts": tmp_path / "dataset.json",
+        "report": tmp_path / "cleaning_report.json",
+        "removed": tmp_path / "removed.csv",
+        "energy": tmp_path / "energy.json",
+    }
+    stages.clean_dataset(raw["splits.npz"], raw["facts.json"], raw["rejected.csv"], settings, ENERGY, out)
+    return out
+
+
+def test_every_planted_item_is_found_and_no_clean_item_removed(planted_tree, tmp_path):
+    root, planted = planted_tree
+    out = run_cleaning(root, tmp_path)
+    removed = pd.read_csv(out["removed"])
+    reason_of = dict(zip(removed["item"], removed["reason"], strict=True))
+    for reason in ("unreadable", "wrong_size", "wrong_mode"):
+        for item in planted[reason]:
+            assert reason_of.get(item) == reason, item
+    for pair in planted["pairs"]:
+        gone = pair & set(reason_of)
+        assert len(gone) == 1, pair
+        assert reason_of[gone.pop()] in ("exact_duplicate", "near_duplicate", "leakage")
+    for item in planted["conflicts"]:
+        assert reason_of.get(item) == "conflicting_labels", item
+    expected = set().union(
+        planted["unreadable"], planted["wrong_size"], planted["wrong_mode"], planted["conflicts"]
+    )
+    assert len(reason_of) == len(expected) + len(planted["pairs"])  # nothing clean removed
+
+    report = io.read_json(out["report"])
+    assert report["removed_total"] == len(removed)
+    assert sum(report["removed_by_reason"].values()) == len(removed)
+    assert report["removed_by_reason"]["unreadable"] == 3
+    kept = io.load_arrays(out["splits"])
+    assert sum(report["after"][s]["count"] for s in clean.SPLIT_ORDER) == sum(
+        len(kept[f"{s}_y"]) for s in data.SPLITS
+    )
+    facts = io.read_json(out["facts"])
+    assert facts["train_count"] == len(kept["train_y"]) and facts["classes"] == list(CLASSES)
+    assert io.read_json(out["energy"])["rule"] == "clean_dataset"
+    # After cleaning no two images, in any splits, are duplicates.
+    pixels = clean.to_uint8(np.concatenate([kept[f"{s}_x"] for s in data.SPLITS]))
+    hashes = clean.perceptual_hashes(pixels)
+    assert len(clean.hamming_pairs(hashes, SETTINGS["near_duplicate_max_distance"])[0]) == 0
+
+
+def test_unreadable_file_is_an_error_naming_it_when_cleaning_is_off(planted_tree):
+    root, _ = planted_tree
+    with pytest.raises(data.DatasetError, match=r"cannot read image .*(truncated|garbage)"):
+        data.load_imagefolder_source(str(root), skip_unusable=False)
+
+
+def test_test_images_copying_train_images_are_leaks_and_train_keeps_its_copy():
+    rng = np.random.default_rng(0)
+    crops = photo_crops(12, seed=3)
+    images = np.stack([np.asarray(c, dtype=np.float32).transpose(2, 0, 1) / 255 for c in crops])
+    arrays = {
+        "train_x": images[:8], "train_y": np.arange(8) % 2, "train_id": np.arange(8),
+        "val_x": images[8:10], "val_y": np.array([0, 1]), "val_id": np.array([8, 9]),
+        # test: two fresh images, an exact copy of train[3] and a near copy of train[4]
+        "test_x": np.stack([images[10], images[11], images[3], images[4] * 1.03]).clip(0, 1),
+        "test_y": np.array([0, 1, 1, 0]), "test_id": np.array([10, 11, 12, 13]),
+    }  # fmt: skip
+    arrays["test_x"][3] += rng.normal(0, 0.004, arrays["test_x"][3].shape).astype(np.float32)
+    names = [f"img{i}" for i in range(14)]
+    cleaned, removed = clean.clean_splits(arrays, names, SETTINGS)
+    assert [
+        (r["split"], r["index"], r["reason"], r["matched_split"], r["matched_index"]) for r in removed
+    ] == [
+        ("test", 2, "leakage", "train", 3),
+        ("test", 3, "leakage", "train", 4),
+    ]
+    assert len(cleaned["train_y"]) == 8 and list(cleaned["test_id"]) == [10, 11]
+
+
+def test_vectorized_phash_equals_imagehash_on_32x32_images():
+    crops = photo_crops(30, seed=5)
+    pixels = np.stack([np.asarray(c).transpose(2, 0, 1) for c in crops])
+    ours = clean.perceptual_hashes(pixels)
+    for crop, value in zip(crops, ours, strict=True):
+        bits = np.unpackbits(np.array([value], dtype=">u8").view(np.uint8)).astype(bool)
+        assert np.array_equal(bits.reshape(8, 8), imagehash.phash(crop).hash)
+
+
+def test_disabled_near_duplicates_keep_near_copies():
+    crops = photo_crops(4, seed=7)
+    base = np.stack([np.asarray(c, dtype=np.float32).transpose(2, 0, 1) / 255 for c in crops])
+    near = np.concatenate([base, (base[:1] * 1.03).clip(0, 1)])
+    arrays = {"train_x": near, "train_y": np.zeros(5, dtype=np.int64), "train_id": np.arange(5)}
+    for split in ("val", "test"):
+        arrays |= {
+            f"{split}_x": base[:0],
+            f"{split}_y": np.zeros(0, np.int64),
+            f"{split}_id": np.zeros(0, np.int64),
+        }
+    on = clean.clean_splits(arrays, [str(i) for i in range(5)], SETTINGS)[1]
+    off = clean.clean_splits(arrays, [str(i) for i in range(5)], {**SETTINGS, "near_duplicates": False})[1]
+    assert [r["reason"] for r in on] == ["near_duplicate"] and off == []
+
+
+def test_digits_default_cleaning_removes_few_and_never_a_whole_class():
+    images, labels, classes = data.load_digits_source()
+    arrays = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    settings = {"enabled": True, "near_duplicates": True, "near_duplicate_max_distance": 4}
+    cleaned, removed = clean.clean_splits(arrays, [str(i) for i in range(len(labels))], settings)
+    assert 0 < len(removed) < 0.05 * len(labels)
+    assert np.bincount(cleaned["train_y"]).min() > 100

@@ -1,0 +1,81 @@
+"""The report rule in a real workflow run: every output, `snakemake --report`, identical reruns."""
+
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import run_snakemake
+
+pytestmark = pytest.mark.slow
+
+FIGURES = [
+    "accuracy_vs_training_energy",
+    "accuracy_vs_inference_energy",
+    "accuracy_vs_size",
+    "accuracy_vs_macs",
+    "energy_by_stage",
+    "training_curves",
+]
+TABLES = [
+    "results.csv",
+    "results.parquet",
+    "summary.csv",
+    "summary.md",
+    "table.md",
+    "table.tex",
+    "break_even.csv",
+    "decisions.json",
+    "training_curves.csv",
+]
+
+
+def report_dir(workdir):
+    return workdir / "results" / "report"
+
+
+def test_report_has_every_figure_and_table(tiny_run):
+    workdir, config, _ = tiny_run
+    out = report_dir(workdir)
+    for name in TABLES + [f"{figure}.{ext}" for figure in FIGURES for ext in ("pdf", "png")]:
+        assert (out / name).stat().st_size > 0, name
+    table = pd.read_csv(out / "results.csv")
+    assert len(pd.read_parquet(out / "results.parquet")) == len(table)
+    stage_sum = table[["energy_data_j", "energy_train_j", "energy_compress_j"]].sum(axis=1)
+    assert (stage_sum - table["pipeline_energy_j"]).abs().max() < 1e-6
+    assert (table["energy_evaluate_j"] > 0).all()
+    from_scratch = table["producing_rule"] == "train_model"
+    assert (table.loc[~from_scratch, "energy_compress_j"] > 0).all() and (~from_scratch).any()
+    assert (table.loc[from_scratch, "energy_compress_j"] == 0).all()
+    decisions = json.loads((out / "decisions.json").read_text())
+    assert decisions["accuracy_target"] == config["report"]["accuracy_target"]
+    summary = (out / "summary.md").read_text()
+    assert "## Decisions" in summary and "## Break-even against the baseline" in summary
+    assert "no interval" in summary  # the tiny run has one seed: no CI, and it says so
+    tex = (out / "table.tex").read_text()
+    assert "\\toprule" in tex and "$^\\dagger$" in tex  # estimated energy is footnoted
+    curves = pd.read_csv(out / "training_curves.csv")
+    assert "int8_dynamic" not in set(curves["variant"]) and "baseline" in set(curves["variant"])
+
+
+def test_snakemake_report_html_holds_every_figure_with_its_caption(tiny_run):
+    workdir, config, _ = tiny_run
+    run_snakemake(workdir, config, "--report", "report.html")
+    html = (workdir / "report.html").read_text()
+    for figure in FIGURES:
+        assert f"{figure}.png" in html, figure
+    for caption in ("Pareto front on the means", "pipeline stage", "Validation accuracy against"):
+        assert caption in html, caption
+
+
+def test_rerunning_only_the_report_gives_identical_files(tiny_run):
+    workdir, config, _ = tiny_run
+    before = {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in report_dir(workdir).iterdir()
+    }
+    run_snakemake(workdir, config, "--forcerun", "aggregate_report", "--allowed-rules", "aggregate_report")
+    after = {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in report_dir(workdir).iterdir()
+    }
+    assert after == before

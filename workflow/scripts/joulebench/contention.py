@@ -1,0 +1,38 @@
+"""Which energy records shared a measured device while their windows were open.
+
+NVML and RAPL count everything the device does, whoever does it: two jobs measured at the same
+time on one GPU (or one CPU package) each book the other's work as their own. The workflow avoids
+that by scheduling (`measured` and `gpu` resources, profiles/default), and this module checks that
+it worked: it compares every record of a run and names those whose windows overlapped in time on
+the same physical device of the same host. Such records are "contended"; the report flags them.
+
+Estimated records have no device (the estimate charges the process's own CPU time, which other
+jobs do not inflate), so they are never contended.
+"""
+
+
+def device_keys(record: dict) -> set[tuple[str, str]]:
+    """(host, physical device) of every device the record measured."""
+    return {(record["host"], device.get("device_id", name)) for name, device in record["devices"].items()}
+
+
+def find_contention(records: dict[str, dict]) -> dict[str, list[str]]:
+    """For each record label, the labels of the records it shared a device with, overlapping in time.
+
+    Windows that only touch (one ends as the next starts) do not overlap. Sweep in start order,
+    keeping the windows still open; runs have hundreds of records, so this stays cheap.
+    """
+    spans = sorted(
+        (record["start_unix"], record["end_unix"], label, device_keys(record))
+        for label, record in records.items()
+    )
+    contended = {label: [] for label in records}
+    still_open = []
+    for start, end, label, devices in spans:
+        still_open = [span for span in still_open if span[1] > start]
+        for _, _, other, other_devices in still_open:
+            if devices & other_devices:
+                contended[label].append(other)
+                contended[other].append(label)
+        still_open.append((start, end, label, devices))
+    return {label: sorted(others) for label, others in contended.items()}

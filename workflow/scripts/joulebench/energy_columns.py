@@ -1,0 +1,60 @@
+"""The energy columns of the report: provenance, contention, idle-corrected energy, carbon and cost.
+
+`joulebench.report.build_table` adds these to each row. Everything is derived here, at aggregation,
+from the raw joules of the records, so the records stay the single source of truth.
+"""
+
+from joulebench.carbon import carbon_model
+from joulebench.contention import find_contention
+from joulebench.energy import dynamic_joules
+
+
+def hardware_summary(record: dict) -> str:
+    """'gpu0: NVIDIA H200 [nvml-counter, driver 550.54.15]; cpu0: ...', or what the estimate used."""
+    if not record["measured"]:
+        return f"none measured ({record['source']})"
+    parts = []
+    for key, device in record["devices"].items():
+        facts = record.get("hardware", {}).get(key, {})
+        driver = f", driver {facts['driver_version']}" if facts.get("driver_version") else ""
+        parts.append(f"{key}: {device['name']} [{device['source']}{driver}]")
+    return "; ".join(parts)
+
+
+class EnergyColumns:
+    """Per-row energy columns, given every energy record of the run (label -> record) at once.
+
+    Labels are how the report names records (their paths); contention compares all of them.
+    """
+
+    def __init__(self, records: dict[str, dict], energy_config: dict | None, idle: dict | None):
+        self.records = records
+        self.contended_with = find_contention(records)
+        self.carbon = carbon_model((energy_config or {}).get("carbon", {}))
+        self.idle = idle
+
+    def row(self, own: str, chain: list[str], pipeline_joules: float, evaluation: str | None = None) -> dict:
+        """Columns for one model: record `own` made it; `chain` labels every record of its lineage."""
+        record = self.records[own]
+        columns = {
+            "own_energy_hardware": hardware_summary(record),
+            "own_contended": bool(self.contended_with[own]),
+            "own_contended_with": ";".join(self.contended_with[own]),
+            "pipeline_contended": any(self.contended_with[label] for label in chain),
+            "own_short_windows": ";".join(record.get("short_windows", [])),
+            "own_dynamic_energy_j": dynamic_joules(record, self.idle),
+            "host": record["host"],
+            "slurm_job_id": record.get("slurm_job_id"),
+            "zeus_version": record["zeus_version"],
+            "own_gco2e": self.carbon.grams_co2e(record["joules"]),
+            "pipeline_gco2e": self.carbon.grams_co2e(pipeline_joules),
+            "pipeline_cost": self.carbon.cost(pipeline_joules),
+            "cost_currency": self.carbon.currency,
+            "carbon_intensity_g_per_kwh": self.carbon.intensity_g_per_kwh,
+            "pue": self.carbon.pue,
+            "carbon_intensity_source": self.carbon.intensity_source,
+        }
+        if evaluation is not None:
+            columns["inference_contended"] = bool(self.contended_with[evaluation])
+            columns["inference_short_windows"] = ";".join(self.records[evaluation].get("short_windows", []))
+        return columns

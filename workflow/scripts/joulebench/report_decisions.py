@@ -1,0 +1,169 @@
+"""The decisions the report exists to answer, on per-variant means (see report_stats.summarize).
+
+- cheapest variant that meets an accuracy target: min energy s.t. accuracy >= target;
+- most accurate variant within an energy budget: max accuracy s.t. energy <= budget;
+- break-even: after how many inferences a model that cost more to produce has paid that back
+  through cheaper inference.
+"""
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+BASELINE = "baseline"
+ACCURACY = "test_accuracy"
+ENERGY = "pipeline_energy_j"
+
+
+def cheapest_meeting_target(summary: pd.DataFrame, accuracy_target: float) -> pd.DataFrame:
+    """Rows with accuracy >= target and the least energy to produce; empty when none qualifies.
+
+    Equal energy is broken by higher accuracy; rows still tied are all returned (sorted by name),
+    because the data cannot tell them apart.
+    """
+    meeting = summary[summary[ACCURACY] >= accuracy_target]
+    if meeting.empty:
+        return meeting
+    cheapest = meeting[meeting[ENERGY] == meeting[ENERGY].min()]
+    best = cheapest[cheapest[ACCURACY] == cheapest[ACCURACY].max()]
+    return best.sort_values(["model", "variant"])
+
+
+def most_accurate_within_budget(summary: pd.DataFrame, energy_budget_j: float) -> pd.DataFrame:
+    """Rows with energy <= budget and the highest accuracy; ties broken by less energy, then all kept."""
+    within = summary[summary[ENERGY] <= energy_budget_j]
+    if within.empty:
+        return within
+    accurate = within[within[ACCURACY] == within[ACCURACY].max()]
+    best = accurate[accurate[ENERGY] == accurate[ENERGY].min()]
+    return best.sort_values(["model", "variant"])
+
+
+DECISION_COLUMNS = [
+    "dataset",
+    "model",
+    "variant",
+    "n",
+    ACCURACY,
+    f"{ACCURACY}_ci95",
+    ENERGY,
+    f"{ENERGY}_ci95",
+    "pipeline_energy_measured",
+]
+
+
+def _records(rows: pd.DataFrame) -> list[dict]:
+    """JSON-ready rows: numpy scalars to Python, missing intervals to None."""
+    records = []
+    for _, row in rows[DECISION_COLUMNS].iterrows():
+        record = {}
+        for column, value in row.items():
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                record[column] = None
+            else:
+                record[column] = value.item() if hasattr(value, "item") else value
+        records.append(record)
+    return records
+
+
+def decide(summary: pd.DataFrame, settings: dict) -> dict:
+    """Both decisions for config `report` (either key may be absent: that decision is skipped)."""
+    target = settings.get("accuracy_target")
+    budget = settings.get("energy_budget_j")
+    return {
+        "accuracy_target": target,
+        "cheapest_meeting_target": _records(cheapest_meeting_target(summary, target)) if target else [],
+        "energy_budget_j": budget,
+        "most_accurate_within_budget": _records(most_accurate_within_budget(summary, budget))
+        if budget
+        else [],
+        "statistic": "mean over seeds",
+    }
+
+
+@dataclass(frozen=True)
+class BreakEven:
+    """When a variant's total energy (produce + N inferences) falls below the baseline's.
+
+    `inferences` is N* (0 when the variant is never behind); None when it never catches up.
+    """
+
+    inferences: float | None
+    extra_produce_j: float
+    saving_per_inference_j: float
+
+    @property
+    def verdict(self) -> str:
+        if self.inferences is None:
+            if self.extra_produce_j < 0:
+                ahead_for = self.extra_produce_j / self.saving_per_inference_j
+                return (
+                    "never: cheaper to produce but dearer per inference, so it is ahead only for "
+                    f"the first {math.floor(ahead_for):,} inferences"
+                )
+            return "never: it does not save inference energy"
+        if self.inferences == 0:
+            return "immediately: it costs no more to produce and no more per inference"
+        # Round first: 32 / ((4.1 - 2.1) / 1000) is 16000.000000000004 in floating point, not 16,001.
+        return f"after {math.ceil(round(self.inferences, 6)):,} inferences"
+
+
+def break_even(
+    produce_variant_j: float,
+    produce_baseline_j: float,
+    inference_baseline_j: float,
+    inference_variant_j: float,
+) -> BreakEven:
+    """N* = (E_produce(variant) - E_produce(baseline)) / (E_inf(baseline) - E_inf(variant)), per sample.
+
+    0 when the variant is never behind; None ("never") when it does not save inference energy
+    yet cost more to produce, or saves nothing per inference at all.
+    """
+    extra = produce_variant_j - produce_baseline_j
+    saving = inference_baseline_j - inference_variant_j
+    if extra <= 0 and saving >= 0:
+        return BreakEven(0.0, extra, saving)
+    if saving <= 0:
+        return BreakEven(None, extra, saving)
+    return BreakEven(extra / saving, extra, saving)
+
+
+def break_even_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Break-even of every variant against the baseline of the same dataset and model."""
+    rows = []
+    for (dataset, model), group in summary.groupby(["dataset", "model"], sort=True):
+        base = group[group["variant"] == BASELINE]
+        if base.empty:
+            continue
+        base = base.iloc[0]
+        for _, row in group[group["variant"] != BASELINE].iterrows():
+            result = break_even(
+                row[ENERGY],
+                base[ENERGY],
+                base["inference_joules_per_1k"] / 1000,
+                row["inference_joules_per_1k"] / 1000,
+            )
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "model": model,
+                    "variant": row["variant"],
+                    "extra_produce_j": result.extra_produce_j,
+                    "saving_per_inference_j": result.saving_per_inference_j,
+                    "break_even_inferences": result.inferences,
+                    "verdict": result.verdict,
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "dataset",
+            "model",
+            "variant",
+            "extra_produce_j",
+            "saving_per_inference_j",
+            "break_even_inferences",
+            "verdict",
+        ],
+    )

@@ -1,0 +1,232 @@
+"""Paper-ready figures: one style, colour-blind-safe, vector PDF + PNG, byte-identical on a rerun.
+
+Every figure is sized for one column of a two-column paper (3.5 in wide) with 7-8 pt text.
+Colours are the Okabe-Ito palette (safe for the common colour-vision deficiencies); filled markers
+are measured energy, hollow markers estimated energy; marker shape tells models apart.
+"""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from cycler import cycler  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from joulebench import io  # noqa: E402
+from joulebench.report_stats import energy_unit, pareto_mask  # noqa: E402
+
+# Okabe & Ito (2008), "Color Universal Design"; black first for the baseline, yellow last
+# because it is faint on white.
+OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442"]
+STAGE_COLOURS = {"data": "#999999", "train": "#0072B2", "compress": "#E69F00", "evaluate": "#009E73"}
+STAGES = list(STAGE_COLOURS)
+MODEL_MARKERS = ["o", "s", "^", "D", "v", "P"]
+COLUMN_WIDTH_IN = 3.5
+
+STYLE = {
+    "figure.figsize": (COLUMN_WIDTH_IN, 2.5),
+    "font.family": "DejaVu Sans",  # ships with matplotlib: the same glyphs on every machine
+    "font.size": 8,
+    "axes.labelsize": 8,
+    "axes.titlesize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 6,
+    "legend.framealpha": 0.85,
+    "lines.linewidth": 1.0,
+    "lines.markersize": 4.5,
+    "axes.linewidth": 0.6,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.5,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.prop_cycle": cycler(color=OKABE_ITO),
+    "pdf.fonttype": 42,  # TrueType in the PDF: editable text, accepted by publishers
+    "savefig.dpi": 300,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.02,
+    # Legends go below the axes (fig.legend "outside"), so they never hide a point.
+    "figure.constrained_layout.use": True,
+}
+
+# No creation dates or software versions in figure files: the same table gives the same bytes.
+_NO_DATES = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None, "Creator": None}}
+
+
+def save_figure(fig, base: Path) -> list[Path]:
+    """Write base.pdf and base.png atomically, without timestamps; close the figure."""
+    paths = []
+    for fmt in ("pdf", "png"):
+        path = Path(base).with_suffix(f".{fmt}")
+        io.write_atomic(path, lambda tmp, f=fmt: fig.savefig(tmp, format=f, metadata=_NO_DATES[f]))
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _looks(summary):
+    """Colour per variant and marker per (model, variant), fixed by sorted name so figures agree.
+
+    Marker shape tells models apart; past eight variants the colours repeat, so the marker shifts
+    too and no two variants of one model look the same.
+    """
+    variants = sorted(summary["variant"].unique(), key=lambda v: (v != "baseline", v))
+    models = sorted(summary["model"].unique())
+    colours = {v: OKABE_ITO[i % len(OKABE_ITO)] for i, v in enumerate(variants)}
+    markers = {}
+    for m_index, model in enumerate(models):
+        for v_index, variant in enumerate(variants):
+            shift = m_index + v_index // len(OKABE_ITO)
+            markers[(model, variant)] = MODEL_MARKERS[shift % len(MODEL_MARKERS)]
+    return colours, markers, len(models) > 1
+
+
+def _label(row, several_models: bool, with_n: bool = True) -> str:
+    name = f"{row['model']}/{row['variant']}" if several_models else row["variant"]
+    return f"{name} (n={row['n']})" if with_n else name
+
+
+def _legend_below(fig, handles, ncols: int = 3) -> None:
+    fig.legend(handles=handles, loc="outside lower center", ncols=ncols, frameon=False)
+
+
+def _error_bar(half_width, scale: float) -> float | None:
+    """A CI half-width on the plot's scale; None (no bar) where n = 1 left no interval."""
+    return None if pd.isna(half_width) else half_width * scale
+
+
+def _provenance_handles(measured_flags) -> list:
+    """Legend entries explaining filled vs hollow markers, only for kinds present."""
+    handles = []
+    if any(measured_flags):
+        handles.append(Line2D([], [], ls="", marker="o", color="0.3", label="measured"))
+    if not all(measured_flags):
+        handles.append(Line2D([], [], ls="", marker="o", color="0.3", mfc="white", label="estimated"))
+    return handles
+
+
+def plot_accuracy_vs(summary, x: str, x_ci: str | None, measured, xlabel: str, base: Path, log_x=False):
+    """Accuracy (mean, 95% CI) against one cost, with the Pareto front on the means as a step line.
+
+    `measured` names the column saying whether x is a measured energy (hollow markers where not);
+    None for costs that are not energy (size, MACs).
+    """
+    colours, markers, several = _looks(summary)
+    divisor, unit = energy_unit(summary[x].max()) if "{unit}" in xlabel else (1.0, "")
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots()
+        for _, row in summary.iterrows():
+            colour = colours[row["variant"]]
+            x_err = _error_bar(row[x_ci], 1 / divisor) if x_ci else None
+            y_err = _error_bar(row["test_accuracy_ci95"], 100)
+            filled = measured is None or row[measured]
+            ax.errorbar(
+                row[x] / divisor, row["test_accuracy"] * 100, xerr=x_err, yerr=y_err,
+                fmt=markers[(row["model"], row["variant"])], color=colour, mfc=colour if filled else "white",
+                capsize=1.5, elinewidth=0.6, label=_label(row, several),
+            )  # fmt: skip
+        front = summary[pareto_mask(summary["test_accuracy"], summary[x])].sort_values(x)
+        ax.step(front[x] / divisor, front["test_accuracy"] * 100, where="post", color="0.5", ls="--", lw=0.8)
+        if log_x:
+            ax.set_xscale("log")
+        else:
+            # Costs are positive; the t-interval of two seeds can reach below 0: cut it at the axis.
+            ax.set_xlim(left=max(ax.get_xlim()[0], 0.0))
+        ax.set_xlabel(xlabel.format(unit=unit))
+        ax.set_ylabel("Test accuracy (%)")
+        handles, _ = ax.get_legend_handles_labels()
+        front_handle = Line2D([], [], color="0.5", ls="--", lw=0.8, label="Pareto front")
+        provenance = _provenance_handles(summary[measured]) if measured else []
+        # Accuracy cannot exceed 100%; a wide interval (few seeds) is cut at the top.
+        ax.set_ylim(top=min(ax.get_ylim()[1], 100.5))
+        _legend_below(fig, [*handles, front_handle, *provenance])
+        return save_figure(fig, base)
+
+
+def plot_energy_by_stage(summary, base: Path):
+    """Horizontal stacked bars: mean energy of each pipeline stage per variant."""
+    _, _, several = _looks(summary)
+    largest = sum(summary[f"energy_{stage}_j"].max() for stage in STAGES)
+    divisor, unit = energy_unit(largest)
+    height = max(1.6, 0.3 * len(summary) + 0.8)
+    with plt.rc_context({**STYLE, "figure.figsize": (COLUMN_WIDTH_IN, height), "axes.grid.axis": "x"}):
+        fig, ax = plt.subplots()
+        labels = [_label(row, several) for _, row in summary.iterrows()]
+        positions = range(len(summary))
+        left = [0.0] * len(summary)
+        for stage in STAGES:
+            values = [v / divisor for v in summary[f"energy_{stage}_j"].fillna(0.0)]
+            ax.barh(positions, values, left=left, color=STAGE_COLOURS[stage], label=stage, height=0.6)
+            left = [a + b for a, b in zip(left, values, strict=True)]
+        for position, measured in zip(positions, summary["pipeline_energy_measured"], strict=True):
+            if not measured:
+                ax.text(left[position], position, " est.", va="center", fontsize=6)
+        ax.set_yticks(list(positions), labels)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"Energy, mean over seeds ({unit})")
+        _legend_below(fig, ax.get_legend_handles_labels()[0], ncols=4)
+        return save_figure(fig, base)
+
+
+def plot_training_curves(histories, summary, base: Path):
+    """Validation accuracy vs cumulative energy from raw data, one line per (variant, seed).
+
+    A model made from another starts where its lineage ended, so curves share one energy axis.
+    """
+    colours, markers, several = _looks(summary)
+    divisor, unit = energy_unit(histories["energy_from_data_j"].max() if len(histories) else 1.0)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots()
+        labelled = set()
+        for (model, variant, _seed), curve in histories.groupby(["model", "variant", "seed"], sort=True):
+            label = f"{model}/{variant}" if several else variant
+            ax.plot(
+                curve["energy_from_data_j"] / divisor, curve["val_accuracy"] * 100,
+                color=colours[variant], marker=markers[(model, variant)], markersize=2.5,
+                mfc=colours[variant] if curve["measured"].all() else "white",
+                label=None if label in labelled else label,
+            )  # fmt: skip
+            labelled.add(label)
+        ax.set_xlabel(f"Cumulative energy from raw data ({unit})")
+        ax.set_ylabel("Validation accuracy (%)")
+        ax.set_ylim(top=min(ax.get_ylim()[1], 100.5))
+        _legend_below(fig, ax.get_legend_handles_labels()[0])
+        return save_figure(fig, base)
+
+
+def write_figures(summary, histories, out_dir: Path) -> list[Path]:
+    """Every figure of the report under out_dir, as <name>.pdf and <name>.png.
+
+    The names are declared as rule outputs in common.smk (REPORT_FIGURES), with their captions.
+    """
+    out_dir = Path(out_dir)
+    summary = summary.assign(size_kb=summary["size_bytes"] / 1000, mmacs=summary["macs"] / 1e6)
+    paths = []
+    paths += plot_accuracy_vs(
+        summary, "pipeline_energy_j", "pipeline_energy_j_ci95", "pipeline_energy_measured",
+        "Energy to produce the model ({unit})", out_dir / "accuracy_vs_training_energy",
+    )  # fmt: skip
+    paths += plot_accuracy_vs(
+        summary, "inference_joules_per_1k", "inference_joules_per_1k_ci95", "inference_energy_measured",
+        "Inference energy per 1,000 samples ({unit})", out_dir / "accuracy_vs_inference_energy",
+    )  # fmt: skip
+    paths += plot_accuracy_vs(
+        summary, "size_kb", None, None, "Model size on disk (kB)",
+        out_dir / "accuracy_vs_size", log_x=_spans_decade(summary["size_kb"]),
+    )  # fmt: skip
+    paths += plot_accuracy_vs(
+        summary, "mmacs", None, None, "MACs per sample (millions)",
+        out_dir / "accuracy_vs_macs", log_x=_spans_decade(summary["mmacs"]),
+    )  # fmt: skip
+    paths += plot_energy_by_stage(summary, out_dir / "energy_by_stage")
+    paths += plot_training_curves(histories, summary, out_dir / "training_curves")
+    return paths
+
+
+def _spans_decade(values) -> bool:
+    """Log axis when values differ more than tenfold (e.g. a distilled model beside its teacher)."""
+    return values.min() > 0 and values.max() / values.min() > 10

@@ -1,0 +1,102 @@
+"""Statistics of the report: per-variant means with 95% confidence intervals, and Pareto fronts.
+
+Fronts are computed on the means; the intervals say how far to trust them.
+"""
+
+import math
+
+import pandas as pd
+from scipy import stats
+
+CONFIDENCE = 0.95
+GROUP = ["dataset", "model", "variant"]
+
+# Columns averaged over seeds with a confidence interval (the quantities a reader compares).
+WITH_CI = [
+    "test_accuracy",
+    "pipeline_energy_j",
+    "inference_joules_per_1k",
+    "own_energy_j",
+]
+# Columns averaged over seeds, no interval drawn (properties of the architecture or secondary).
+MEAN_ONLY = [
+    "energy_data_j",
+    "energy_train_j",
+    "energy_compress_j",
+    "energy_evaluate_j",
+    "params",
+    "nonzero_params",
+    "size_bytes",
+    "macs",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "throughput_per_s",
+]
+
+
+def mean_ci(values, confidence: float = CONFIDENCE) -> tuple[float, float | None, int]:
+    """(mean, half-width of the Student-t interval on the mean, n); no interval when n < 2.
+
+    One seed says nothing about the spread, so we give no interval rather than invent one.
+    """
+    values = [float(v) for v in values if not pd.isna(v)]
+    n = len(values)
+    if n == 0:
+        return math.nan, None, 0
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None, n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half_width = stats.t.ppf((1 + confidence) / 2, df=n - 1) * sd / math.sqrt(n)
+    return mean, float(half_width), n
+
+
+def energy_unit(largest_joules: float) -> tuple[float, str]:
+    """(divisor, unit) that keeps the largest value readable: J, kJ or MJ."""
+    for divisor, unit in ((1e6, "MJ"), (1e3, "kJ")):
+        if largest_joules >= 10 * divisor:
+            return divisor, unit
+    return 1.0, "J"
+
+
+def pareto_mask(accuracy, cost) -> list[bool]:
+    """True where no other point has accuracy >= and cost <= with at least one strictly better.
+
+    Equal points do not dominate each other, so ties are all optimal.
+    """
+    points = list(zip(accuracy, cost, strict=True))
+    mask = []
+    for a, c in points:
+        dominated = any(a2 >= a and c2 <= c and (a2 > a or c2 < c) for a2, c2 in points)
+        mask.append(not dominated)
+    return mask
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, model, variant): n, means, CI half-widths, provenance, Pareto flags."""
+    rows = []
+    for keys, group in table.groupby(GROUP, sort=True):
+        row = dict(zip(GROUP, keys, strict=True))
+        row["technique"] = group["technique"].iloc[0]
+        row["parent"] = group["parent"].iloc[0]
+        row["precision"] = group["precision"].iloc[0]
+        row["n"] = len(group)
+        for column in WITH_CI:
+            mean, half_width, _ = mean_ci(group[column])
+            row[column] = mean
+            row[f"{column}_ci95"] = half_width
+        for column in MEAN_ONLY:
+            if column in group:
+                row[column] = group[column].mean()
+        row["pipeline_energy_measured"] = bool(group["pipeline_energy_measured"].all())
+        row["inference_energy_measured"] = (
+            not group["inference_energy_source"].str.startswith("estimate").any()
+        )
+        row["pipeline_energy_sources"] = "+".join(
+            sorted(set("+".join(group["pipeline_energy_sources"]).split("+")))
+        )
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    summary["pareto_training"] = pareto_mask(summary["test_accuracy"], summary["pipeline_energy_j"])
+    summary["pareto_inference"] = pareto_mask(summary["test_accuracy"], summary["inference_joules_per_1k"])
+    return summary

@@ -1,0 +1,73 @@
+"""Train on less data: pick a subset of the training split (val and test stay whole).
+
+Methods:
+- random: a uniform sample of round(fraction * N) training images.
+- stratified: round(fraction * n_c) images of every class c (at least one per class), so the
+  class balance is kept exactly.
+- el2n: the data-pruning score of Paul, Ganguli & Dziugaite, "Deep Learning on a Data Diet:
+  Finding Important Examples Early in Training" (NeurIPS 2021): the L2 norm of
+  softmax(f(x)) - onehot(y) after a short proxy training run. Easy examples (low EL2N) are pruned,
+  the round(fraction * N) highest-scoring ones are kept, over the whole split as in the paper.
+"""
+
+import logging
+
+import numpy as np
+import torch
+
+from joulebench.data import loader
+
+log = logging.getLogger(__name__)
+
+METHODS = ("random", "stratified", "el2n")
+
+
+def subset_size(count: int, fraction: float) -> int:
+    """round(fraction * count), half up, at least one."""
+    return max(1, int(np.floor(fraction * count + 0.5)))
+
+
+def random_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(len(labels), size=subset_size(len(labels), fraction), replace=False))
+
+
+def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Per class c exactly subset_size(n_c, fraction) images, chosen uniformly within the class."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        chosen.append(rng.choice(members, size=subset_size(len(members), fraction), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+@torch.no_grad()
+def el2n_scores(model: torch.nn.Module, arrays: dict, batch_size: int = 512) -> np.ndarray:
+    """EL2N of every training image under `model`: ||softmax(logits) - onehot(label)||_2."""
+    device = next(model.parameters()).device
+    model.eval()
+    scores = []
+    for images, labels in loader(arrays, "train", batch_size):
+        probabilities = torch.softmax(model(images.to(device)).float(), dim=1).cpu()
+        onehot = torch.nn.functional.one_hot(labels, probabilities.shape[1]).float()
+        scores.append(torch.linalg.vector_norm(probabilities - onehot, dim=1))
+    return torch.cat(scores).numpy()
+
+
+def highest_scores(scores: np.ndarray, fraction: float) -> np.ndarray:
+    """Indices of the round(fraction * N) highest scores; ties broken by index, so it is repeatable."""
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    return np.sort(order[: subset_size(len(scores), fraction)])
+
+
+def take_train_subset(arrays: dict, indices: np.ndarray) -> dict:
+    subset = dict(arrays)
+    for key in ("x", "y", "id"):
+        subset[f"train_{key}"] = arrays[f"train_{key}"][indices]
+    return subset
+
+
+def class_balance(labels: np.ndarray, num_classes: int) -> dict:
+    counts = np.bincount(labels, minlength=num_classes)
+    return {"count": int(counts.sum()), "class_counts": [int(c) for c in counts]}

@@ -1,0 +1,4 @@
+from joulebench.stages import measure_idle_baseline, start_rule_logging
+
+start_rule_logging(snakemake.log[0], snakemake.threads)
+measure_idle_baseline(snakemake.params.seconds, snakemake.params.energy, snakemake.output.idle)

@@ -1,0 +1,4 @@
+from joulebench.stages import plot_augmentation, start_rule_logging
+
+start_rule_logging(snakemake.log[0], snakemake.threads)
+plot_augmentation(snakemake.input.splits, snakemake.params.augmentation, snakemake.output.png)
