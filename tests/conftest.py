@@ -21,14 +21,15 @@ def tiny_config(**overrides) -> dict:
         for key in ("finetune_epochs", "epochs"):
             if key in variant:
                 variant[key] = 1
-    config["evaluation"].update(latency_repeats=5, warmup=1, throughput_repeats=1)
+    config["evaluation"].update(latency_repeats=5, warmup=1, throughput_repeats=1, inference_min_seconds=0.2)
     for key, value in overrides.items():
         config[key] = value
     return config
 
 
-def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the real workflow from this checkout on `config`, with results under `workdir`."""
+def snakemake_command(workdir: Path, config: dict, *args: str, profile: Path | None = None) -> list[str]:
+    """The command that runs the real workflow from this checkout on `config`, results under
+    `workdir`: on 2 local cores, or with every setting from a workflow `profile` (SLURM)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -37,10 +38,16 @@ def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -
         "--snakefile", str(ROOT / "Snakefile"),
         "--directory", str(workdir),
         "--configfile", str(config_path),
-        "--cores", "2",
-        *args,
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
+    command += ["--cores", "2"] if profile is None else ["--workflow-profile", str(profile)]
+    return [*command, *args]
+
+
+def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real workflow from this checkout on `config`, with results under `workdir`."""
+    result = subprocess.run(
+        snakemake_command(workdir, config, *args), capture_output=True, text=True, cwd=workdir
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

@@ -55,15 +55,66 @@ def test_imagefolder_loads_real_files(tmp_path):
 def test_imagefolder_outliers_are_errors_or_rejected_items(tmp_path):
     make_image_tree(tmp_path)
     Image.fromarray(np.zeros((9, 9, 3), dtype=np.uint8)).save(tmp_path / "cat" / "big.png")
-    Image.fromarray(np.zeros((6, 6), dtype=np.uint8)).save(tmp_path / "dog" / "grey.png")
     with pytest.raises(data.DatasetError, match=r"big.png has size \(9, 9\), expected \(6, 6\)"):
         data.load_imagefolder_source(str(tmp_path))
     source = data.load_imagefolder_source(str(tmp_path), skip_unusable=True)
     assert len(source.labels) == 6
-    assert {(r["item"], r["reason"]) for r in source.rejected} == {
-        ("cat/big.png", "wrong_size"),
-        ("dog/grey.png", "wrong_mode"),
-    }
+    assert [(r["item"], r["reason"]) for r in source.rejected] == [("cat/big.png", "wrong_size")]
+
+
+def test_imagefolder_mixing_grey_rgb_and_rgba_loads_every_image_as_rgb(tmp_path):
+    make_image_tree(tmp_path)
+    grey = np.arange(36, dtype=np.uint8).reshape(6, 6) * 7
+    Image.fromarray(grey).save(tmp_path / "dog" / "grey.png")
+    rgba = np.zeros((6, 6, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "cat" / "alpha.png")
+    source = data.load_imagefolder_source(str(tmp_path))
+    assert source.images.shape == (8, 3, 6, 6) and source.rejected == []
+    converted = source.images[source.names.index("dog/grey.png")]
+    assert np.allclose(converted, grey[None].repeat(3, 0) / 255.0)  # grey copied, not changed
+    red = source.images[source.names.index("cat/alpha.png")]
+    assert np.allclose(red[0], 200 / 255.0) and np.allclose(red[1:], 0.0)  # alpha dropped
+
+
+def test_imagefolder_all_grey_stays_one_channel(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((5, 5), 10 * i, dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+    assert data.load_imagefolder_source(str(tmp_path)).images.shape == (4, 1, 5, 5)
+
+
+def test_imagefolder_empty_class_folder_is_named(tmp_path):
+    make_image_tree(tmp_path)
+    (tmp_path / "emu").mkdir()
+    (tmp_path / "emu" / "notes.txt").write_text("not an image")
+    with pytest.raises(data.DatasetError) as err:
+        data.load_imagefolder_source(str(tmp_path))
+    assert str(err.value) == (
+        f"class folders without image files under {str(tmp_path)!r}: emu; add images "
+        "(.jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp) or remove the folders"
+    )
+
+
+def test_a_single_class_is_rejected(tmp_path):
+    make_image_tree(tmp_path, classes=("cat",))
+    dataset = {"name": "pets", "source": "imagefolder", "root": str(tmp_path)}
+    with pytest.raises(data.DatasetError) as err:
+        data.load_source(dataset)
+    assert str(err.value) == (
+        "dataset 'pets': every image is in one class ('cat'); a classifier needs at least two classes"
+    )
+
+
+def test_too_few_images_per_class_to_split_says_which_class(tmp_path):
+    images = np.zeros((12, 1, 4, 4), dtype=np.float32)
+    message = "cannot split 12 images into train/val/test with every class in each split; images per class: "
+    for count in (1, 2):  # sklearn refuses to stratify 1; with 2, a split would miss the class
+        labels = np.array([0] * (12 - count) + [1] * count)
+        with pytest.raises(data.DatasetError) as err:
+            data.split_arrays(images, labels, 0.15, 0.2, seed=0)
+        assert str(err.value) == f"{message}{{0: {12 - count}, 1: {count}}}; add images to the small classes"
 
 
 def test_imagefolder_without_class_folders_says_what_is_expected(tmp_path):
@@ -83,20 +134,35 @@ def test_torchvision_missing_root_without_download(tmp_path):
         data.load_torchvision_source("CIFAR10", str(tmp_path / "cifar"), download=False)
 
 
-def test_torchvision_reads_a_local_mnist_root(tmp_path):
-    # A real MNIST on-disk layout (raw idx files), written by hand with 4 train and 2 test images.
-    raw = tmp_path / "MNIST" / "raw"
+def write_mnist_root(root, train_labels, test_labels):
+    """A real MNIST on-disk layout (raw idx files), written by hand with white 28x28 images."""
+    raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
 
     def idx(path, magic, array):
         header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
         path.write_bytes(header + array.astype(np.uint8).tobytes())
 
-    for prefix, n in (("train", 4), ("t10k", 2)):
-        idx(raw / f"{prefix}-images-idx3-ubyte", 2051, np.full((n, 28, 28), 255))
-        idx(raw / f"{prefix}-labels-idx1-ubyte", 2049, np.arange(n) % 2)
+    for prefix, labels in (("train", train_labels), ("t10k", test_labels)):
+        idx(raw / f"{prefix}-images-idx3-ubyte", 2051, np.full((len(labels), 28, 28), 255))
+        idx(raw / f"{prefix}-labels-idx1-ubyte", 2049, np.asarray(labels))
+
+
+def test_torchvision_reads_a_local_mnist_root(tmp_path):
+    write_mnist_root(tmp_path, [0, 1, 0, 1], [0, 1])
     images, labels, classes = data.load_torchvision_source("MNIST", str(tmp_path), download=False)
     assert images.shape == (6, 1, 28, 28)
     assert images.max() == 1.0
     assert list(labels) == [0, 1, 0, 1, 0, 1]
     assert len(classes) == 10
+
+
+def test_labels_outside_the_classes_are_rejected(tmp_path):
+    write_mnist_root(tmp_path, [0, 1, 12, 1], [0, 1])
+    dataset = {"name": "MNIST", "source": "torchvision", "root": str(tmp_path)}
+    with pytest.raises(data.DatasetError) as err:
+        data.load_source(dataset)
+    assert str(err.value) == (
+        "dataset 'MNIST': 1 labels are outside the 10 classes 0..9 (first: label 12 of MNIST:2); "
+        "fix the labels or the class list"
+    )

@@ -33,7 +33,13 @@ def test_evaluate_reports_every_metric(tmp_path, digits_arrays):
     torch.manual_seed(0)
     model = build_model(recipe).eval()
     save_model(model, recipe, tmp_path)
-    settings = {"batch_size": 64, "warmup": 2, "latency_repeats": 10, "throughput_repeats": 2}
+    settings = {
+        "batch_size": 64,
+        "warmup": 2,
+        "latency_repeats": 10,
+        "throughput_repeats": 2,
+        "inference_min_seconds": 0.3,
+    }
     with EnergyMeter("test", EstimateModel()) as meter:
         metrics = evaluate(model, arrays, tmp_path / "model.pt", settings, meter)
     assert 0 <= metrics["test_accuracy"] <= 1

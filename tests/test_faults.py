@@ -4,16 +4,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
-from conftest import ROOT, run_snakemake, tiny_config
+from conftest import ROOT, run_snakemake, snakemake_command, tiny_config
 from joulebench import io
 
 # ---------------------------------------------------------------- outputs are atomic
@@ -83,18 +82,62 @@ def _kill_when(process, condition, timeout=240):
     raise AssertionError("the kill condition never became true")
 
 
+# ---------------------------------------------------------------- bad data stops its rule
+
+
+def _image_tree(root: Path, images_per_class: dict) -> None:
+    """An ImageFolder of real 6x6 PNG files; a class with 0 images gets an empty folder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, count in images_per_class.items():
+        (root / name).mkdir(parents=True)
+        for index in range(count):
+            Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(
+                root / name / f"{index}.png"
+            )
+
+
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [
+        (
+            {"cat": 20, "dog": 20, "emu": 0},
+            "class folders without image files under '{root}': emu; add images",
+        ),
+        ({"cat": 20}, "dataset 'pets': every image is in one class ('cat'); a classifier needs at least two"),
+        (
+            {"cat": 20, "dog": 2},
+            "cannot split 22 images into train/val/test with every class in each split; images per "
+            "class: {0: 20, 1: 2}; add images to the small classes",
+        ),
+    ],
+    ids=["empty_class_folder", "single_class", "class_too_small_to_split"],
+)
+def test_bad_image_folder_fails_its_rule_with_the_message_and_no_output(tmp_path, classes, message):
+    root = tmp_path / "pets"
+    _image_tree(root, classes)
+    config = tiny_config(
+        dataset={**tiny_config()["dataset"], "name": "pets", "source": "imagefolder", "root": str(root)}
+    )
+    result = run_snakemake(tmp_path / "run", config, check=False)
+    assert result.returncode != 0
+    assert message.format(root=root) in result.stdout + result.stderr  # the rule's log, shown on failure
+    assert "Error in rule prepare_dataset" in result.stdout + result.stderr
+    written = [p for p in (tmp_path / "run" / "results").rglob("*") if p.is_file()]
+    assert written == []
+
+
 @pytest.mark.slow
 def test_sigkill_of_the_whole_run_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_run):
     reference_dir, config, _ = tiny_run
     workdir = tmp_path / "killed"
-    workdir.mkdir()
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2",
-    ]  # fmt: skip
     process = subprocess.Popen(
-        command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        snakemake_command(workdir, config),
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     # Kill everything (Snakemake and its job) once the first training job is running.
     trained = workdir / "logs" / "train_model"

@@ -15,8 +15,8 @@ from joulebench.report_decisions import (
     decide,
     most_accurate_within_budget,
 )
-from joulebench.report_stats import mean_ci, pareto_mask, summarize
-from joulebench.report_tables import latex_escape, latex_table, paper_table, summary_markdown
+from joulebench.report_stats import mean_ci, paired_differences, pareto_mask, summarize
+from joulebench.report_tables import latex_escape, latex_table, paper_table, summary_markdown, verdict
 
 VARIANTS = {
     "prune80": {"technique": "prune", "sparsity": 0.8, "finetune_epochs": 1},
@@ -310,6 +310,35 @@ def test_break_even_table_uses_the_same_models_baseline(hand_made_run):
     assert "baseline" not in table.index
 
 
+def by_variant(frame: pd.DataFrame) -> dict:
+    return {row["variant"]: row for _, row in frame.iterrows()}
+
+
+def test_paired_differences_compare_seed_by_seed_and_say_when_noise_wins(hand_made_run):
+    entries, data_energy = hand_made_run
+    pairs = by_variant(paired_differences(build_table(entries, VARIANTS, data_energy)))
+    assert sorted(pairs) == ["fp16", "int8_of_prune", "prune80"]
+    fp16 = pairs["fp16"]
+    # Energy to produce: 65 vs 105 J (seed 0), 75 vs 115 J (seed 1): -40 J both times.
+    assert fp16["n_pairs"] == 2 and fp16["pipeline_energy_j_diff"] == pytest.approx(-40.0)
+    assert fp16["pipeline_energy_j_change"] == pytest.approx(-40.0 / 110.0)
+    assert fp16["pipeline_energy_j_clear"]
+    # Inference: +0.1 and -0.3 J/1k: mean -0.1, sd 0.2828, t(0.975, 1) x sd / sqrt(2) = 12.706 x 0.2.
+    assert fp16["inference_joules_per_1k_diff"] == pytest.approx(-0.1)
+    assert fp16["inference_joules_per_1k_diff_ci95"] == pytest.approx(12.706204736174707 * 0.2)
+    assert not fp16["inference_joules_per_1k_clear"]
+    assert verdict(fp16) == (
+        "- **fp16** (small_cnn) saves 36% of the energy to produce, no clear difference in inference "
+        "energy (-2%, but the 95% interval includes 0), accuracy -1.00 ± 0.00 points."
+    )
+    assert pairs["prune80"]["inference_joules_per_1k_clear"]
+    one_seed = by_variant(paired_differences(build_table(entries[::2], VARIANTS, data_energy)))
+    assert verdict(one_seed["prune80"]) == (
+        "- **prune80** (small_cnn) does **not** save the energy to produce (+29%) (one seed, no interval), "
+        "saves 50% of inference energy (one seed, no interval), accuracy -2.00 points."
+    )
+
+
 # --- tables and files --------------------------------------------------------------------------
 
 
@@ -340,12 +369,13 @@ def test_summary_says_when_nothing_meets_the_target(hand_made_run):
     entries, data_energy = hand_made_run
     summary = summarize(build_table(entries, VARIANTS, data_energy))
     settings = {"accuracy_target": 0.99, "energy_budget_j": 1.0}
-    text = summary_markdown(summary, decide(summary, settings), break_even_table(summary))
+    differences = paired_differences(build_table(entries, VARIANTS, data_energy))
+    text = summary_markdown(summary, decide(summary, settings), break_even_table(summary), differences)
     assert "**No variant reaches 99.0% accuracy**" in text
     assert "**No variant can be produced within 1.0 J**" in text
-    assert "does **not** save energy to produce" in text
+    assert "does **not** save the energy to produce" in text
     settings = {"accuracy_target": 0.95, "energy_budget_j": 120.0}
-    text = summary_markdown(summary, decide(summary, settings), break_even_table(summary))
+    text = summary_markdown(summary, decide(summary, settings), break_even_table(summary), differences)
     assert "Cheapest variant reaching 95.0% accuracy: **small_cnn/fp16**" in text
     assert "Most accurate variant within 120.0 J to produce: **small_cnn/baseline**" in text
 

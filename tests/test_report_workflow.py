@@ -26,6 +26,7 @@ TABLES = [
     "table.md",
     "table.tex",
     "break_even.csv",
+    "differences.csv",
     "decisions.json",
     "training_curves.csv",
 ]

@@ -17,7 +17,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, snakemake_command, tiny_config
 from joulebench import io
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -72,23 +71,8 @@ def profile_for_tests(directory: Path) -> Path:
     return directory
 
 
-def snakemake_command(workdir: Path, config: dict, profile: Path | None, *args: str) -> list[str]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_path = workdir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [
-        sys.executable, "-m", "snakemake",
-        "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(config_path),
-    ]  # fmt: skip
-    # Under SLURM, the command of the README: the profile carries every setting (cores included).
-    command += ["--cores", "2"] if profile is None else ["--workflow-profile", str(profile)]
-    return [*command, *args]
-
-
 def run_workflow(workdir: Path, config: dict, profile: Path | None, *args: str):
-    return bounded(snakemake_command(workdir, config, profile, *args), RUN_LIMIT_S, cwd=workdir)
+    return bounded(snakemake_command(workdir, config, *args, profile=profile), RUN_LIMIT_S, cwd=workdir)
 
 
 def submitted_jobs(snakemake_output: str) -> dict[str, str]:
@@ -283,7 +267,7 @@ def test_cancelled_training_resumes_from_its_checkpoint(profile, slurm_run, tmp_
     model_dir = "results/models/digits/small_cnn/baseline/seed0"
     train_log = workdir / "logs/train_model/digits/small_cnn/baseline/seed0.log"
     output_path = tmp_path / "first_run.out"
-    command = snakemake_command(workdir, config, profile, f"{model_dir}/model.pt")
+    command = snakemake_command(workdir, config, f"{model_dir}/model.pt", profile=profile)
     deadline = time.monotonic() + RUN_LIMIT_S
     with output_path.open("w") as output:
         first = subprocess.Popen(

@@ -3,15 +3,19 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from joulebench.checkpoint import Checkpointer
 from joulebench.energy import EnergyMeter
 from joulebench.models import build_model
 from joulebench.train import (
+    DeviceOutOfMemory,
     Distillation,
     TrainSettings,
     accuracy,
     distillation_loss,
     effective_precision,
+    out_of_memory_hint,
     seed_everything,
     train,
     training_summary,
@@ -178,3 +182,67 @@ def test_compiled_training_learns(digits_arrays):
         history = train(model, arrays, TrainSettings(2, 128, 3e-3, compile=True), meter)
     assert history[-1]["val_accuracy"] > 0.8
     assert not any(key.startswith("_orig_mod") for key in model.state_dict()), "saved weights stay plain"
+
+
+class FailsInSecondEpoch(nn.Module):
+    """The real small CNN, whose training forwards fail the way a device would once the first
+    epoch's batches have run: `failure` gets the logits and returns or raises (simulated fault)."""
+
+    def __init__(self, batches_per_epoch: int, failure):
+        super().__init__()
+        self.net = build_model(RECIPE)
+        self.healthy_batches = batches_per_epoch
+        self.failure = failure
+
+    def forward(self, images):
+        logits = self.net(images)
+        if self.training:
+            self.healthy_batches -= 1
+            if self.healthy_batches < 0:
+                return self.failure(logits)
+        return logits
+
+
+def simulated_cuda_oom(logits):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+
+@pytest.mark.parametrize(
+    "failure, error, message",
+    [
+        (
+            lambda logits: logits * float("nan"),
+            FloatingPointError,
+            "loss became nan in epoch 2; lower the learning rate (now 0.003) or use fp32 precision",
+        ),
+        (
+            simulated_cuda_oom,
+            DeviceOutOfMemory,
+            "out of memory on cpu during training epoch 2 with batch size 64; lower training.batch_size "
+            "(try 32) or use a smaller model or precision bf16",
+        ),
+    ],
+    ids=["nan_loss", "device_oom"],
+)
+def test_a_failing_epoch_names_itself_and_keeps_the_last_good_checkpoint(
+    tmp_path, digits_arrays, failure, error, message
+):
+    arrays = subset(digits_arrays[0])
+    model = FailsInSecondEpoch(batches_per_epoch=512 // 64, failure=failure)
+    checkpointer = Checkpointer(tmp_path / "last.pt", "test-run")
+    settings = TrainSettings(epochs=3, batch_size=64, lr=3e-3)
+    with EnergyMeter("train") as meter, pytest.raises(error) as err:
+        train(model, arrays, settings, meter, checkpointer=checkpointer)
+    assert str(err.value) == message
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and len(saved["history"]) == 1
+    assert all(torch.isfinite(tensor).all() for tensor in saved["model"].values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_a_cpu_allocation_failure_reads_as_out_of_memory():
+    # The CPU allocator's own error: ask for far more memory than the machine has.
+    fits = out_of_memory_hint(torch.device("cpu"), "evaluation", 256, "evaluation.batch_size")
+    expected = "during evaluation with batch size 256; lower evaluation.batch_size"
+    with pytest.raises(DeviceOutOfMemory, match=expected), fits:
+        torch.empty(2**60, dtype=torch.uint8)

@@ -116,6 +116,18 @@ def test_dry_run_has_no_warnings(tmp_path):
         ),
         (lambda c: c.update(models=["vgg99"]), "'vgg99' is not one of"),
         (
+            lambda c: c["variants"]["bf16"].update(technique="magic"),
+            "'magic' is not one of",
+        ),
+        (
+            lambda c: c["variants"]["bf16"].update(**{"from": "prune80"}),
+            "variants.bf16.from: precision variants train from scratch; remove 'from'",
+        ),
+        (
+            lambda c: c["dataset"].update(val_fraction=0.5, test_fraction=0.45),
+            "dataset.val_fraction + dataset.test_fraction must leave at least 10% for training",
+        ),
+        (
             lambda c: c["energy"].update(carbon={"region": "ATLANTIS"}),
             "energy.carbon.region: unknown region 'ATLANTIS'",
         ),

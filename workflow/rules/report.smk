@@ -11,6 +11,7 @@ rule aggregate_report:
         parquet=f"{REPORT_DIR}/results.parquet",
         summary_table=f"{REPORT_DIR}/summary.csv",
         break_even=f"{REPORT_DIR}/break_even.csv",
+        differences=f"{REPORT_DIR}/differences.csv",
         curves=f"{REPORT_DIR}/training_curves.csv",
         decisions=f"{REPORT_DIR}/decisions.json",
         summary=report(

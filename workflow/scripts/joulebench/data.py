@@ -75,17 +75,28 @@ class Source:
     rejected: list[dict] = field(default_factory=list)
 
 
-# PIL modes by the number of channels they decode to; "wrong mode" means the wrong channel count.
+# PIL modes that decode to one grey channel; every other mode decodes to RGB (alpha dropped).
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 def _open_image(path: Path):
-    """Decode a whole file (PIL is lazy: load() is what finds a truncated file)."""
+    """Decode a whole file (PIL is lazy: load() is what finds a truncated file) to L or RGB."""
     from PIL import Image
 
     with Image.open(path) as image:
         image.load()
         return image.convert("L" if image.mode in _GREY_MODES else "RGB")
+
+
+def _common_mode(decoded: list) -> list:
+    """Grey images among colour ones become RGB (grey copied to three channels, nothing lost);
+    RGBA and palette images already decoded to RGB. Returns the list with every image converted."""
+    if all(image.mode == "L" for _, _, image in decoded):
+        return decoded
+    greys = sum(image.mode == "L" for _, _, image in decoded)
+    if greys:
+        log.info("%d grey images converted to RGB to match the colour ones", greys)
+    return [(name, label, image.convert("RGB")) for name, label, image in decoded]
 
 
 def load_imagefolder_source(root: str, skip_unusable: bool = False) -> Source:
@@ -96,15 +107,23 @@ def load_imagefolder_source(root: str, skip_unusable: bool = False) -> Source:
     """
     from PIL import Image
     from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
     root_path = Path(root)
     if not root_path.is_dir():
         raise DatasetError(f"image folder {root!r} does not exist; expected root/<class>/<image> files")
     try:
         # The loader is never called: we decode ourselves to catch and report bad files.
-        folder = ImageFolder(root, loader=lambda path: path)
+        folder = ImageFolder(root, loader=lambda path: path, allow_empty=True)
     except (FileNotFoundError, RuntimeError) as err:
         raise DatasetError(f"image folder {root!r}: {err}; expected root/<class>/<image> files") from err
+    counts = Counter(label for _, label in folder.samples)
+    empty = [name for index, name in enumerate(folder.classes) if counts[index] == 0]
+    if empty:
+        raise DatasetError(
+            f"class folders without image files under {root!r}: {', '.join(empty)}; add images "
+            f"({', '.join(IMG_EXTENSIONS)}) or remove the folders"
+        )
     decoded, rejected = [], []
     for path, label in folder.samples:
         name = str(Path(path).relative_to(root_path))
@@ -120,22 +139,18 @@ def load_imagefolder_source(root: str, skip_unusable: bool = False) -> Source:
         decoded.append((name, label, image))
     if not decoded:
         raise DatasetError(f"image folder {root!r} has no readable image files")
+    decoded = _common_mode(decoded)
     expected_size = Counter(image.size for _, _, image in decoded).most_common(1)[0][0]
-    expected_mode = Counter(image.mode for _, _, image in decoded).most_common(1)[0][0]
     images, labels, names = [], [], []
     for name, label, image in decoded:
-        problem = None
-        if image.mode != expected_mode:
-            problem = ("wrong_mode", f"mode {image.mode}, expected {expected_mode}")
-        elif image.size != expected_size:
-            problem = ("wrong_size", f"size {image.size}, expected {expected_size}")
-        if problem is not None:
+        if image.size != expected_size:
+            detail = f"size {image.size}, expected {expected_size}"
             if not skip_unusable:
                 raise DatasetError(
-                    f"image {root_path / name} has {problem[1]}; every image under {root!r} must have "
-                    "one size and mode: resize/convert it, or enable cleaning to drop it"
+                    f"image {root_path / name} has {detail}; every image under {root!r} must have "
+                    "one size: resize it, or enable cleaning to drop it"
                 )
-            rejected.append({"item": name, "reason": problem[0], "detail": problem[1]})
+            rejected.append({"item": name, "reason": "wrong_size", "detail": detail})
             continue
         images.append(_pil_to_array(image))
         labels.append(label)
@@ -147,19 +162,41 @@ def load_imagefolder_source(root: str, skip_unusable: bool = False) -> Source:
 
 def load_source(dataset: dict, skip_unusable: bool = False) -> Source:
     """The configured dataset, with a name per image (file path or source:index) for reports."""
-    source = dataset["source"]
-    if source == "imagefolder":
-        return load_imagefolder_source(dataset["root"], skip_unusable)
-    if source == "sklearn-digits":
-        images, labels, classes = load_digits_source()
-    elif source == "torchvision":
-        images, labels, classes = load_torchvision_source(
-            dataset["name"], dataset["root"], dataset.get("download", False)
-        )
+    kind = dataset["source"]
+    if kind == "imagefolder":
+        source = load_imagefolder_source(dataset["root"], skip_unusable)
     else:
-        raise DatasetError(f"unknown dataset source {source!r}")
-    names = [f"{dataset['name']}:{index}" for index in range(len(labels))]
-    return Source(images, labels, classes, names)
+        if kind == "sklearn-digits":
+            images, labels, classes = load_digits_source()
+        elif kind == "torchvision":
+            images, labels, classes = load_torchvision_source(
+                dataset["name"], dataset["root"], dataset.get("download", False)
+            )
+        else:
+            raise DatasetError(f"unknown dataset source {kind!r}")
+        names = [f"{dataset['name']}:{index}" for index in range(len(labels))]
+        source = Source(images, labels, classes, names)
+    check_labels(source, f"dataset {dataset['name']!r}")
+    return source
+
+
+def check_labels(source: Source, where: str) -> None:
+    """A classification dataset: at least two classes, every label one of them."""
+    labels, classes = source.labels, source.classes
+    outside = (labels < 0) | (labels >= len(classes))
+    if outside.any():
+        first = int(np.flatnonzero(outside)[0])
+        raise DatasetError(
+            f"{where}: {int(outside.sum())} labels are outside the {len(classes)} classes "
+            f"0..{len(classes) - 1} (first: label {int(labels[first])} of {source.names[first]}); "
+            "fix the labels or the class list"
+        )
+    present = np.unique(labels)
+    if len(present) < 2:
+        only = classes[int(present[0])] if len(present) else "none"
+        raise DatasetError(
+            f"{where}: every image is in one class ({only!r}); a classifier needs at least two classes"
+        )
 
 
 def split_arrays(images, labels, val_fraction: float, test_fraction: float, seed: int) -> dict:
@@ -170,13 +207,23 @@ def split_arrays(images, labels, val_fraction: float, test_fraction: float, seed
     from sklearn.model_selection import train_test_split  # imported here: costs 3 s per job
 
     ids = np.arange(len(labels), dtype=np.int64)
-    rest_x, test_x, rest_y, test_y, rest_id, test_id = train_test_split(
-        images, labels, ids, test_size=test_fraction, random_state=seed, stratify=labels
-    )
     val_share = val_fraction / (1.0 - test_fraction)
-    train_x, val_x, train_y, val_y, train_id, val_id = train_test_split(
-        rest_x, rest_y, rest_id, test_size=val_share, random_state=seed, stratify=rest_y
+    counts = dict(enumerate(np.bincount(labels).tolist()))
+    unsplittable = DatasetError(
+        f"cannot split {len(labels)} images into train/val/test with every class in each split; "
+        f"images per class: {counts}; add images to the small classes"
     )
+    try:
+        rest_x, test_x, rest_y, test_y, rest_id, test_id = train_test_split(
+            images, labels, ids, test_size=test_fraction, random_state=seed, stratify=labels
+        )
+        train_x, val_x, train_y, val_y, train_id, val_id = train_test_split(
+            rest_x, rest_y, rest_id, test_size=val_share, random_state=seed, stratify=rest_y
+        )
+    except ValueError as err:  # sklearn: a class too small to stratify
+        raise unsplittable from err
+    if any(set(np.unique(part)) != set(np.unique(labels)) for part in (train_y, val_y, test_y)):
+        raise unsplittable
     return {
         "train_x": train_x, "train_y": train_y, "train_id": train_id,
         "val_x": val_x, "val_y": val_y, "val_id": val_id,

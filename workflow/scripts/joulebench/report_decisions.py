@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-BASELINE = "baseline"
+from joulebench.report_stats import BASELINE
+
 ACCURACY = "test_accuracy"
 ENERGY = "pipeline_energy_j"
 

@@ -10,6 +10,7 @@ from scipy import stats
 
 CONFIDENCE = 0.95
 GROUP = ["dataset", "model", "variant"]
+BASELINE = "baseline"
 
 # Columns averaged over seeds with a confidence interval (the quantities a reader compares).
 WITH_CI = [
@@ -100,3 +101,37 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     summary["pareto_training"] = pareto_mask(summary["test_accuracy"], summary["pipeline_energy_j"])
     summary["pareto_inference"] = pareto_mask(summary["test_accuracy"], summary["inference_joules_per_1k"])
     return summary
+
+
+# Quantities each variant is compared on against its baseline, seed by seed.
+COMPARED = ["pipeline_energy_j", "inference_joules_per_1k", "test_accuracy"]
+
+
+def paired_differences(table: pd.DataFrame) -> pd.DataFrame:
+    """Each variant minus the baseline of the same dataset and model, paired by seed (a variant's
+    seed s is made from, or trained beside, baseline seed s, so shared noise cancels).
+
+    Per compared column: the mean difference (`_diff`), the half-width of its 95% Student-t interval
+    (`_diff_ci95`, None for one pair), the change relative to the baseline mean (`_change`), and
+    `_clear`: the interval excludes zero. Where it does not, the data cannot tell the two apart.
+    """
+    rows = []
+    for (dataset, model), group in table.groupby(["dataset", "model"], sort=True):
+        base = group[group["variant"] == BASELINE].set_index("seed")
+        if base.empty:
+            continue
+        for variant, runs in group[group["variant"] != BASELINE].groupby("variant", sort=True):
+            runs = runs.set_index("seed")
+            seeds = runs.index.intersection(base.index)
+            row = {"dataset": dataset, "model": model, "variant": variant, "n_pairs": len(seeds)}
+            for column in COMPARED:
+                diff, half_width, _ = mean_ci(runs.loc[seeds, column] - base.loc[seeds, column])
+                row[f"{column}_diff"] = diff
+                row[f"{column}_diff_ci95"] = half_width
+                row[f"{column}_change"] = diff / base.loc[seeds, column].mean()
+                row[f"{column}_clear"] = half_width is not None and abs(diff) > half_width
+            rows.append(row)
+    columns = ["dataset", "model", "variant", "n_pairs"]
+    for column in COMPARED:
+        columns += [f"{column}_{part}" for part in ("diff", "diff_ci95", "change", "clear")]
+    return pd.DataFrame(rows, columns=columns)

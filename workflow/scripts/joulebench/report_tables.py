@@ -8,7 +8,6 @@ import math
 
 import pandas as pd
 
-from joulebench.report_decisions import BASELINE
 from joulebench.report_stats import energy_unit
 
 ESTIMATED_MARK = "†"
@@ -141,24 +140,30 @@ def latex_table(header: list[str], rows: list[list[str]], footnotes: list[str]) 
     return "\n".join(lines) + "\n"
 
 
-def verdict(row, base) -> str:
-    """One sentence per variant: does it save energy to produce, inference energy, at what accuracy?"""
-    d_energy = row["pipeline_energy_j"] / base["pipeline_energy_j"] - 1
-    d_accuracy = (row["test_accuracy"] - base["test_accuracy"]) * 100
-    d_inference = row["inference_joules_per_1k"] / base["inference_joules_per_1k"] - 1
-    produce = (
-        f"saves {-d_energy:.0%} of the energy to produce"
-        if d_energy < 0
-        else f"does **not** save energy to produce (+{d_energy:.0%})"
-    )
-    inference = (
-        f"saves {-d_inference:.0%} inference energy"
-        if d_inference < 0
-        else f"does **not** save inference energy (+{d_inference:.0%})"
-    )
-    return (
-        f"- **{row['variant']}** ({row['model']}) {produce}, {inference}, accuracy {d_accuracy:+.2f} points."
-    )
+def _change_phrase(pair, column: str, subject: str) -> str:
+    """'saves 22% of <subject>', 'does **not** save <subject> (+16%)', or, where the paired
+    interval includes zero, that the seeds cannot tell the variant from the baseline."""
+    change = pair[f"{column}_change"]
+    if pair["n_pairs"] < 2:
+        qualifier = " (one seed, no interval)"
+    elif not pair[f"{column}_clear"]:
+        return f"no clear difference in {subject} ({change:+.0%}, but the 95% interval includes 0)"
+    else:
+        qualifier = ""
+    if change < 0:
+        return f"saves {-change:.0%} of {subject}{qualifier}"
+    return f"does **not** save {subject} ({change:+.0%}){qualifier}"
+
+
+def verdict(pair) -> str:
+    """One sentence per variant from its paired differences with the baseline (paired_differences):
+    does it save energy to produce, inference energy, at what accuracy, and can the seeds tell?"""
+    produce = _change_phrase(pair, "pipeline_energy_j", "the energy to produce")
+    inference = _change_phrase(pair, "inference_joules_per_1k", "inference energy")
+    accuracy = f"accuracy {pair['test_accuracy_diff'] * 100:+.2f}"
+    if pair["test_accuracy_diff_ci95"] is not None and not math.isnan(pair["test_accuracy_diff_ci95"]):
+        accuracy += f" ± {pair['test_accuracy_diff_ci95'] * 100:.2f}"
+    return f"- **{pair['variant']}** ({pair['model']}) {produce}, {inference}, {accuracy} points."
 
 
 def _variant_fact(row) -> str:
@@ -168,31 +173,40 @@ def _variant_fact(row) -> str:
     )
 
 
+def _decision(winners: list, found: str, missed: str, fallback: str, fallback_row) -> str:
+    """One decision line: the winning variants, or that none qualifies and the nearest one."""
+    if winners:
+        return f"- {found}: " + "; ".join(_variant_fact(row) for row in winners) + "."
+    return f"- **{missed}**; {fallback} {_variant_fact(fallback_row)}."
+
+
 def decisions_markdown(decisions: dict, summary: pd.DataFrame) -> list[str]:
     lines = ["## Decisions", ""]
     target = decisions.get("accuracy_target")
     if target is None:
         lines.append("- No accuracy target configured (`report.accuracy_target`).")
-    elif decisions["cheapest_meeting_target"]:
-        winners = "; ".join(_variant_fact(row) for row in decisions["cheapest_meeting_target"])
-        lines.append(f"- Cheapest variant reaching {target * 100:.1f}% accuracy: {winners}.")
     else:
-        best = summary.loc[summary["test_accuracy"].idxmax()]
         lines.append(
-            f"- **No variant reaches {target * 100:.1f}% accuracy**; "
-            f"the most accurate is {_variant_fact(best)}."
+            _decision(
+                decisions["cheapest_meeting_target"],
+                f"Cheapest variant reaching {target * 100:.1f}% accuracy",
+                f"No variant reaches {target * 100:.1f}% accuracy",
+                "the most accurate is",
+                summary.loc[summary["test_accuracy"].idxmax()],
+            )
         )
     budget = decisions.get("energy_budget_j")
     if budget is None:
         lines.append("- No energy budget configured (`report.energy_budget_j`).")
-    elif decisions["most_accurate_within_budget"]:
-        winners = "; ".join(_variant_fact(row) for row in decisions["most_accurate_within_budget"])
-        lines.append(f"- Most accurate variant within {budget:,.1f} J to produce: {winners}.")
     else:
-        cheapest = summary.loc[summary["pipeline_energy_j"].idxmin()]
         lines.append(
-            f"- **No variant can be produced within {budget:,.1f} J**; "
-            f"the cheapest is {_variant_fact(cheapest)}."
+            _decision(
+                decisions["most_accurate_within_budget"],
+                f"Most accurate variant within {budget:,.1f} J to produce",
+                f"No variant can be produced within {budget:,.1f} J",
+                "the cheapest is",
+                summary.loc[summary["pipeline_energy_j"].idxmin()],
+            )
         )
     lines += [
         "",
@@ -202,7 +216,14 @@ def decisions_markdown(decisions: dict, summary: pd.DataFrame) -> list[str]:
     return lines
 
 
-def break_even_markdown(break_even: pd.DataFrame) -> list[str]:
+def break_even_markdown(break_even: pd.DataFrame, differences: pd.DataFrame) -> list[str]:
+    """The break-even table; a break-even that rests on an inference saving the seeds cannot tell
+    from zero is marked as such."""
+    unclear = {
+        (row["dataset"], row["model"], row["variant"])
+        for _, row in differences.iterrows()
+        if row["n_pairs"] >= 2 and not row["inference_joules_per_1k_clear"]
+    }
     lines = [
         "## Break-even against the baseline",
         "",
@@ -224,14 +245,21 @@ def break_even_markdown(break_even: pd.DataFrame) -> list[str]:
             row["variant"],
             f"{row['extra_produce_j']:+,.1f}",
             f"{row['saving_per_inference_j'] * 1000:+.4f}",
-            row["verdict"],
+            row["verdict"]
+            + (
+                " (the inference difference is within noise)"
+                if (row["dataset"], row["model"], row["variant"]) in unclear
+                else ""
+            ),
         ]
         for _, row in break_even.iterrows()
     ]
     return [*lines, markdown_table(header, rows), ""]
 
 
-def summary_markdown(summary: pd.DataFrame, decisions: dict, break_even: pd.DataFrame) -> str:
+def summary_markdown(
+    summary: pd.DataFrame, decisions: dict, break_even: pd.DataFrame, differences: pd.DataFrame
+) -> str:
     header, rows, footnotes = paper_table(summary)
     measured = summary["pipeline_energy_measured"].all()
     lines = [
@@ -243,21 +271,25 @@ def summary_markdown(summary: pd.DataFrame, decisions: dict, break_even: pd.Data
         "model from each rule's CPU time and memory; see each record's `estimate` block.",
         "",
         *decisions_markdown(decisions, summary),
-        *break_even_markdown(break_even),
+        *break_even_markdown(break_even, differences),
         "## Results",
         "",
         markdown_with_notes(header, rows, footnotes),
         "## Verdicts",
         "",
+        "Each variant against the baseline, seed by seed (its seed s is made from or trained beside "
+        "baseline seed s): the mean change, and ± the half-width of the 95% interval of the paired "
+        "difference. Where that interval includes 0, the seeds cannot tell the two apart: add seeds.",
+        "",
     ]
-    for _, group in summary.groupby(["dataset", "model"], sort=True):
-        base = group[group["variant"] == BASELINE]
-        if base.empty:
+    for (dataset, model), group in summary.groupby(["dataset", "model"], sort=True):
+        pairs = differences[(differences["dataset"] == dataset) & (differences["model"] == model)]
+        if pairs.empty:
             continue
         optimal = ", ".join(group.loc[group["pareto_training"], "variant"])
         lines.append(f"Pareto-optimal (accuracy vs energy to produce): **{optimal}**.")
         lines.append("")
-        for _, row in group[group["variant"] != BASELINE].iterrows():
-            lines.append(verdict(row, base.iloc[0]))
+        for _, pair in pairs.iterrows():
+            lines.append(verdict(pair))
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +69,25 @@ def effective_precision(requested: str, device: torch.device) -> str:
         if out.dtype is dtype:
             return name
     return "fp32"
+
+
+class DeviceOutOfMemory(RuntimeError):
+    """The device ran out of memory; the message names the batch size and the setting to lower."""
+
+
+@contextmanager
+def out_of_memory_hint(device: torch.device, work: str, batch_size: int, setting: str):
+    """Turn an allocation failure (CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError)
+    into a DeviceOutOfMemory that says what ran out and what to change."""
+    try:
+        yield
+    except RuntimeError as err:
+        if not (isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)):
+            raise
+        raise DeviceOutOfMemory(
+            f"out of memory on {device} during {work} with batch size {batch_size}; lower {setting} "
+            f"(try {max(1, batch_size // 2)}) or use a smaller model or precision bf16"
+        ) from err
 
 
 def distillation_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
@@ -167,7 +187,10 @@ def train(
         if target_reached(history, settings.target_val_accuracy):
             break
         started = time.perf_counter()
-        with meter.window(f"epoch{epoch}") as window:
+        fits = out_of_memory_hint(
+            device, f"training epoch {epoch}", settings.batch_size, "training.batch_size"
+        )
+        with fits, meter.window(f"epoch{epoch}") as window:
             forward.train()
             # Running sums stay on the device: no host sync per batch.
             loss_sum = torch.zeros((), device=device)
