@@ -343,3 +343,37 @@ def test_idle_baseline_and_dynamic_energy(gpus):
     assert dynamic_joules(record, idle) == pytest.approx(500.0, abs=2.0)
     assert dynamic_joules(record, {**idle, "host": "another-host"}) is None
     assert dynamic_joules(record, None) is None
+
+
+def test_other_processes_loading_the_host_flag_the_window_busy_host():
+    import os
+    import subprocess
+    import sys
+
+    # Real load: one spinning process per core while this process sleeps through the window.
+    spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.5)  # interpreters started, spinning
+        with EnergyMeter("unit") as meter, meter.window("while_loaded"):
+            time.sleep(1.0)
+    finally:
+        for spinner in spinners:
+            spinner.wait()
+    window = meter.windows[0]
+    assert window["other_processes_cpu_share"] > 0.5  # they had the cores; we slept
+    assert window["busy_host"] is True
+    record = meter.record()
+    assert "while_loaded" in record["busy_host_windows"]
+    json.dumps(record, allow_nan=False)
+
+
+def test_own_work_does_not_count_as_other_processes():
+    import os
+
+    with EnergyMeter("unit") as meter, meter.window("own_work"):
+        busy(1.0)
+    # One of our threads kept a core busy: 1/cpu_count of the host. Were it not subtracted, the
+    # share would be at least that; what remains is the rest of the (quiet) test machine.
+    own_share = 1.0 / (os.cpu_count() or 1)
+    assert meter.windows[0]["other_processes_cpu_share"] < own_share / 2

@@ -122,7 +122,9 @@ def test_bad_image_folder_fails_its_rule_with_the_message_and_no_output(tmp_path
     )
     result = run_snakemake(tmp_path / "run", config, check=False)
     assert result.returncode != 0
-    assert message.replace("{root}", str(root)) in result.stdout + result.stderr  # the rule's log, shown on failure
+    assert (
+        message.replace("{root}", str(root)) in result.stdout + result.stderr
+    )  # the rule's log, shown on failure
     assert "Error in rule prepare_dataset" in result.stdout + result.stderr
     written = [p for p in (tmp_path / "run" / "results").rglob("*") if p.is_file()]
     assert written == []

@@ -101,8 +101,9 @@ def test_stage_joules_attributes_each_record_to_its_rule():
 # --- hand-made run on disk ----------------------------------------------------------------------
 
 
-def energy_record(rule: str, joules: float, start: float, measured: bool = False) -> dict:
-    """A record shaped like EnergyMeter.record(), estimated unless `measured`."""
+def energy_record(rule: str, joules: float, start: float, measured: bool = False, busy: bool = False) -> dict:
+    """A record shaped like EnergyMeter.record(), estimated unless `measured`; `busy`: other
+    processes loaded the host during its rule window."""
     source = "nvml-counter" if measured else "estimate:green-algorithms"
     devices = {"gpu0": {"joules": joules, "source": source, "name": "GPU", "device_id": "gpu:A"}}
     return {
@@ -120,6 +121,7 @@ def energy_record(rule: str, joules: float, start: float, measured: bool = False
         "source": source,
         "short_window": False,
         "short_windows": [],
+        "busy_host_windows": [f"rule:{rule}"] if busy else [],
         "devices": devices if measured else {},
         "windows": [],
     }
@@ -378,6 +380,32 @@ def test_summary_says_when_nothing_meets_the_target(hand_made_run):
     text = summary_markdown(summary, decide(summary, settings), break_even_table(summary), differences)
     assert "Cheapest variant reaching 95.0% accuracy: **small_cnn/fp16**" in text
     assert "Most accurate variant within 120.0 J to produce: **small_cnn/baseline**" in text
+
+
+def test_summary_names_variants_measured_on_a_busy_host(hand_made_run):
+    entries, data_energy = hand_made_run
+    settings = {"accuracy_target": 0.95}
+    table = build_table(entries, VARIANTS, data_energy)
+    quiet = summary_markdown(
+        summarize(table),
+        decide(summarize(table), settings),
+        break_even_table(summarize(table)),
+        paired_differences(table),
+    )
+    assert "Busy host" not in quiet
+    prune80 = next(e for e in entries if e["variant"] == "prune80" and e["seed"] == 1)
+    io.write_json(prune80["energy"], energy_record("prune_model", 34.0, 1050.0, busy=True))
+    table = build_table(entries, VARIANTS, data_energy)
+    assert table.loc[table["variant"] == "prune80", "pipeline_busy_host"].tolist() == [False, True]
+    summary = summarize(table)
+    text = summary_markdown(
+        summary, decide(summary, settings), break_even_table(summary), paired_differences(table)
+    )
+    assert (
+        "**Busy host**: other processes used more than 10% of the host's CPUs during energy windows of "
+        in text
+    )
+    assert "prune80 (1 of 2 seeds)" in text and "int8_of_prune (1 of 2 seeds)" in text  # built from it
 
 
 def test_write_report_is_byte_identical_on_a_rerun(hand_made_run, tmp_path):

@@ -21,6 +21,11 @@ from the Green Algorithms model (Lannelongue et al., 2021):
 `cpu_seconds` is the process's own CPU time (user + system, all threads), which equals
 cores * usage * wall time in the model's terms. PUE and carbon are applied at aggregation only
 (`joulebench.carbon`).
+
+Both kinds of figure are inflated when other processes load the host during a window: RAPL counts
+the whole package, and a CPU-time estimate charges threads that spin while they wait for cores.
+Each window therefore records the share of the host's CPU capacity that other processes used
+(host busy time minus our own), and is flagged `busy_host` above BUSY_HOST_SHARE.
 """
 
 import logging
@@ -32,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
 
+import psutil
 from zeus.device import get_gpus
 from zeus.device.gpu import nvidia
 from zeus.device.gpu.common import ZeusBaseGPUError
@@ -45,6 +51,8 @@ ESTIMATE_MODEL = "green-algorithms"
 # approx_instant_energy exists because windows shorter than it can read 0 J). Windows shorter
 # than this are flagged even where the counter happened to tick.
 NVML_COUNTER_PERIOD_S = 0.1
+# Share of the host's CPU capacity used by other processes above which a window is `busy_host`.
+BUSY_HOST_SHARE = 0.10
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,13 @@ def _process_cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _host_busy_cpu_seconds() -> float:
+    """CPU seconds every process on the host has spent since boot (all cores, idle and iowait
+    excluded)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def _peak_memory_gb() -> float:
@@ -185,6 +200,7 @@ class Window:
     name: str
     start_unix: float = 0.0
     cpu_seconds_start: float = 0.0
+    host_busy_start: float = 0.0
     gpu_counter_start: dict = field(default_factory=dict)
     record: dict = field(default_factory=dict)
 
@@ -227,7 +243,12 @@ class EnergyMeter:
         self.windows.append(self._end(window))
 
     def _begin(self, name: str) -> Window:
-        window = Window(name=name, start_unix=time.time(), cpu_seconds_start=_process_cpu_seconds())
+        window = Window(
+            name=name,
+            start_unix=time.time(),
+            cpu_seconds_start=_process_cpu_seconds(),
+            host_busy_start=_host_busy_cpu_seconds(),
+        )
         self.monitor.begin_window(name)
         # Zeus's own start reading of each energy counter, to tell later whether it moved at all.
         window.gpu_counter_start = dict(self.monitor.measurement_states[name].gpu_energy)
@@ -245,6 +266,9 @@ class EnergyMeter:
         measurement = self.monitor.end_window(window.name)
         approximated = self._unmoved_counters(window)
         cpu_seconds = _process_cpu_seconds() - window.cpu_seconds_start
+        others = max(0.0, _host_busy_cpu_seconds() - window.host_busy_start - cpu_seconds)
+        capacity = max(measurement.time, 1e-9) * (os.cpu_count() or 1)
+        other_share = min(1.0, others / capacity)
         devices = measurement_devices(measurement, self.facts, approximated)
         estimate = {
             "model": ESTIMATE_MODEL,
@@ -267,6 +291,8 @@ class EnergyMeter:
             if measured
             else f"estimate:{ESTIMATE_MODEL}",
             "short_window": bool(approximated) or (on_gpu and measurement.time < NVML_COUNTER_PERIOD_S),
+            "other_processes_cpu_share": other_share,
+            "busy_host": other_share > BUSY_HOST_SHARE,
             "devices": devices,
             "estimate": estimate,
         }
@@ -274,6 +300,12 @@ class EnergyMeter:
             log.warning(
                 "window %s lasted %.3f s, under the NVML counter's update period: flagged short_window",
                 window.name, measurement.time,
+            )  # fmt: skip
+        if window.record["busy_host"]:
+            log.warning(
+                "window %s: other processes used %.0f%% of this host's CPUs; its energy is inflated: "
+                "flagged busy_host (rerun on an idle machine to trust it)",
+                window.name, 100 * other_share,
             )  # fmt: skip
         return window.record
 
@@ -288,6 +320,7 @@ class EnergyMeter:
             "hardware": self.facts,
             **{key: value for key, value in self.total.items() if key != "window"},
             "short_windows": [w["window"] for w in [self.total, *self.windows] if w["short_window"]],
+            "busy_host_windows": [w["window"] for w in [self.total, *self.windows] if w["busy_host"]],
             "windows": self.windows,
         }
 

@@ -42,6 +42,8 @@ class EnergyColumns:
             "own_contended_with": ";".join(self.contended_with[own]),
             "pipeline_contended": any(self.contended_with[label] for label in chain),
             "own_short_windows": ";".join(record.get("short_windows", [])),
+            "own_busy_host": bool(record.get("busy_host_windows")),
+            "pipeline_busy_host": any(self.records[label].get("busy_host_windows") for label in chain),
             "own_dynamic_energy_j": dynamic_joules(record, self.idle),
             "host": record["host"],
             "slurm_job_id": record.get("slurm_job_id"),
@@ -57,4 +59,7 @@ class EnergyColumns:
         if evaluation is not None:
             columns["inference_contended"] = bool(self.contended_with[evaluation])
             columns["inference_short_windows"] = ";".join(self.records[evaluation].get("short_windows", []))
+            columns["inference_busy_host"] = "inference" in self.records[evaluation].get(
+                "busy_host_windows", []
+            )
         return columns

@@ -90,6 +90,8 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
             if column in group:
                 row[column] = group[column].mean()
         row["pipeline_energy_measured"] = bool(group["pipeline_energy_measured"].all())
+        # Seeds with an energy window during which other processes loaded the host (inflated).
+        row["busy_host_seeds"] = int((group["pipeline_busy_host"] | group["inference_busy_host"]).sum())
         row["inference_energy_measured"] = (
             not group["inference_energy_source"].str.startswith("estimate").any()
         )

@@ -8,6 +8,7 @@ import math
 
 import pandas as pd
 
+from joulebench.energy import BUSY_HOST_SHARE
 from joulebench.report_stats import energy_unit
 
 ESTIMATED_MARK = "†"
@@ -257,6 +258,24 @@ def break_even_markdown(break_even: pd.DataFrame, differences: pd.DataFrame) -> 
     return [*lines, markdown_table(header, rows), ""]
 
 
+def busy_host_note(summary: pd.DataFrame) -> list[str]:
+    """A warning naming the variants whose energy was taken while other processes loaded the host."""
+    busy = summary[summary["busy_host_seeds"] > 0]
+    if busy.empty:
+        return []
+    named = ", ".join(
+        f"{row['variant']} ({row['busy_host_seeds']} of {row['n']} seeds)" for _, row in busy.iterrows()
+    )
+    return [
+        f"**Busy host**: other processes used more than {BUSY_HOST_SHARE:.0%} of the host's CPUs during "
+        f"energy windows of "
+        f"{named}. Their energy is inflated (counters see the whole device; CPU-time estimates include "
+        "threads waiting for cores): rerun those rules on an idle machine (`--forcerun <rule>`) before "
+        "trusting them. Columns `pipeline_busy_host` and `inference_busy_host` of results.csv name the rows.",
+        "",
+    ]
+
+
 def summary_markdown(
     summary: pd.DataFrame, decisions: dict, break_even: pd.DataFrame, differences: pd.DataFrame
 ) -> str:
@@ -270,6 +289,7 @@ def summary_markdown(
         else "Energy figures are **estimated** (no energy counter on this machine): Green Algorithms "
         "model from each rule's CPU time and memory; see each record's `estimate` block.",
         "",
+        *busy_host_note(summary),
         *decisions_markdown(decisions, summary),
         *break_even_markdown(break_even, differences),
         "## Results",
