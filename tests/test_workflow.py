@@ -121,10 +121,10 @@ def test_dry_run_has_no_warnings(tmp_path):
         ),
         (
             lambda c: c["variants"]["bf16"].update(**{"from": "prune80"}),
-            "variants.bf16.from: precision variants train from scratch; remove 'from'",
+            "Additional properties are not allowed ('from' was unexpected)",
         ),
         (
-            lambda c: c["dataset"].update(val_fraction=0.5, test_fraction=0.45),
+            lambda c: c["dataset"].update(val_fraction=0.45, test_fraction=0.45),
             "dataset.val_fraction + dataset.test_fraction must leave at least 10% for training",
         ),
         (

@@ -13,8 +13,6 @@ def check_config(config: dict) -> None:
     variants = config["variants"]
     for name, variant in variants.items():
         parent = variant.get("from", BASELINE)
-        if variant["technique"] == "precision" and "from" in variant:
-            raise ConfigError(f"variants.{name}.from: precision variants train from scratch; remove 'from'")
         if parent != BASELINE and parent not in variants:
             raise ConfigError(
                 f"variants.{name}.from: unknown variant {parent!r}; use baseline or one of {sorted(variants)}"
