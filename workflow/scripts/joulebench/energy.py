@@ -51,8 +51,11 @@ ESTIMATE_MODEL = "green-algorithms"
 # approx_instant_energy exists because windows shorter than it can read 0 J). Windows shorter
 # than this are flagged even where the counter happened to tick.
 NVML_COUNTER_PERIOD_S = 0.1
-# Share of the host's CPU capacity used by other processes above which a window is `busy_host`.
+# Share of the host's CPU capacity used by other processes above which a window is `busy_host`,
+# provided they used at least BUSY_HOST_MIN_CPU_S: the kernel counts CPU time in 10 ms ticks, so
+# in a 50 ms window one tick of a background daemon would otherwise read as 10% of two cores.
 BUSY_HOST_SHARE = 0.10
+BUSY_HOST_MIN_CPU_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -292,7 +295,7 @@ class EnergyMeter:
             else f"estimate:{ESTIMATE_MODEL}",
             "short_window": bool(approximated) or (on_gpu and measurement.time < NVML_COUNTER_PERIOD_S),
             "other_processes_cpu_share": other_share,
-            "busy_host": other_share > BUSY_HOST_SHARE,
+            "busy_host": other_share > BUSY_HOST_SHARE and others >= BUSY_HOST_MIN_CPU_S,
             "devices": devices,
             "estimate": estimate,
         }
