@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 SPLIT_ORDER = ("train", "val", "test")
 REASONS = (
     "unreadable",
-    "wrong_mode",
     "wrong_size",
     "conflicting_labels",
     "leakage",
