@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -68,6 +69,19 @@ def digits_arrays():
 
     images, labels, classes = data.load_digits_source()
     return data.split_arrays(images, labels, 0.15, 0.2, seed=0), classes
+
+
+def make_image_tree(root: Path, images_per_class: dict | None = None) -> None:
+    """An ImageFolder of real random 6x6 RGB PNG files, `{class: count}` (default cat and dog, 3
+    each); a class with 0 images gets an empty folder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, count in (images_per_class or {"cat": 3, "dog": 3}).items():
+        (root / name).mkdir(parents=True)
+        for index in range(count):
+            pixels = rng.integers(0, 255, size=(6, 6, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{index}.png")
 
 
 def has_tool(name: str) -> bool:

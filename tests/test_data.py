@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import make_image_tree
 from joulebench import data
 
 
@@ -32,15 +33,6 @@ def test_split_is_disjoint_stratified_and_seeded(digits_arrays):
     # Ids point back at the source image.
     assert np.array_equal(images[arrays["test_id"]], arrays["test_x"])
     assert sorted(np.concatenate([arrays[f"{s}_id"] for s in data.SPLITS])) == list(range(1797))
-
-
-def make_image_tree(root, classes=("cat", "dog"), per_class=3, size=(6, 6)):
-    rng = np.random.default_rng(0)
-    for name in classes:
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 255, size=(*size, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
 
 
 def test_imagefolder_loads_real_files(tmp_path):
@@ -98,7 +90,7 @@ def test_imagefolder_empty_class_folder_is_named(tmp_path):
 
 
 def test_a_single_class_is_rejected(tmp_path):
-    make_image_tree(tmp_path, classes=("cat",))
+    make_image_tree(tmp_path, {"cat": 3})
     dataset = {"name": "pets", "source": "imagefolder", "root": str(tmp_path)}
     with pytest.raises(data.DatasetError) as err:
         data.load_source(dataset)

@@ -7,12 +7,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, run_snakemake, snakemake_command, tiny_config
+from conftest import ROOT, make_image_tree, run_snakemake, snakemake_command, tiny_config
 from joulebench import io
 
 # ---------------------------------------------------------------- outputs are atomic
@@ -85,19 +84,6 @@ def _kill_when(process, condition, timeout=240):
 # ---------------------------------------------------------------- bad data stops its rule
 
 
-def _image_tree(root: Path, images_per_class: dict) -> None:
-    """An ImageFolder of real 6x6 PNG files; a class with 0 images gets an empty folder."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for name, count in images_per_class.items():
-        (root / name).mkdir(parents=True)
-        for index in range(count):
-            Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(
-                root / name / f"{index}.png"
-            )
-
-
 @pytest.mark.parametrize(
     ("classes", "message"),
     [
@@ -116,7 +102,7 @@ def _image_tree(root: Path, images_per_class: dict) -> None:
 )
 def test_bad_image_folder_fails_its_rule_with_the_message_and_no_output(tmp_path, classes, message):
     root = tmp_path / "pets"
-    _image_tree(root, classes)
+    make_image_tree(root, classes)
     config = tiny_config(
         dataset={**tiny_config()["dataset"], "name": "pets", "source": "imagefolder", "root": str(root)}
     )
