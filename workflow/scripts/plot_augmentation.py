@@ -1,4 +1,6 @@
-from joulebench.stages import plot_augmentation, start_rule_logging
+# Zeus starts helper processes with `spawn`, which re-imports this file: nothing runs unless it is main.
+if __name__ == "__main__":
+    from joulebench.stages import plot_augmentation, start_rule_logging
 
-start_rule_logging(snakemake.log[0], snakemake.threads)
-plot_augmentation(snakemake.input.splits, snakemake.params.augmentation, snakemake.output.png)
+    start_rule_logging(snakemake.log[0], snakemake.threads)
+    plot_augmentation(snakemake.input.splits, snakemake.params.augmentation, snakemake.output.png)
