@@ -32,6 +32,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from joulebench import data  # noqa: E402
+from joulebench.devices import CPU  # noqa: E402
 from joulebench.energy import EnergyMeter  # noqa: E402
 from joulebench.models import build_model  # noqa: E402
 from joulebench.train import TrainSettings, seed_everything, train  # noqa: E402
@@ -43,6 +44,8 @@ MONITOR_TARGET = 1.01
 
 class NoMeter:
     """The 'monitor off' arm: a meter whose windows measure nothing."""
+
+    placement = CPU  # the plain loop runs on the CPU too
 
     def __enter__(self):
         return self

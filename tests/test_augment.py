@@ -61,10 +61,13 @@ def test_online_augmentation_changes_training_batches_only(digits_arrays):
 
 
 def test_training_runs_with_augmentation(digits_arrays):
+    from joulebench.devices import CPU
     from joulebench.models import build_model
     from joulebench.train import TrainSettings, train
 
     class NoMeter:
+        placement = CPU
+
         def window(self, name):
             from contextlib import nullcontext
 

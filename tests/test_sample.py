@@ -93,8 +93,12 @@ def test_el2n_is_high_for_misclassified_images(digits_arrays):
     seed_everything(0)
     model = build_model({"arch": "small_cnn", "in_channels": 1, "num_classes": 10, "precision": "fp32"})
 
+    from joulebench.devices import CPU
+
     class NoMeter:
         """No energy here: this test checks the score, not the measurement."""
+
+        placement = CPU
 
         def window(self, name):
             from contextlib import nullcontext

@@ -166,20 +166,28 @@ def merge_prior_energy(record: dict, prior_windows: list[dict], resumed_after_ep
             same = devices.get(key, {}).get("device_id") == device["device_id"]
             target = key if same else f"{key}@{device['device_id']}"
             devices.setdefault(target, {**device, "joules": 0.0})["joules"] += device["joules"]
-        merged["estimate"]["joules"] += window["estimate"]["joules"]
-        merged["estimate"]["cpu_seconds"] += window["estimate"]["cpu_seconds"]
+        for key in ("joules", "cpu_joules", "memory_joules", "gpu_joules", "cpu_seconds"):
+            if window["estimate"].get(key) is not None:
+                merged["estimate"][key] = (merged["estimate"].get(key) or 0.0) + window["estimate"][key]
+        for part in window["parts"]:
+            same = [p for p in merged["parts"] if (p["part"], p["source"]) == (part["part"], part["source"])]
+            if same:
+                same[0]["joules"] += part["joules"]
+            else:
+                merged["parts"].append(dict(part))
     prior_joules = sum(w["joules"] for w in prior_windows)
     prior_seconds = sum(w["wall_time_s"] for w in prior_windows)
     merged["joules"] += prior_joules
+    merged["measured_joules"] += sum(w["measured_joules"] for w in prior_windows)
+    merged["estimated_joules"] += sum(w["estimated_joules"] for w in prior_windows)
     merged["wall_time_s"] += prior_seconds
     merged["measured"] = merged["measured"] and all(w["measured"] for w in prior_windows)
     sources = {merged["source"], *(w["source"] for w in prior_windows)}
-    merged["source"] = "+".join(sorted(sources))
+    merged["source"] = "+".join(sorted(set("+".join(sources).split("+"))))
     merged["windows"] = [*prior_windows, *merged["windows"]]
-    merged["short_windows"] = [
-        *(w["window"] for w in prior_windows if w["short_window"]),
-        *merged["short_windows"],
-    ]
+    # Flags of the earlier attempts' epochs are kept with their windows.
+    for flag, list_key in (("short_window", "short_windows"), ("busy_host", "busy_host_windows")):
+        merged[list_key] = [*(w["window"] for w in prior_windows if w[flag]), *merged[list_key]]
     merged["resumed"] = {
         "after_epoch": resumed_after_epoch,
         "prior_epochs_joules": prior_joules,

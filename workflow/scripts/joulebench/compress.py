@@ -49,7 +49,11 @@ def prune_model(model: nn.Module, variant: dict, arrays: dict, settings: TrainSe
         for step, amount in enumerate(prune.step_amounts(variant["sparsity"], steps), start=1):
             with meter.window(f"prune{step}"):
                 prune.global_magnitude_prune(model.cpu(), amount)
+            # Each step's fine-tune counts from zero; its cumulative columns continue the steps before.
+            before = history[-1] if history else {"cumulative_seconds": 0.0, "cumulative_joules": 0.0}
             for row in train(model, arrays, settings, meter):
+                row["cumulative_seconds"] += before["cumulative_seconds"]
+                row["cumulative_joules"] += before["cumulative_joules"]
                 history.append({"prune_step": step, **row})
         prune.make_pruning_permanent(model)
         facts = {"weight_sparsity": prune.weight_sparsity(model.cpu())}

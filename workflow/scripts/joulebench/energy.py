@@ -19,8 +19,18 @@ from the Green Algorithms model (Lannelongue et al., 2021):
     E = cpu_seconds * power_per_core_w + wall_seconds * memory_gb * memory_w_per_gb
 
 `cpu_seconds` is the process's own CPU time (user + system, all threads), which equals
-cores * usage * wall time in the model's terms. PUE and carbon are applied at aggregation only
+cores * usage * wall time in the model's terms. Where a GPU does the work but NVML cannot read it
+(a MIG slice, no permission), the model's GPU term is added: wall_seconds * usage * board power
+(x the slice's share of the GPU), the board power from energy.estimate.gpu_power_w or the cited
+table workflow/resources/gpu_board_power.csv. PUE and carbon are applied at aggregation only
 (`joulebench.carbon`).
+
+Each rule meters the devices it computes on (`joulebench.devices.Placement`): a CPU-only rule
+meters the CPU packages, a GPU rule also its GPU. A window's total (`joules`) is made of `parts`,
+each labelled with its source: every metered counter, plus the estimate's term for each component
+that no counter covers (the CPU where RAPL is unreadable, as on most cluster nodes; memory where
+RAPL has no DRAM zone; an unreadable GPU). So a GPU node without RAPL reports the measured GPU
+figure and the estimated CPU figure side by side, and `measured` is true only where every part is.
 
 Both kinds of figure are inflated when other processes load the host during a window: RAPL counts
 the whole package, and a CPU-time estimate charges threads that spin while they wait for cores.
@@ -38,10 +48,10 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 
 import psutil
-from zeus.device import get_gpus
 from zeus.device.gpu import nvidia
-from zeus.device.gpu.common import ZeusBaseGPUError
 from zeus.monitor import ZeusMonitor
+
+from joulebench.devices import CPU, GpuAccess, Placement, board_power_w, gpu_name, mig_share, probe_gpu
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +70,66 @@ BUSY_HOST_MIN_CPU_S = 0.1
 
 @dataclass(frozen=True)
 class EstimateModel:
-    """Constants of the Green Algorithms model; defaults are its published generic values."""
+    """Constants of the Green Algorithms model; defaults are its published generic values.
+
+    `gpu_power_w`: board power of a GPU NVML cannot read (None: look it up by name in the shipped
+    table); `gpu_usage`: its usage factor (Green Algorithms assumes 1.0 where it is not known).
+    """
 
     power_per_core_w: float = 12.0
     memory_w_per_gb: float = 0.3725
+    gpu_power_w: float | None = None
+    gpu_usage: float = 1.0
+
+    def cpu_joules(self, cpu_seconds: float) -> float:
+        return cpu_seconds * self.power_per_core_w
+
+    def memory_joules(self, wall_seconds: float, memory_gb: float) -> float:
+        return wall_seconds * memory_gb * self.memory_w_per_gb
 
     def joules(self, cpu_seconds: float, wall_seconds: float, memory_gb: float) -> float:
-        return cpu_seconds * self.power_per_core_w + wall_seconds * memory_gb * self.memory_w_per_gb
+        """The CPU and memory terms (the GPU term applies only to an unreadable GPU, see gpu_term)."""
+        return self.cpu_joules(cpu_seconds) + self.memory_joules(wall_seconds, memory_gb)
+
+
+@dataclass(frozen=True)
+class GpuTerm:
+    """Green Algorithms' GPU term for a GPU that computes but cannot be metered: watts x seconds."""
+
+    watts: float
+    board_power_w: float
+    usage: float
+    share: float
+    source: str
+
+    def describe(self) -> dict:
+        return {
+            "watts": self.watts,
+            "board_power_w": self.board_power_w,
+            "usage": self.usage,
+            "share_of_gpu": self.share,
+            "board_power_source": self.source,
+        }
+
+
+def gpu_term(model: EstimateModel, placement: Placement, access: GpuAccess) -> GpuTerm | None:
+    """The GPU term where the placement's GPU computes but NVML cannot read it, else None."""
+    if not access.used or access.metered:
+        return None
+    name = gpu_name(placement)
+    if model.gpu_power_w is not None:
+        board, source = model.gpu_power_w, "energy.estimate.gpu_power_w"
+    else:
+        found = board_power_w(name)
+        if found is None:
+            raise RuntimeError(
+                f"the GPU this rule computes on ({name or 'unnamed'}) cannot be metered ({access.reason}) "
+                "and its board power is not in workflow/resources/gpu_board_power.csv: set "
+                "energy.estimate.gpu_power_w to its board power in watts (nvidia-smi -q -d POWER shows it)"
+            )
+        board, source = found
+    share = mig_share(name)
+    return GpuTerm(board * model.gpu_usage * share, board, model.gpu_usage, share, source)
 
 
 def _process_cpu_seconds() -> float:
@@ -79,7 +142,9 @@ def _host_busy_cpu_seconds() -> float:
     """CPU seconds every process on the host has spent since boot (all cores, idle and iowait
     excluded)."""
     times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    # Linux counts guest (virtual machine) time inside user and nice already: count it once.
+    counted_twice = getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0) - counted_twice
 
 
 def _peak_memory_gb() -> float:
@@ -108,20 +173,6 @@ def host_facts() -> dict:
         "zeus_version": version("zeus"),
         "cpu_model": cpu_model(),
     }
-
-
-def job_gpu_indices() -> list[int]:
-    """The GPUs this job computes on, as Zeus (CUDA) indices after CUDA_VISIBLE_DEVICES.
-
-    Our rules run on `cuda` = the first visible GPU, so the meter measures that one only: the
-    other visible GPUs do no work for the job, and counting them would add their idle power and
-    make every job look as if it shared them. Under SLURM, `gpu=1` makes it the job's own GPU.
-    """
-    try:
-        gpus = get_gpus()
-    except ZeusBaseGPUError:
-        return []
-    return [0] if len(gpus) else []
 
 
 def _nvidia_facts(gpus, index: int) -> dict:
@@ -196,6 +247,29 @@ def measurement_devices(measurement, facts: dict, approximated: set[str]) -> dic
     return devices
 
 
+class _CounterLog:
+    """The last energy-counter value Zeus read of each GPU, installed on Zeus's GPUs object.
+
+    Zeus fills a window whose counter did not move with instant power x duration; whether it did
+    is known only from the reading Zeus itself took at the window's end (reading the counter again
+    afterwards can see a tick that Zeus did not).
+    """
+
+    def __init__(self, read):
+        self.read = read
+        self.last_mj: dict[int, int] = {}
+
+    def __call__(self, index: int) -> int:
+        self.last_mj[index] = self.read(index)
+        return self.last_mj[index]
+
+    @classmethod
+    def install(cls, gpus) -> "_CounterLog":
+        if not isinstance(gpus.get_total_energy_consumption, cls):
+            gpus.get_total_energy_consumption = cls(gpus.get_total_energy_consumption)
+        return gpus.get_total_energy_consumption
+
+
 @dataclass
 class Window:
     """One named measurement window and, once closed, its record."""
@@ -208,24 +282,35 @@ class Window:
     record: dict = field(default_factory=dict)
 
 
+def window_parts(devices: dict, estimate: dict) -> list[dict]:
+    """What a window's total is made of: every metered device, then the estimate's term for each
+    component no counter covers (CPU without RAPL, memory without a RAPL DRAM zone, a GPU that
+    computes but cannot be read)."""
+    parts = [{"part": name, "joules": d["joules"], "source": d["source"]} for name, d in devices.items()]
+    covered = {name.rstrip("0123456789") for name in devices}
+    source = f"estimate:{ESTIMATE_MODEL}"
+    for component, key in (("cpu", "cpu_joules"), ("dram", "memory_joules"), ("gpu", "gpu_joules")):
+        if component not in covered and estimate.get(key) is not None:
+            parts.append({"part": f"{component}:estimate", "joules": estimate[key], "source": source})
+    return parts
+
+
 class EnergyMeter:
     """Measure a rule's energy with Zeus, one window per phase; see the module docstring."""
 
     def __init__(
-        self,
-        rule: str,
-        estimate: EstimateModel | None = None,
-        monitor=None,
-        gpu_indices: list[int] | None = None,
+        self, rule: str, estimate: EstimateModel | None = None, placement: Placement = CPU, monitor=None
     ):
-        """`gpu_indices`: the GPUs to measure (default: the job's GPU, see job_gpu_indices); a rule
-        that computes on the CPU only may pass [] so an idle GPU's draw is not booked to it."""
+        """`placement`: where the rule computes; its GPU (if any) is metered, other GPUs are not."""
         self.rule = rule
         self.estimate = estimate or EstimateModel()
-        if gpu_indices is None:
-            gpu_indices = job_gpu_indices()
+        self.placement = placement
+        self.gpu_access = probe_gpu(placement)
+        self.gpu_term = gpu_term(self.estimate, placement, self.gpu_access)
+        gpu_indices = [placement.gpu] if self.gpu_access.metered else []
         # The monitor can be injected (tests build one over mocked NVML/RAPL devices).
         self.monitor = monitor or ZeusMonitor(gpu_indices=gpu_indices, approx_instant_energy=True)
+        self.counter_log = _CounterLog.install(self.monitor.gpus) if self.monitor.gpu_indices else None
         self.facts = device_facts(self.monitor)
         self.windows: list[dict] = []
         self._rule_window: Window | None = None
@@ -246,53 +331,64 @@ class EnergyMeter:
         self.windows.append(self._end(window))
 
     def _begin(self, name: str) -> Window:
+        # We synchronize the device the rule computes on ourselves (Zeus would call
+        # torch.cuda.synchronize on the metered GPU, which fails where torch has no CUDA).
+        self.placement.synchronize()
         window = Window(
             name=name,
             start_unix=time.time(),
             cpu_seconds_start=_process_cpu_seconds(),
             host_busy_start=_host_busy_cpu_seconds(),
         )
-        self.monitor.begin_window(name)
+        self.monitor.begin_window(name, sync_execution=False)
         # Zeus's own start reading of each energy counter, to tell later whether it moved at all.
         window.gpu_counter_start = dict(self.monitor.measurement_states[name].gpu_energy)
         return window
 
-    def _unmoved_counters(self, window: Window) -> set[str]:
-        """GPUs whose energy counter did not tick during the window: Zeus approximated them."""
-        unmoved = set()
-        for index, start_joules in window.gpu_counter_start.items():
-            if self.monitor.gpus.get_total_energy_consumption(index) / 1000.0 == start_joules:
-                unmoved.add(f"gpu{index}")
-        return unmoved
+    def _approximated(self, window: Window) -> set[str]:
+        """GPUs whose counter Zeus read unchanged at the window's end: it filled them from instant power."""
+        return {
+            f"gpu{index}"
+            for index, start_joules in window.gpu_counter_start.items()
+            if self.counter_log.last_mj[index] / 1000.0 == start_joules
+        }
 
     def _end(self, window: Window) -> dict:
-        measurement = self.monitor.end_window(window.name)
-        approximated = self._unmoved_counters(window)
+        self.placement.synchronize()
+        measurement = self.monitor.end_window(window.name, sync_execution=False)
+        approximated = self._approximated(window) if window.gpu_counter_start else set()
         cpu_seconds = _process_cpu_seconds() - window.cpu_seconds_start
         others = max(0.0, _host_busy_cpu_seconds() - window.host_busy_start - cpu_seconds)
         capacity = max(measurement.time, 1e-9) * (os.cpu_count() or 1)
         other_share = min(1.0, others / capacity)
         devices = measurement_devices(measurement, self.facts, approximated)
+        memory_gb = _peak_memory_gb()
         estimate = {
             "model": ESTIMATE_MODEL,
-            "joules": self.estimate.joules(cpu_seconds, measurement.time, _peak_memory_gb()),
+            "cpu_joules": self.estimate.cpu_joules(cpu_seconds),
+            "memory_joules": self.estimate.memory_joules(measurement.time, memory_gb),
+            "gpu_joules": self.gpu_term.watts * measurement.time if self.gpu_term else None,
             "cpu_seconds": cpu_seconds,
-            "peak_rss_gb": _peak_memory_gb(),
+            "peak_rss_gb": memory_gb,
             "power_per_core_w": self.estimate.power_per_core_w,
             "memory_w_per_gb": self.estimate.memory_w_per_gb,
+            "gpu": self.gpu_term.describe() if self.gpu_term else None,
         }
-        measured = bool(devices)
+        estimate["joules"] = sum(estimate[k] or 0.0 for k in ("cpu_joules", "memory_joules", "gpu_joules"))
+        parts = window_parts(devices, estimate)
+        estimated = [part for part in parts if part["source"].startswith("estimate")]
         on_gpu = any(name.startswith("gpu") for name in devices)
         window.record = {
             "window": window.name,
             "start_unix": window.start_unix,
             "end_unix": window.start_unix + measurement.time,
             "wall_time_s": measurement.time,
-            "measured": measured,
-            "joules": sum(d["joules"] for d in devices.values()) if measured else estimate["joules"],
-            "source": "+".join(sorted({d["source"] for d in devices.values()}))
-            if measured
-            else f"estimate:{ESTIMATE_MODEL}",
+            "measured": not estimated,
+            "joules": sum(part["joules"] for part in parts),
+            "measured_joules": sum(d["joules"] for d in devices.values()),
+            "estimated_joules": sum(part["joules"] for part in estimated),
+            "source": "+".join(sorted({part["source"] for part in parts})),
+            "parts": parts,
             "short_window": bool(approximated) or (on_gpu and measurement.time < NVML_COUNTER_PERIOD_S),
             "other_processes_cpu_share": other_share,
             "busy_host": other_share > BUSY_HOST_SHARE and others >= BUSY_HOST_MIN_CPU_S,
@@ -320,6 +416,8 @@ class EnergyMeter:
             "schema": RECORD_SCHEMA,
             "rule": self.rule,
             **host_facts(),
+            "placement": self.placement.describe(),
+            "gpu": self.gpu_access.describe(),
             "hardware": self.facts,
             **{key: value for key, value in self.total.items() if key != "window"},
             "short_windows": [w["window"] for w in [self.total, *self.windows] if w["short_window"]],
@@ -328,14 +426,16 @@ class EnergyMeter:
         }
 
 
-def measure_idle_power(seconds: float, estimate: EstimateModel | None = None, monitor=None) -> dict:
+def measure_idle_power(
+    seconds: float, estimate: EstimateModel | None = None, placement: Placement = CPU, monitor=None
+) -> dict:
     """Measure the devices doing nothing for `seconds`: the idle baseline of this host.
 
     The record gains `idle_power_w` (device_id -> watts) for measured devices only. An estimate
     has no idle component (the Green Algorithms model charges CPU time, which an idle process
     barely has), so where nothing is measured `idle_power_w` is empty.
     """
-    with EnergyMeter("measure_idle_power", estimate, monitor) as meter:
+    with EnergyMeter("measure_idle_power", estimate, placement, monitor) as meter:
         time.sleep(seconds)
     record = meter.record()
     record["idle_power_w"] = {
@@ -345,15 +445,16 @@ def measure_idle_power(seconds: float, estimate: EstimateModel | None = None, mo
 
 
 def dynamic_joules(record: dict, idle: dict | None) -> float | None:
-    """Energy above the idle baseline: total - idle power x wall time, summed over devices.
+    """Energy above the idle baseline: each metered device's joules - its idle power x wall time,
+    plus the estimated parts (an estimate charges the work only: it has no idle share).
 
-    None where it cannot be known: the record is an estimate, there is no idle record, it was
-    taken on another host, or it lacks one of the record's devices.
+    None where it cannot be known: nothing was metered, there is no idle record, it was taken on
+    another host, or it lacks one of the record's devices.
     """
-    if idle is None or not record["measured"] or idle.get("host") != record["host"]:
+    if idle is None or not record["devices"] or idle.get("host") != record["host"]:
         return None
     idle_power = idle.get("idle_power_w", {})
-    total = 0.0
+    total = record.get("estimated_joules", 0.0)
     for device in record["devices"].values():
         if device["device_id"] not in idle_power:
             return None

@@ -10,14 +10,18 @@ from joulebench.energy import dynamic_joules
 
 
 def hardware_summary(record: dict) -> str:
-    """'gpu0: NVIDIA H200 [nvml-counter, driver 550.54.15]; cpu0: ...', or what the estimate used."""
-    if not record["measured"]:
+    """'gpu0: NVIDIA H200 [nvml-counter, driver 550.54.15]; cpu: estimate:green-algorithms', the
+    metered devices then the estimated parts, or 'none measured (...)'."""
+    if not record["devices"]:
         return f"none measured ({record['source']})"
     parts = []
     for key, device in record["devices"].items():
         facts = record.get("hardware", {}).get(key, {})
         driver = f", driver {facts['driver_version']}" if facts.get("driver_version") else ""
         parts.append(f"{key}: {device['name']} [{device['source']}{driver}]")
+    for part in record.get("parts", []):
+        if part["source"].startswith("estimate"):
+            parts.append(f"{part['part']} [{part['source']}]")
     return "; ".join(parts)
 
 

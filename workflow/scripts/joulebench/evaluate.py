@@ -3,13 +3,15 @@
 import logging
 import statistics
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from joulebench.energy import cpu_model
 from joulebench.models import count_parameters
-from joulebench.train import accuracy, out_of_memory_hint
+from joulebench.train import PRECISIONS, accuracy, effective_precision, out_of_memory_hint
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,18 @@ def _matmul_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
 
 
 @torch.inference_mode()
-def latency_ms(model: nn.Module, example: torch.Tensor, warmup: int, repeats: int) -> list[float]:
+def latency_ms(
+    model: nn.Module, example: torch.Tensor, warmup: int, repeats: int, sync=lambda: None
+) -> list[float]:
+    """Per-call latency; `sync` waits for the device, so a GPU call is timed to its end."""
     for _ in range(warmup):
         model(example)
     samples = []
     for _ in range(repeats):
+        sync()
         started = time.perf_counter()
         model(example)
+        sync()
         samples.append((time.perf_counter() - started) * 1000)
     return samples
 
@@ -53,12 +60,14 @@ def percentile(samples: list[float], q: int) -> float:
 
 
 @torch.inference_mode()
-def throughput(model: nn.Module, batch: torch.Tensor, repeats: int) -> float:
+def throughput(model: nn.Module, batch: torch.Tensor, repeats: int, sync=lambda: None) -> float:
     """Samples per second at the batch size of `batch`, after one warm-up pass."""
     model(batch)
+    sync()
     started = time.perf_counter()
     for _ in range(repeats):
         model(batch)
+    sync()
     return repeats * len(batch) / (time.perf_counter() - started)
 
 
@@ -90,24 +99,42 @@ def timed_inference(model: nn.Module, arrays: dict, settings: dict) -> tuple[flo
 
 
 def evaluate(
-    model: nn.Module, arrays: dict, artifact: Path, settings: dict, meter, reference: nn.Module | None = None
+    model: nn.Module,
+    arrays: dict,
+    artifact: Path,
+    settings: dict,
+    meter,
+    reference: nn.Module | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """All metrics of one model; inference energy comes from a window over the test set.
 
-    `reference` is the graph to count parameters and MACs on where `model` runs fused kernels the
-    counter cannot see into (a lowered int8 graph); by default the model itself.
+    The model runs where the meter meters (`meter.placement`: the GPU for float models where there
+    is one, the CPU for int8 graphs lowered to CPU kernels), under autocast to the precision it was
+    trained in. `reference` is the graph to count parameters and MACs on where `model` runs fused
+    kernels the counter cannot see into (a lowered int8 graph); by default the model itself.
     """
     model.eval()
     reference = model if reference is None else reference
     test_x = torch.from_numpy(arrays["test_x"])
-    device = next(model.parameters(), torch.empty(0)).device
-    fits = out_of_memory_hint(device, "evaluation", settings["batch_size"], "evaluation.batch_size")
-    with fits, meter.window("inference") as window:
-        test_accuracy, passes, inference_seconds = timed_inference(model, arrays, settings)
+    # Counted on the CPU, before the model moves to its inference device.
     params, nonzero = parameter_counts(reference)
     macs = count_macs(reference, test_x[:1])
-    latencies = latency_ms(model, test_x[:1], settings["warmup"], settings["latency_repeats"])
-    batch = test_x[: settings["batch_size"]]
+    placement = meter.placement
+    device = placement.torch_device
+    model.to(device)
+    precision = effective_precision(precision, device)
+    dtype = PRECISIONS[precision]
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    fits = out_of_memory_hint(device, "evaluation", settings["batch_size"], "evaluation.batch_size")
+    with fits, autocast, meter.window("inference") as window:
+        test_accuracy, passes, inference_seconds = timed_inference(model, arrays, settings)
+    example, batch = test_x[:1].to(device), test_x[: settings["batch_size"]].to(device)
+    with autocast:
+        latencies = latency_ms(
+            model, example, settings["warmup"], settings["latency_repeats"], placement.synchronize
+        )
+        samples_per_s = throughput(model, batch, settings["throughput_repeats"], placement.synchronize)
     record = window.record
     return {
         "test_accuracy": test_accuracy,
@@ -118,10 +145,13 @@ def evaluate(
         "flops": 2 * macs,
         "latency_p50_ms": percentile(latencies, 50),
         "latency_p95_ms": percentile(latencies, 95),
-        "throughput_per_s": throughput(model, batch, settings["throughput_repeats"]),
+        "throughput_per_s": samples_per_s,
         "throughput_batch_size": len(batch),
         "inference_joules_per_1k": record["joules"] * 1000 / (passes * len(test_x)),
         "inference_energy_source": record["source"],
         "inference_passes": passes,
         "inference_seconds": inference_seconds,
+        "inference_device": device.type,
+        "inference_device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "inference_precision": precision,
     }

@@ -151,7 +151,7 @@ def read_histories(entries: list[dict], table: pd.DataFrame) -> pd.DataFrame:
                 variant=entry["variant"],
                 seed=entry["seed"],
                 energy_from_data_j=before + history["cumulative_joules"],
-                measured=~history["energy_source"].str.startswith("estimate"),
+                measured=~history["energy_source"].str.contains("estimate"),
             )
         )
     columns = ["model", "variant", "seed", "epoch", "val_accuracy", "cumulative_joules", "energy_from_data_j"]

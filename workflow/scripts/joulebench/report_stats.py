@@ -92,9 +92,9 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         row["pipeline_energy_measured"] = bool(group["pipeline_energy_measured"].all())
         # Seeds with an energy window during which other processes loaded the host (inflated).
         row["busy_host_seeds"] = int((group["pipeline_busy_host"] | group["inference_busy_host"]).sum())
-        row["inference_energy_measured"] = (
-            not group["inference_energy_source"].str.startswith("estimate").any()
-        )
+        row["inference_energy_measured"] = not group["inference_energy_source"].str.contains("estimate").any()
+        # Where inference ran (cpu, cuda): inference energy compares only within one device class.
+        row["inference_device"] = "+".join(sorted(set(group.get("inference_device", pd.Series(["cpu"])))))
         row["pipeline_energy_sources"] = "+".join(
             sorted(set("+".join(group["pipeline_energy_sources"]).split("+")))
         )

@@ -79,15 +79,20 @@ def paper_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list
         "Params: non-zero / total where they differ (pruning, quantization).",
         "Pareto: optimal in accuracy vs energy to produce (train) or vs inference energy (inf.).",
     ]
-    sources = sorted(set("+".join(summary["pipeline_energy_sources"]).split("+")))
+    sources = energy_sources(summary)
     if not summary["pipeline_energy_measured"].all() or not summary["inference_energy_measured"].all():
         footnotes.append(
-            f"{ESTIMATED_MARK} Estimated, not measured: no energy counter was available; Green Algorithms "
-            "model (Lannelongue et al., 2021) from CPU time and memory. "
-            "Compare estimates only with estimates."
+            f"{ESTIMATED_MARK} Estimated, wholly or in part: Green Algorithms model (Lannelongue et al., "
+            "2021) for each component no energy counter covered (CPU time and memory; a GPU NVML "
+            "could not read). Compare estimates only with estimates."
         )
     footnotes.append(f"Energy sources: {', '.join(sources)}.")
     return header, rows, footnotes
+
+
+def energy_sources(summary: pd.DataFrame) -> list[str]:
+    """Every counter and estimate model behind the summary's energy to produce."""
+    return sorted(set("+".join(summary["pipeline_energy_sources"]).split("+")))
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -217,14 +222,33 @@ def decisions_markdown(decisions: dict, summary: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _break_even_caveats(row, noisy: list[str] | None) -> str:
+    caveats = []
+    if noisy:
+        caveats.append(
+            f"the {' and the '.join(noisy)} difference{'s are' if len(noisy) > 1 else ' is'} within noise"
+        )
+    if " vs " in str(row.get("inference_devices", "")):
+        caveats.append(f"inference crosses devices: {row['inference_devices']}")
+    return f" ({'; '.join(caveats)})" if caveats else ""
+
+
 def break_even_markdown(break_even: pd.DataFrame, differences: pd.DataFrame) -> list[str]:
-    """The break-even table; a break-even that rests on an inference saving the seeds cannot tell
-    from zero is marked as such."""
-    unclear = {
-        (row["dataset"], row["model"], row["variant"])
-        for _, row in differences.iterrows()
-        if row["n_pairs"] >= 2 and not row["inference_joules_per_1k_clear"]
-    }
+    """The break-even table; a break-even that rests on a difference the seeds cannot tell from
+    zero (in inference or in production energy) is marked as such, and so is one that compares
+    inference on different devices."""
+    unclear = {}
+    for _, row in differences.iterrows():
+        noisy = [
+            what
+            for what, column in (
+                ("inference", "inference_joules_per_1k"),
+                ("production", "pipeline_energy_j"),
+            )
+            if row["n_pairs"] >= 2 and not row[f"{column}_clear"]
+        ]
+        if noisy:
+            unclear[(row["dataset"], row["model"], row["variant"])] = noisy
     lines = [
         "## Break-even against the baseline",
         "",
@@ -247,11 +271,7 @@ def break_even_markdown(break_even: pd.DataFrame, differences: pd.DataFrame) -> 
             f"{row['extra_produce_j']:+,.1f}",
             f"{row['saving_per_inference_j'] * 1000:+.4f}",
             row["verdict"]
-            + (
-                " (the inference difference is within noise)"
-                if (row["dataset"], row["model"], row["variant"]) in unclear
-                else ""
-            ),
+            + _break_even_caveats(row, unclear.get((row["dataset"], row["model"], row["variant"]))),
         ]
         for _, row in break_even.iterrows()
     ]
@@ -286,8 +306,9 @@ def summary_markdown(
         "",
         "Energy figures are **measured** by hardware counters."
         if measured
-        else "Energy figures are **estimated** (no energy counter on this machine): Green Algorithms "
-        "model from each rule's CPU time and memory; see each record's `estimate` block.",
+        else "Energy figures are **estimated**, wholly or in part: Green Algorithms model for each "
+        "component no counter covered (see each record's `parts`, which label every term with its "
+        f"source). Sources: {', '.join(energy_sources(summary))}.",
         "",
         *busy_host_note(summary),
         *decisions_markdown(decisions, summary),

@@ -14,6 +14,7 @@ import torch
 
 from joulebench import compress, data, io
 from joulebench.checkpoint import Checkpointer, exit_on_sigterm, file_digest, fingerprint, merge_prior_energy
+from joulebench.devices import CPU, Placement, accelerator
 from joulebench.energy import EnergyMeter, EstimateModel, measure_idle_power
 from joulebench.evaluate import evaluate
 from joulebench.models import build_model, load_model, save_model
@@ -22,7 +23,6 @@ from joulebench.train import (
     Distillation,
     TrainSettings,
     effective_precision,
-    pick_device,
     seed_everything,
     train,
     training_summary,
@@ -45,8 +45,9 @@ def start_rule_logging(log_path, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _meter(rule: str, energy_config: dict) -> EnergyMeter:
-    return EnergyMeter(rule, EstimateModel(**energy_config["estimate"]))
+def _meter(rule: str, energy_config: dict, placement: Placement = CPU) -> EnergyMeter:
+    """The rule's meter over the devices it computes on: the CPU unless `placement` says a GPU."""
+    return EnergyMeter(rule, EstimateModel(**energy_config["estimate"]), placement)
 
 
 def prepare_dataset(
@@ -117,7 +118,9 @@ def sample_dataset(
     arrays, facts = io.load_arrays(splits_path), io.read_json(facts_path)
     labels, fraction, method = arrays["train_y"], variant["fraction"], variant["method"]
     summary = {"method": method, "fraction": fraction, "seed": seed}
-    with _meter("sample_dataset", energy_config) as meter:
+    # A scoring method trains a proxy model: on the GPU where there is one.
+    placement = CPU if method in ("random", "stratified") else accelerator()
+    with _meter("sample_dataset", energy_config, placement) as meter:
         if method == "random":
             chosen = sample.random_subset(labels, fraction, seed)
         elif method == "stratified":
@@ -202,7 +205,7 @@ def _train_resumably(
     run_facts = {**facts, "recipe": recipe, "settings": asdict(settings)}
     checkpointer = Checkpointer(checkpoint_path, fingerprint(run_facts)) if checkpoint_path else None
     with exit_on_sigterm():
-        with _meter(rule, energy_config) as meter:
+        with _meter(rule, energy_config, accelerator()) as meter:
             history = train(model, arrays, settings, meter, distillation, checkpointer)
         resumed_after = checkpointer.resumed_after_epoch if checkpointer else 0
         record = merge_prior_energy(
@@ -240,7 +243,7 @@ def train_variant(
     """
     arrays, facts = io.load_arrays(splits_path), io.read_json(facts_path)
     requested = variant.get("precision", "fp32")
-    precision = effective_precision(requested, pick_device())
+    precision = effective_precision(requested, accelerator().torch_device)
     if precision != requested:
         log.warning("%s is not supported here; training in %s instead", requested, precision)
     seed_everything(seed)
@@ -308,7 +311,7 @@ def prune_variant(splits_path, parent_dir, variant, training, seed, energy_confi
     model, recipe = load_model(parent_dir)
     seed_everything(seed)
     settings = _settings(training, seed, epochs=variant["finetune_epochs"])
-    with _meter("prune_model", energy_config) as meter:
+    with _meter("prune_model", energy_config, accelerator()) as meter:
         model, history, facts = compress.prune_model(model, variant, arrays, settings, meter)
     out_dir = Path(out_dir)
     _write_trained(model, {**recipe, "pruning": {**variant, **facts}}, history, meter, out_dir)
@@ -320,7 +323,9 @@ def quantize_variant(splits_path, parent_dir, variant, training, seed, energy_co
     model, recipe = load_model(parent_dir)
     seed_everything(seed)
     settings = _settings(training, seed, epochs=variant.get("finetune_epochs", 1))
-    with _meter("quantize_model", energy_config) as meter:
+    # Post-training int8 runs on the CPU kernels it targets; QAT fine-tunes on the GPU if any.
+    placement = accelerator() if variant["method"] == "int8_qat" else CPU
+    with _meter("quantize_model", energy_config, placement) as meter:
         model, history, facts = compress.quantize_model(model, variant, arrays, settings, meter)
     log.info("quantization: %s", facts)
     out_dir = Path(out_dir)
@@ -336,8 +341,13 @@ def evaluate_variant(splits_path, model_dir, settings, energy_config, metrics_pa
     artifact = Path(model_dir) / "model.pt"
     # A lowered int8 graph calls fused kernels; count parameters and MACs on its reference graph.
     reference = load_reference(artifact)[0] if recipe.get("format") == "torch.export" else None
-    with _meter("evaluate_model", energy_config) as meter:
-        metrics = evaluate(model, arrays, artifact, settings, meter, reference)
+    # Inference runs where the model would be deployed: a float model on the GPU where there is
+    # one, in the precision it was trained in; an int8 model on the CPU kernels it was made for.
+    placement = CPU if recipe.get("quantization") else accelerator()
+    with _meter("evaluate_model", energy_config, placement) as meter:
+        metrics = evaluate(
+            model, arrays, artifact, settings, meter, reference, recipe.get("precision", "fp32")
+        )
     metrics["precision"] = recipe.get("precision", "fp32")
     log.info("metrics: %s", metrics)
     io.write_json(metrics_path, metrics)
@@ -346,7 +356,8 @@ def evaluate_variant(splits_path, model_dir, settings, energy_config, metrics_pa
 
 def measure_idle_baseline(seconds: float, energy_config: dict, idle_path) -> None:
     """The idle-power record of this host, measured before the experiment's jobs."""
-    record = measure_idle_power(seconds, EstimateModel(**energy_config["estimate"]))
+    # The devices the experiment's jobs compute on: the CPU packages and the job's GPU.
+    record = measure_idle_power(seconds, EstimateModel(**energy_config["estimate"]), accelerator())
     log.info("idle power: %s", record["idle_power_w"] or "not measured (no energy counter here)")
     io.write_json(idle_path, record)
 

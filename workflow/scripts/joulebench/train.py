@@ -43,10 +43,6 @@ class Distillation:
     alpha: float = 0.7
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -170,7 +166,8 @@ def train(
     history returned then includes the earlier attempts' epochs). Training stops early after the
     first epoch whose validation accuracy reaches `settings.target_val_accuracy`.
     """
-    device = pick_device()
+    # Training computes where its meter meters (joulebench.devices.Placement).
+    device = meter.placement.torch_device
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     dtype = PRECISIONS[settings.precision]

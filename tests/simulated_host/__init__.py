@@ -1,0 +1,1 @@
+"""A SIMULATED GPU + RAPL host, for tests only: see sitecustomize.py."""
