@@ -57,7 +57,7 @@ class SimulatedNVML:
         span = now - self.updated
         watts = self.idle_w
         if span > 0:
-            watts += self.busy_w * min(1.0, (cpu - self.cpu) / (span * self.cores))
+            watts += self.busy_w * (cpu - self.cpu) / (span * self.cores)
             self.joules += watts * span
         self.updated, self.cpu = now, cpu
         return watts

@@ -48,7 +48,8 @@ def main(root: str, idle_w: float, busy_w: float, dram_w: float, max_energy_j: f
         time.sleep(PERIOD_S)
         now, busy = time.time(), host_busy_seconds()
         span = now - last_time
-        utilisation = min(1.0, max(0.0, (busy - last_busy) / (span * cores)))
+        # Not clipped at 1: the kernel books CPU time in 10 ms ticks, so one period can see two.
+        utilisation = max(0.0, (busy - last_busy) / (span * cores))
         package_uj += (idle_w + busy_w * utilisation) * span * 1e6
         dram_uj += dram_w * span * 1e6
         last_time, last_busy = now, busy
