@@ -1,4 +1,4 @@
-"""GPU check: our monitor's joules vs NVML power samples integrated over the same window.
+"""GPU check: our monitor's joules vs NVML power samples, then the tiny workflow end to end.
 
 On a machine with an NVIDIA GPU, runs a short training job (joulebench.train.train, resnet18 on
 the embedded digits data, repeated until --seconds have passed) under EnergyMeter, while a
@@ -7,7 +7,12 @@ those samples (trapezoids) over the meter's rule window and prints both joule fi
 ratio. Target: within 5% (ratio 0.95 to 1.05). Exit status 0 within target, 1 outside, and 0 with
 a SKIP line where there is no NVIDIA GPU or no NVML.
 
-    python benchmarks/gpu_energy_check.py [--seconds 30] [--period 0.02]
+It then runs the real workflow on the tiny test config (one seed, one epoch, every variant kind)
+in a temporary folder and prints one line per energy record: rule, output, where it computed,
+which counters (or estimate) measured it, joules. On a GPU host, training and float inference
+must say nvml-counter (+ rapl where RAPL is readable), int8 and data rules never a GPU.
+
+    python benchmarks/gpu_energy_check.py [--seconds 30] [--period 0.02] [--no-workflow]
 
 Power readings: NVML's instantaneous power field where the driver has it, else
 nvmlDeviceGetPowerUsage, which on recent GPUs is a moving average over about one second; the
@@ -15,19 +20,54 @@ longer the run, the less that lag matters, hence --seconds.
 """
 
 import argparse
+import json
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 
 TARGET = 0.05
 
 
-def skip(reason: str) -> None:
-    print(f"SKIP: {reason}; this check needs an NVIDIA GPU with NVML (nothing was measured).")
-    sys.exit(0)
+class Skip(Exception):
+    """No NVIDIA GPU or no NVML here: the counter check cannot run."""
+
+
+def energy_table(results: Path) -> list[str]:
+    """One line per energy record under `results`: rule, output folder, device, source, joules."""
+    lines = [f"{'rule':<16} {'output':<48} {'computed on':<32} {'source':<40} {'joules':>10}"]
+    for path in sorted(results.rglob("energy.json")):
+        record = json.loads(path.read_text())
+        placement = record.get("placement", {})
+        device = placement.get("torch_device", "?")
+        if record.get("gpu", {}).get("used"):
+            device = f"{device}, GPU {record['gpu'].get('name') or '?'}"
+        output = str(path.parent.relative_to(results))
+        lines.append(
+            f"{record['rule']:<16} {output:<48} {device:<32} {record['source']:<40} {record['joules']:>10.2f}"
+        )
+    return lines
+
+
+def run_tiny_workflow() -> int:
+    """The real workflow on the tests' tiny config in a temporary folder; prints energy_table."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import snakemake_command, tiny_config
+
+    with tempfile.TemporaryDirectory() as folder:
+        command = snakemake_command(Path(folder), tiny_config())
+        print(f"tiny workflow: {' '.join(command[1:])}", flush=True)
+        result = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+        if result.returncode != 0:
+            print(result.stdout[-3000:], result.stderr[-3000:], sep="\n")
+            return result.returncode
+        print("\n".join(energy_table(Path(folder) / "results")))
+    return 0
 
 
 class PowerSampler(threading.Thread):
@@ -87,21 +127,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="minimum length of the training window")
     parser.add_argument("--period", type=float, default=0.02, help="power sampling period (s)")
+    parser.add_argument("--no-workflow", action="store_true", help="skip the tiny workflow run")
     args = parser.parse_args()
+    try:
+        within = counter_check(args.seconds, args.period)
+    except Skip as reason:
+        print(f"SKIP: {reason}; the counter check needs an NVIDIA GPU with NVML (nothing was measured).")
+        within = True
+    status = 0 if within else 1
+    if not args.no_workflow:
+        status = max(status, run_tiny_workflow())
+    sys.exit(status)
+
+
+def counter_check(seconds: float, period: float) -> bool:
+    """The meter's GPU joules against integrated NVML power samples; True within TARGET."""
     try:
         import pynvml
     except ImportError:
-        skip("nvidia-ml-py (pynvml) is not installed")
+        raise Skip("nvidia-ml-py (pynvml) is not installed") from None
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as error:
-        skip(f"NVML is not available ({error})")
+        raise Skip(f"NVML is not available ({error})") from None
     import torch
 
     if not torch.cuda.is_available():
-        skip("PyTorch sees no CUDA device")
+        raise Skip("PyTorch sees no CUDA device")
 
     from joulebench import data
+    from joulebench.devices import accelerator
     from joulebench.energy import EnergyMeter
     from joulebench.models import build_model
     from joulebench.train import TrainSettings, seed_everything, train
@@ -112,17 +167,17 @@ def main() -> None:
     model = build_model({"arch": "resnet18", "in_channels": 1, "num_classes": 10, "precision": "fp32"})
     settings = TrainSettings(epochs=5, batch_size=64, lr=0.003, seed=0)
 
-    meter = EnergyMeter("gpu_energy_check")
+    meter = EnergyMeter("gpu_energy_check", placement=accelerator())
     gpu = meter.facts.get("gpu0")
     if gpu is None or "nvml_index" not in gpu:
-        skip("Zeus found no NVIDIA GPU to monitor")
-    sampler = PowerSampler(pynvml, gpu["nvml_index"], args.period)
+        raise Skip(f"Zeus cannot meter this GPU ({meter.gpu_access.reason})")
+    sampler = PowerSampler(pynvml, gpu["nvml_index"], period)
     sampler.start()
     time.sleep(1.0)  # samples before the window, so its start edge can be interpolated
     with meter:
         started = time.perf_counter()
         rounds = 0
-        while time.perf_counter() - started < args.seconds:
+        while time.perf_counter() - started < seconds:
             train(model, arrays, settings, meter)
             rounds += 1
     time.sleep(1.0)  # and after it, for the end edge
@@ -140,11 +195,11 @@ def main() -> None:
     print(f"EnergyMeter (Zeus {record['zeus_version']}, {source}): {zeus_joules:.1f} J")
     print(
         f"NVML power samples ({sampler.reading}, {len(sampler.samples)} samples every "
-        f"{args.period * 1000:.0f} ms, trapezoids): {sampled_joules:.1f} J"
+        f"{period * 1000:.0f} ms, trapezoids): {sampled_joules:.1f} J"
     )
     verdict = "within" if within else "OUTSIDE"
     print(f"ratio meter / samples = {ratio:.4f} ({verdict} the +-{TARGET:.0%} target)")
-    sys.exit(0 if within else 1)
+    return within
 
 
 if __name__ == "__main__":

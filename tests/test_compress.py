@@ -279,3 +279,16 @@ def test_int8_static_quantizes_resnet18_with_reused_relu_modules():
     assert len(quantize.int8_kernel_ops(lowered)) == convs + 1
     with torch.no_grad():
         assert torch.allclose(lowered(example), model(example), atol=0.05)
+
+
+def test_multi_step_pruning_history_accumulates_across_steps(digits_arrays):
+    # Each step's fine-tune restarted cumulative_joules and cumulative_seconds at zero.
+    arrays, _ = digits_arrays
+    settings = TrainSettings(epochs=1, batch_size=128, lr=0.003)
+    with meter() as rule_meter:
+        _, history, _ = compress.prune_model(
+            small_model(), {"sparsity": 0.8, "steps": 2}, arrays, settings, rule_meter
+        )
+    assert [row["prune_step"] for row in history] == [1, 2]
+    assert history[1]["cumulative_joules"] == pytest.approx(history[0]["joules"] + history[1]["joules"])
+    assert history[1]["cumulative_seconds"] == pytest.approx(history[0]["seconds"] + history[1]["seconds"])

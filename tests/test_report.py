@@ -423,3 +423,21 @@ def test_write_report_is_byte_identical_on_a_rerun(hand_made_run, tmp_path):
     pdf = (tmp_path / "first" / "energy_by_stage.pdf").read_bytes()
     assert b"CreationDate" not in pdf
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "first" / "results.parquet"), table)
+
+
+def test_break_even_flags_noise_in_the_production_difference_and_crossed_devices():
+    from joulebench.report_tables import break_even_markdown
+
+    keys = {"dataset": "digits", "model": "small_cnn", "variant": "prune80"}
+    break_even = pd.DataFrame(
+        [{**keys, "inference_devices": "cuda vs cpu", "extra_produce_j": 5.0, "saving_per_inference_j": 0.001,
+          "break_even_inferences": 5000.0, "verdict": "after 5,000 inferences"}]
+    )  # fmt: skip
+    differences = pd.DataFrame(
+        [{**keys, "n_pairs": 3, "inference_joules_per_1k_clear": True, "pipeline_energy_j_clear": False}]
+    )
+    text = "\n".join(break_even_markdown(break_even, differences))
+    assert (
+        "after 5,000 inferences (the production difference is within noise; "
+        "inference crosses devices: cuda vs cpu)"
+    ) in text
