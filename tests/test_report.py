@@ -352,7 +352,7 @@ def test_paper_table_marks_intervals_and_estimates(hand_made_run):
     baseline = rows[list(summary["variant"]).index("baseline")]
     assert baseline[2] == f"96.00 ± {12.706204736174707:.2f}"
     assert baseline[3].endswith("†")  # estimated energy
-    assert any("Estimated, not measured" in note for note in footnotes)
+    assert any("Estimated, wholly or in part" in note for note in footnotes)
     one_seed = summarize(build_table(entries[::2], VARIANTS, data_energy))
     _, rows, footnotes = paper_table(one_seed)
     assert rows[0][2].endswith("‡")  # n = 1: no interval, said so

@@ -152,7 +152,9 @@ def window(name, joules, device_id="cpu:package0", seconds=2.0):
     device = {"joules": joules, "source": "rapl", "name": "cpu", "device_id": device_id}
     return {
         "window": name, "wall_time_s": seconds, "measured": True, "joules": joules, "source": "rapl",
-        "short_window": False, "devices": {"cpu0": device},
+        "measured_joules": joules, "estimated_joules": 0.0,
+        "parts": [{"part": "cpu0", "joules": joules, "source": "rapl"}],
+        "short_window": False, "busy_host": False, "devices": {"cpu0": device},
         "estimate": {"joules": 1.0, "cpu_seconds": 0.5},
     }  # fmt: skip
 
@@ -161,7 +163,7 @@ def test_merged_energy_counts_each_epoch_once_across_attempts():
     from joulebench.checkpoint import merge_prior_energy
 
     current = {**window("rule:train_model", 50.0, seconds=6.0), "windows": [window("epoch3", 40.0)]}
-    current["short_windows"] = []
+    current["short_windows"] = current["busy_host_windows"] = []
     prior = [window("epoch1", 30.0), window("epoch2", 35.0, device_id="cpu:package0@other-node")]
     merged = merge_prior_energy(current, prior, resumed_after_epoch=2)
     assert merged["joules"] == 50.0 + 30.0 + 35.0
@@ -169,6 +171,8 @@ def test_merged_energy_counts_each_epoch_once_across_attempts():
     assert [w["window"] for w in merged["windows"]] == ["epoch1", "epoch2", "epoch3"]
     assert merged["devices"]["cpu0"]["joules"] == 80.0, "same physical device: added"
     assert merged["devices"]["cpu0@cpu:package0@other-node"]["joules"] == 35.0, "another device: kept apart"
+    assert merged["parts"] == [{"part": "cpu0", "joules": 115.0, "source": "rapl"}]
+    assert merged["measured_joules"] == 115.0 and merged["estimated_joules"] == 0.0
     assert merged["resumed"] == {
         "after_epoch": 2,
         "prior_epochs_joules": 65.0,
