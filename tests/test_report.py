@@ -441,3 +441,15 @@ def test_break_even_flags_noise_in_the_production_difference_and_crossed_devices
         "after 5,000 inferences (the production difference is within noise; "
         "inference crosses devices: cuda vs cpu)"
     ) in text
+
+
+def test_verdicts_say_when_inference_crosses_devices(hand_made_run):
+    # On a GPU host a float variant infers on the GPU, an int8 one on the CPU: not like for like.
+    entries, data_energy = hand_made_run
+    table = build_table(entries, VARIANTS, data_energy)
+    table["inference_device"] = ["cpu" if "int8" in v else "cuda" for v in table["variant"]]
+    pairs = by_variant(paired_differences(table))
+    crossing = [name for name, pair in pairs.items() if " vs " in pair["inference_devices"]]
+    assert crossing and all("int8" in name for name in crossing)
+    assert "(not like for like: inference on cuda vs cpu)" in verdict(pairs[crossing[0]])
+    assert all(pair["inference_devices"] == "cuda" for name, pair in pairs.items() if name not in crossing)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from joulebench.report_stats import BASELINE
+from joulebench.report_stats import BASELINE, device_pair
 
 ACCURACY = "test_accuracy"
 ENERGY = "pipeline_energy_j"
@@ -145,14 +145,15 @@ def break_even_table(summary: pd.DataFrame) -> pd.DataFrame:
                 base["inference_joules_per_1k"] / 1000,
                 row["inference_joules_per_1k"] / 1000,
             )
-            devices = (base.get("inference_device", "cpu"), row.get("inference_device", "cpu"))
             rows.append(
                 {
                     "dataset": dataset,
                     "model": model,
                     "variant": row["variant"],
                     # "cuda vs cpu" where the two infer on different devices: not like for like.
-                    "inference_devices": devices[0] if devices[0] == devices[1] else " vs ".join(devices),
+                    "inference_devices": device_pair(
+                        base.get("inference_device", "cpu"), row.get("inference_device", "cpu")
+                    ),
                     "extra_produce_j": result.extra_produce_j,
                     "saving_per_inference_j": result.saving_per_inference_j,
                     "break_even_inferences": result.inferences,

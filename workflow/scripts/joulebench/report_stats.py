@@ -109,6 +109,16 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
 COMPARED = ["pipeline_energy_j", "inference_joules_per_1k", "test_accuracy"]
 
 
+def device_pair(base: str, variant: str) -> str:
+    """'cpu' where both inferred on one device class; 'cuda vs cpu' where they crossed devices."""
+    return base if base == variant else f"{base} vs {variant}"
+
+
+def inference_devices(base: pd.DataFrame, runs: pd.DataFrame) -> str:
+    devices = ["+".join(sorted(set(rows.get("inference_device", ["cpu"])))) for rows in (base, runs)]
+    return device_pair(*devices)
+
+
 def paired_differences(table: pd.DataFrame) -> pd.DataFrame:
     """Each variant minus the baseline of the same dataset and model, paired by seed (a variant's
     seed s is made from, or trained beside, baseline seed s, so shared noise cancels).
@@ -126,6 +136,7 @@ def paired_differences(table: pd.DataFrame) -> pd.DataFrame:
             runs = runs.set_index("seed")
             seeds = runs.index.intersection(base.index)
             row = {"dataset": dataset, "model": model, "variant": variant, "n_pairs": len(seeds)}
+            row["inference_devices"] = inference_devices(base, runs)
             for column in COMPARED:
                 diff, half_width, _ = mean_ci(runs.loc[seeds, column] - base.loc[seeds, column])
                 row[f"{column}_diff"] = diff
@@ -133,7 +144,7 @@ def paired_differences(table: pd.DataFrame) -> pd.DataFrame:
                 row[f"{column}_change"] = diff / base.loc[seeds, column].mean()
                 row[f"{column}_clear"] = half_width is not None and abs(diff) > half_width
             rows.append(row)
-    columns = ["dataset", "model", "variant", "n_pairs"]
+    columns = ["dataset", "model", "variant", "n_pairs", "inference_devices"]
     for column in COMPARED:
         columns += [f"{column}_{part}" for part in ("diff", "diff_ci95", "change", "clear")]
     return pd.DataFrame(rows, columns=columns)

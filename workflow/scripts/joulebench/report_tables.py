@@ -166,6 +166,8 @@ def verdict(pair) -> str:
     does it save energy to produce, inference energy, at what accuracy, and can the seeds tell?"""
     produce = _change_phrase(pair, "pipeline_energy_j", "the energy to produce")
     inference = _change_phrase(pair, "inference_joules_per_1k", "inference energy")
+    if " vs " in str(pair.get("inference_devices", "")):
+        inference += f" (not like for like: inference on {pair['inference_devices']})"
     accuracy = f"accuracy {pair['test_accuracy_diff'] * 100:+.2f}"
     if pair["test_accuracy_diff_ci95"] is not None and not math.isnan(pair["test_accuracy_diff_ci95"]):
         accuracy += f" ± {pair['test_accuracy_diff_ci95'] * 100:.2f}"
