@@ -22,7 +22,14 @@ def tiny_config(**overrides) -> dict:
         for key in ("finetune_epochs", "epochs"):
             if key in variant:
                 variant[key] = 1
-    config["evaluation"].update(latency_repeats=5, warmup=1, throughput_repeats=1, inference_min_seconds=0.2)
+    config["evaluation"].update(
+        latency_repeats=5,
+        warmup=1,
+        throughput_repeats=1,
+        inference_min_seconds=0.2,
+        warmup_seconds=0.0,
+        rounds=2,
+    )
     for key, value in overrides.items():
         config[key] = value
     return config

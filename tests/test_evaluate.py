@@ -39,6 +39,11 @@ def test_evaluate_reports_every_metric(tmp_path, digits_arrays):
         "latency_repeats": 10,
         "throughput_repeats": 2,
         "inference_min_seconds": 0.3,
+        "threads": 1,
+        "warmup_seconds": 0.05,
+        "min_passes": 3,
+        "rounds": 2,
+        "max_gap_seconds": 0.0,
     }
     with EnergyMeter("test", EstimateModel()) as meter:
         metrics = evaluate(model, arrays, tmp_path / "model.pt", settings, meter)
@@ -51,3 +56,14 @@ def test_evaluate_reports_every_metric(tmp_path, digits_arrays):
     assert metrics["throughput_per_s"] > 0 and metrics["throughput_batch_size"] == 64
     assert metrics["inference_energy_source"] == "estimate:green-algorithms"
     assert metrics["inference_joules_per_1k"] > 0
+    assert metrics["inference_passes"] >= 3 and metrics["inference_seconds"] >= 0.3
+    assert (metrics["inference_device"], metrics["inference_precision"]) == ("cpu", "fp32")
+    assert metrics["protocol"] == {
+        "threads": 1, "warmup_seconds": 0.05, "min_window_seconds": 0.3, "min_passes": 3, "rounds": 2,
+        "max_gap_seconds": 0.0, "reference": "configured (evaluation)",
+    }  # fmt: skip
+    threads = torch.get_num_threads()
+    with EnergyMeter("test", EstimateModel()) as meter:
+        bf16 = evaluate(model, arrays, tmp_path / "model.pt", settings, meter, precision="bf16")
+    assert bf16["inference_precision"] == "bf16"  # evaluated under bf16 autocast, as trained
+    assert torch.get_num_threads() == threads  # the protocol's thread count is not left behind

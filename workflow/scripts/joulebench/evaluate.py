@@ -11,6 +11,7 @@ from torch import nn
 
 from joulebench.energy import cpu_model
 from joulebench.models import count_parameters
+from joulebench.protocol import Protocol, repeat_for, warm_up
 from joulebench.train import PRECISIONS, accuracy, effective_precision, out_of_memory_hint
 
 log = logging.getLogger(__name__)
@@ -85,19 +86,6 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     return total, nonzero
 
 
-def timed_inference(model: nn.Module, arrays: dict, settings: dict) -> tuple[float, int, float]:
-    """Test-set passes, one after another until `inference_min_seconds` have run (at least one):
-    a window of a few milliseconds is mostly counter granularity and noise, so the energy per
-    sample is taken over enough passes to last. Returns (test accuracy, passes, seconds)."""
-    started = time.perf_counter()
-    test_accuracy = accuracy(model, arrays, "test", settings["batch_size"])
-    passes = 1
-    while time.perf_counter() - started < settings["inference_min_seconds"]:
-        accuracy(model, arrays, "test", settings["batch_size"])
-        passes += 1
-    return test_accuracy, passes, time.perf_counter() - started
-
-
 def evaluate(
     model: nn.Module,
     arrays: dict,
@@ -126,11 +114,19 @@ def evaluate(
     precision = effective_precision(precision, device)
     dtype = PRECISIONS[precision]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    protocol = Protocol.from_config(settings, device.type)
+
+    def test_pass() -> float:
+        return accuracy(model, arrays, "test", settings["batch_size"])
+
     fits = out_of_memory_hint(device, "evaluation", settings["batch_size"], "evaluation.batch_size")
-    with fits, autocast, meter.window("inference") as window:
-        test_accuracy, passes, inference_seconds = timed_inference(model, arrays, settings)
+    with fits, autocast, protocol.fixed_threads():
+        test_accuracy = test_pass()
+        warm_up(test_pass, protocol.warmup_seconds)
+        with meter.window("inference") as window:
+            passes, inference_seconds = repeat_for(test_pass, protocol)
     example, batch = test_x[:1].to(device), test_x[: settings["batch_size"]].to(device)
-    with autocast:
+    with autocast, protocol.fixed_threads():
         latencies = latency_ms(
             model, example, settings["warmup"], settings["latency_repeats"], placement.synchronize
         )
@@ -154,4 +150,5 @@ def evaluate(
         "inference_device": device.type,
         "inference_device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "inference_precision": precision,
+        "protocol": protocol.describe(),
     }

@@ -351,7 +351,7 @@ def evaluate_variant(splits_path, model_dir, settings, energy_config, metrics_pa
     metrics["precision"] = recipe.get("precision", "fp32")
     log.info("metrics: %s", metrics)
     io.write_json(metrics_path, metrics)
-    io.write_json(energy_path, meter.record())
+    io.write_json(energy_path, {**meter.record(), "protocol": metrics["protocol"]})
 
 
 def measure_idle_baseline(seconds: float, energy_config: dict, idle_path) -> None:
