@@ -16,6 +16,7 @@ DATASET = config["dataset"]["name"]
 VARIANTS = config["variants"]
 MODEL_DIR = "results/models/{dataset}/{model}/{variant}/seed{seed}"
 EVAL_DIR = "results/eval/{dataset}/{model}/{variant}/seed{seed}"
+COMPARE_DIR = "results/compare/{dataset}/{model}/seed{seed}"
 REPORT_DIR = "results/report"
 SUBSET_DIR = "results/data/{dataset}/subsets/{variant}/seed{seed}"
 
@@ -64,6 +65,12 @@ def data_energy_records(variant, seed):
     return records
 
 
+def compared_models(wildcards):
+    """Every variant's model of one model and seed, for the interleaved inference comparison."""
+    keys = dict(dataset=wildcards.dataset, model=wildcards.model, seed=wildcards.seed)
+    return {f"model_{v}": f"{MODEL_DIR}/model.pt".format(**keys, variant=v) for v in all_variants()}
+
+
 def variant_settings(wildcards):
     return VARIANTS.get(wildcards.variant, {})
 
@@ -85,6 +92,8 @@ def report_entries():
                         "metrics": f"{EVAL_DIR}/metrics.json".format(**keys),
                         "energy": f"{MODEL_DIR}/energy.json".format(**keys),
                         "eval_energy": f"{EVAL_DIR}/energy.json".format(**keys),
+                        "compare": f"{COMPARE_DIR}/rounds.csv".format(**keys),
+                        "compare_energy": f"{COMPARE_DIR}/energy.json".format(**keys),
                         "data_energy": data_energy_records(variant, seed),
                     }
                 )
@@ -92,7 +101,8 @@ def report_entries():
 
 
 def report_inputs(kind):
-    return [entry[kind] for entry in report_entries()]
+    """The files of one kind the report reads, each once (a comparison serves every variant)."""
+    return list(dict.fromkeys(entry[kind] for entry in report_entries()))
 
 
 def data_energy_inputs():

@@ -12,7 +12,7 @@ rule evaluate_model:
         "benchmarks/evaluate_model/{dataset}/{model}/{variant}/seed{seed}.tsv"
     conda:
         "../../envs/compress.yaml"
-    threads: 2
+    threads: config["evaluation"]["threads"]
     resources:
         measured=1,
     params:
@@ -20,3 +20,27 @@ rule evaluate_model:
         energy=config["energy"],
     script:
         "../scripts/evaluate_model.py"
+
+
+rule compare_inference:
+    input:
+        unpack(compared_models),
+        splits="results/data/{dataset}/splits.npz",
+    output:
+        rounds=f"{COMPARE_DIR}/rounds.csv",
+        energy=f"{COMPARE_DIR}/energy.json",
+    log:
+        "logs/compare_inference/{dataset}/{model}/seed{seed}.log",
+    benchmark:
+        "benchmarks/compare_inference/{dataset}/{model}/seed{seed}.tsv"
+    conda:
+        "../../envs/compress.yaml"
+    threads: config["evaluation"]["threads"]
+    resources:
+        measured=1,
+    params:
+        evaluation=config["evaluation"],
+        energy=config["energy"],
+        variants=all_variants(),
+    script:
+        "../scripts/compare_inference.py"

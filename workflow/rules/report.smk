@@ -4,6 +4,8 @@ rule aggregate_report:
         metrics=report_inputs("metrics"),
         energy=report_inputs("energy"),
         eval_energy=report_inputs("eval_energy"),
+        compare=report_inputs("compare"),
+        compare_energy=report_inputs("compare_energy"),
         data_energy=f"results/data/{DATASET}/energy.json",
         data_records=data_energy_inputs(),
     output:

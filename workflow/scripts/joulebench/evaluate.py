@@ -86,6 +86,14 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     return total, nonzero
 
 
+def inference_autocast(precision: str, device: torch.device):
+    """(precision really computed in, its autocast context): a model infers in the precision it
+    was trained in, where the device can (see train.effective_precision)."""
+    precision = effective_precision(precision, device)
+    dtype = PRECISIONS[precision]
+    return precision, torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
 def evaluate(
     model: nn.Module,
     arrays: dict,
@@ -111,9 +119,7 @@ def evaluate(
     placement = meter.placement
     device = placement.torch_device
     model.to(device)
-    precision = effective_precision(precision, device)
-    dtype = PRECISIONS[precision]
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    precision, autocast = inference_autocast(precision, device)
     protocol = Protocol.from_config(settings, device.type)
 
     def test_pass() -> float:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from joulebench import io, report_decisions, report_figures, report_stats, report_tables
 from joulebench.energy_columns import EnergyColumns
+from joulebench.protocol import median_and_spread
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,10 @@ def build_table(
         run_records = {**data_paths, **({"idle": idle} if idle else {})}
     run_records |= {e["energy"]: own[_key(e)] for e in entries}
     run_records |= {e["eval_energy"]: io.read_json(e["eval_energy"]) for e in entries if "eval_energy" in e}
+    run_records |= {
+        e["compare_energy"]: io.read_json(e["compare_energy"]) for e in entries if "compare_energy" in e
+    }
+    rounds = read_rounds(entries)
     energy_columns = EnergyColumns(run_records, energy_config, idle)
     rows = []
     for entry in entries:
@@ -119,9 +124,45 @@ def build_table(
                 **energy_columns.row(
                     labels[(model, variant, seed)], chain_labels, pipeline, entry.get("eval_energy")
                 ),
+                **interleaved_inference(rounds, entry, metrics),
             }
         )
     return pd.DataFrame(rows).sort_values(["model", "variant", "seed"]).reset_index(drop=True)
+
+
+def read_rounds(entries: list[dict]) -> pd.DataFrame:
+    """Every window of the interleaved inference comparisons (rule compare_inference), one row per
+    (model, seed, round, variant); empty where the run has none."""
+    frames = []
+    for path in dict.fromkeys(e["compare"] for e in entries if "compare" in e):
+        entry = next(e for e in entries if e.get("compare") == path)
+        frames.append(
+            pd.read_csv(path).assign(dataset=entry["dataset"], model=entry["model"], seed=entry["seed"])
+        )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def interleaved_inference(rounds: pd.DataFrame, entry: dict, metrics: dict) -> dict:
+    """The row's inference energy from the interleaved comparison: the median over its rounds and
+    their interquartile range; the evaluation's own single window is kept beside it."""
+    if rounds.empty:
+        return {}
+    mine = rounds[
+        (rounds["model"] == entry["model"])
+        & (rounds["seed"] == entry["seed"])
+        & (rounds["variant"] == entry["variant"])
+    ]
+    if mine.empty:
+        return {}
+    median, spread = median_and_spread(list(mine["joules_per_1k"]))
+    return {
+        "eval_inference_joules_per_1k": metrics["inference_joules_per_1k"],
+        "inference_joules_per_1k": median,
+        "inference_joules_per_1k_iqr": spread,
+        "inference_rounds": len(mine),
+        "inference_energy_source": "+".join(sorted(set("+".join(mine["source"]).split("+")))),
+        "inference_busy_host": bool(mine["busy_host"].any()),
+    }
 
 
 def _key(entry: dict) -> tuple:
@@ -160,13 +201,24 @@ def read_histories(entries: list[dict], table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(curves, ignore_index=True)
 
 
-def write_report(table: pd.DataFrame, histories: pd.DataFrame, settings: dict, out_dir) -> pd.DataFrame:
-    """Every report file under out_dir; `settings` is config `report` (targets and budgets)."""
+def write_report(
+    table: pd.DataFrame,
+    histories: pd.DataFrame,
+    settings: dict,
+    out_dir,
+    rounds: pd.DataFrame | None = None,
+    protocol: dict | None = None,
+) -> pd.DataFrame:
+    """Every report file under out_dir; `settings` is config `report` (targets and budgets).
+
+    `rounds`: the interleaved comparisons' windows (read_rounds), on which the inference
+    differences rest; `protocol`: the measurement protocol, printed in summary.md.
+    """
     out_dir = Path(out_dir)
     summary = report_stats.summarize(table)
     decisions = report_decisions.decide(summary, settings)
     break_even = report_decisions.break_even_table(summary)
-    differences = report_stats.paired_differences(table)
+    differences = report_stats.paired_differences(table, rounds)
     io.write_csv(out_dir / "results.csv", table)
     io.write_atomic(out_dir / "results.parquet", lambda tmp: table.to_parquet(tmp, index=False))
     io.write_csv(out_dir / "summary.csv", summary)
@@ -179,6 +231,7 @@ def write_report(table: pd.DataFrame, histories: pd.DataFrame, settings: dict, o
     io.write_text(out_dir / "table.md", report_tables.markdown_with_notes(header, rows, footnotes))
     io.write_text(out_dir / "table.tex", report_tables.latex_table(header, rows, footnotes))
     io.write_text(
-        out_dir / "summary.md", report_tables.summary_markdown(summary, decisions, break_even, differences)
+        out_dir / "summary.md",
+        report_tables.summary_markdown(summary, decisions, break_even, differences, protocol),
     )
     return summary

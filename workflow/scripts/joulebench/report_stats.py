@@ -86,6 +86,8 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
             mean, half_width, _ = mean_ci(group[column])
             row[column] = mean
             row[f"{column}_ci95"] = half_width
+            # Run-to-run coefficient of variation over seeds (None for one seed).
+            row[f"{column}_cv"] = group[column].std() / mean if len(group) > 1 and mean else None
         for column in MEAN_ONLY:
             if column in group:
                 row[column] = group[column].mean()
@@ -119,14 +121,39 @@ def inference_devices(base: pd.DataFrame, runs: pd.DataFrame) -> str:
     return device_pair(*devices)
 
 
-def paired_differences(table: pd.DataFrame) -> pd.DataFrame:
+def round_differences(rounds: pd.DataFrame) -> dict[tuple, dict]:
+    """Inference energy differences from the interleaved comparisons: per (dataset, model,
+    variant), the variant's joules per 1k samples minus the baseline's in the same round of the
+    same seed's job, pooled over rounds and seeds (`inference_pairs` of them)."""
+    column = "inference_joules_per_1k"
+    found = {}
+    for (dataset, model), group in rounds.groupby(["dataset", "model"], sort=True):
+        base = group[group["variant"] == BASELINE].set_index(["seed", "round"])["joules_per_1k"]
+        for variant, runs in group[group["variant"] != BASELINE].groupby("variant", sort=True):
+            runs = runs.set_index(["seed", "round"])["joules_per_1k"]
+            keys = runs.index.intersection(base.index)
+            diff, half_width, _ = mean_ci(runs.loc[keys] - base.loc[keys])
+            found[(dataset, model, variant)] = {
+                "inference_pairs": len(keys),
+                f"{column}_diff": diff,
+                f"{column}_diff_ci95": half_width,
+                f"{column}_change": diff / base.loc[keys].mean(),
+                f"{column}_clear": half_width is not None and abs(diff) > half_width,
+            }
+    return found
+
+
+def paired_differences(table: pd.DataFrame, rounds: pd.DataFrame | None = None) -> pd.DataFrame:
     """Each variant minus the baseline of the same dataset and model, paired by seed (a variant's
     seed s is made from, or trained beside, baseline seed s, so shared noise cancels).
 
     Per compared column: the mean difference (`_diff`), the half-width of its 95% Student-t interval
     (`_diff_ci95`, None for one pair), the change relative to the baseline mean (`_change`), and
     `_clear`: the interval excludes zero. Where it does not, the data cannot tell the two apart.
+    With `rounds` (the interleaved comparisons), the inference columns rest on their per-round
+    pairs instead (round_differences); `inference_pairs` counts the pairs behind them.
     """
+    by_round = round_differences(rounds) if rounds is not None and not rounds.empty else {}
     rows = []
     for (dataset, model), group in table.groupby(["dataset", "model"], sort=True):
         base = group[group["variant"] == BASELINE].set_index("seed")
@@ -143,8 +170,10 @@ def paired_differences(table: pd.DataFrame) -> pd.DataFrame:
                 row[f"{column}_diff_ci95"] = half_width
                 row[f"{column}_change"] = diff / base.loc[seeds, column].mean()
                 row[f"{column}_clear"] = half_width is not None and abs(diff) > half_width
+            row["inference_pairs"] = len(seeds)
+            row.update(by_round.get((dataset, model, variant), {}))
             rows.append(row)
-    columns = ["dataset", "model", "variant", "n_pairs", "inference_devices"]
+    columns = ["dataset", "model", "variant", "n_pairs", "inference_pairs", "inference_devices"]
     for column in COMPARED:
         columns += [f"{column}_{part}" for part in ("diff", "diff_ci95", "change", "clear")]
     return pd.DataFrame(rows, columns=columns)

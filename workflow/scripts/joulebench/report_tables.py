@@ -146,11 +146,19 @@ def latex_table(header: list[str], rows: list[list[str]], footnotes: list[str]) 
     return "\n".join(lines) + "\n"
 
 
+def _pairs(pair, column: str) -> int:
+    """How many paired differences the column's interval rests on: seeds, or for inference
+    energy the interleaved comparison's rounds x seeds."""
+    if column.startswith("inference"):
+        return pair.get("inference_pairs", pair["n_pairs"])
+    return pair["n_pairs"]
+
+
 def _change_phrase(pair, column: str, subject: str) -> str:
     """'saves 22% of <subject>', 'does **not** save <subject> (+16%)', or, where the paired
     interval includes zero, that the seeds cannot tell the variant from the baseline."""
     change = pair[f"{column}_change"]
-    if pair["n_pairs"] < 2:
+    if _pairs(pair, column) < 2:
         qualifier = " (one seed, no interval)"
     elif not pair[f"{column}_clear"]:
         return f"no clear difference in {subject} ({change:+.0%}, but the 95% interval includes 0)"
@@ -247,7 +255,7 @@ def break_even_markdown(break_even: pd.DataFrame, differences: pd.DataFrame) -> 
                 ("inference", "inference_joules_per_1k"),
                 ("production", "pipeline_energy_j"),
             )
-            if row["n_pairs"] >= 2 and not row[f"{column}_clear"]
+            if _pairs(row, column) >= 2 and not row[f"{column}_clear"]
         ]
         if noisy:
             unclear[(row["dataset"], row["model"], row["variant"])] = noisy
@@ -298,8 +306,83 @@ def busy_host_note(summary: pd.DataFrame) -> list[str]:
     ]
 
 
+def protocol_paragraph(protocol: dict | None) -> list[str]:
+    """The measurement protocol of inference energy, in one paragraph (joulebench.protocol)."""
+    if not protocol:
+        return []
+    return [
+        "## Measurement protocol",
+        "",
+        f"Inference energy: every variant of a model and seed is measured in one job "
+        f"(`compare_inference`), in {protocol['rounds']} interleaved rounds whose order is shuffled "
+        f"each round, each window preceded by a random pause of up to {protocol['max_gap_seconds']:g} s; "
+        f"after {protocol['warmup_seconds']:g} s of unmeasured warm-up, a window repeats whole "
+        f"test-set passes for at least {protocol['min_window_seconds']:g} s and {protocol['min_passes']} "
+        f"pass(es), on {protocol['threads']} CPU thread(s). A variant's figure is the median over "
+        "rounds (IQR in results.csv); its difference from the baseline is the mean of the per-round "
+        f"paired differences, pooled over seeds. Protocol: {protocol['reference']}. Energy to produce "
+        "is one window per rule and per epoch.",
+        "",
+    ]
+
+
+def resolution_markdown(summary: pd.DataFrame, differences: pd.DataFrame) -> list[str]:
+    """Run-to-run variation per variant, and the smallest difference the data can resolve: the
+    half-width of the 95% interval of its paired difference (below it, a change is noise)."""
+    header = [
+        "Model",
+        "Variant",
+        "n",
+        "CV, produce",
+        "CV, inference",
+        "Resolves, produce (J)",
+        "Resolves, inference (J/1k)",
+    ]
+    rows = []
+    for _, row in summary.iterrows():
+        match = differences[
+            (differences["model"] == row["model"]) & (differences["variant"] == row["variant"])
+        ]
+        pair = match.iloc[0] if not match.empty else None
+
+        def resolves(column, pair=pair):
+            width = None if pair is None else pair[f"{column}_diff_ci95"]
+            return "—" if width is None or pd.isna(width) else f"±{width:,.4g}"
+
+        def cv(column, row=row):
+            value = row.get(f"{column}_cv")
+            return "—" if value is None or pd.isna(value) else f"{value:.1%}"
+
+        rows.append(
+            [
+                row["model"],
+                row["variant"],
+                str(row["n"]),
+                cv("pipeline_energy_j"),
+                cv("inference_joules_per_1k"),
+                resolves("pipeline_energy_j"),
+                resolves("inference_joules_per_1k"),
+            ]
+        )
+    return [
+        "## Repeatability and resolution",
+        "",
+        "Run-to-run coefficient of variation over seeds, and the resolution of each comparison with "
+        "the baseline: the half-width of the 95% interval of the paired difference. A difference "
+        "smaller than that cannot be told from noise with these seeds and rounds; to resolve a "
+        "smaller one, add seeds (energy to produce) or rounds (`evaluation.rounds`, inference).",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
+
+
 def summary_markdown(
-    summary: pd.DataFrame, decisions: dict, break_even: pd.DataFrame, differences: pd.DataFrame
+    summary: pd.DataFrame,
+    decisions: dict,
+    break_even: pd.DataFrame,
+    differences: pd.DataFrame,
+    protocol: dict | None = None,
 ) -> str:
     header, rows, footnotes = paper_table(summary)
     measured = summary["pipeline_energy_measured"].all()
@@ -318,6 +401,8 @@ def summary_markdown(
         "## Results",
         "",
         markdown_with_notes(header, rows, footnotes),
+        *protocol_paragraph(protocol),
+        *resolution_markdown(summary, differences),
         "## Verdicts",
         "",
         "Each variant against the baseline, seed by seed (its seed s is made from or trained beside "

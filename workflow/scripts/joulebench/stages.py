@@ -18,6 +18,7 @@ from joulebench.devices import CPU, Placement, accelerator
 from joulebench.energy import EnergyMeter, EstimateModel, measure_idle_power
 from joulebench.evaluate import evaluate
 from joulebench.models import build_model, load_model, save_model
+from joulebench.protocol import Protocol
 from joulebench.quantize import load_reference
 from joulebench.train import (
     Distillation,
@@ -354,6 +355,26 @@ def evaluate_variant(splits_path, model_dir, settings, energy_config, metrics_pa
     io.write_json(energy_path, {**meter.record(), "protocol": metrics["protocol"]})
 
 
+def compare_inference(splits_path, model_dirs: dict, settings, energy_config, seed, rounds_path, energy_path):
+    """Every variant of one model and seed in interleaved, shuffled rounds (joulebench.compare).
+
+    `model_dirs`: variant -> the folder of its model.pt and model.json.
+    """
+    from joulebench.compare import Candidate, compare
+
+    arrays = io.load_arrays(splits_path)
+    candidates = {}
+    for variant, directory in model_dirs.items():
+        model, recipe = load_model(directory)
+        placement = CPU if recipe.get("quantization") else accelerator()
+        candidates[variant] = Candidate(model, placement, recipe.get("precision", "fp32"))
+    with _meter("compare_inference", energy_config, accelerator()) as meter:
+        rows = compare(candidates, arrays, settings, meter, seed)
+    io.write_csv(rounds_path, pd.DataFrame(rows))
+    protocol = Protocol.from_config(settings, accelerator().torch_device.type).describe()
+    io.write_json(energy_path, {**meter.record(), "protocol": protocol})
+
+
 def measure_idle_baseline(seconds: float, energy_config: dict, idle_path) -> None:
     """The idle-power record of this host, measured before the experiment's jobs."""
     # The devices the experiment's jobs compute on: the CPU packages and the job's GPU.
@@ -365,10 +386,12 @@ def measure_idle_baseline(seconds: float, energy_config: dict, idle_path) -> Non
 def aggregate_results(
     entries, variants, data_energy_path, out_dir, energy_config=None, idle_path=None, report_settings=None
 ) -> None:
-    from joulebench.report import build_table, read_histories, write_report
+    from joulebench.report import build_table, read_histories, read_rounds, write_report
 
     idle = io.read_json(idle_path) if idle_path else None
     table = build_table(entries, variants, io.read_json(data_energy_path), energy_config, idle)
     histories = read_histories(entries, table)
-    summary = write_report(table, histories, report_settings or {}, out_dir)
+    compare_records = [io.read_json(e["compare_energy"]) for e in entries if "compare_energy" in e]
+    protocol = compare_records[0]["protocol"] if compare_records else None
+    summary = write_report(table, histories, report_settings or {}, out_dir, read_rounds(entries), protocol)
     log.info("summary:\n%s", summary.to_string())
