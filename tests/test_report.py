@@ -453,3 +453,13 @@ def test_verdicts_say_when_inference_crosses_devices(hand_made_run):
     assert crossing and all("int8" in name for name in crossing)
     assert "(not like for like: inference on cuda vs cpu)" in verdict(pairs[crossing[0]])
     assert all(pair["inference_devices"] == "cuda" for name, pair in pairs.items() if name not in crossing)
+
+
+def test_accuracy_interval_stays_within_0_and_100_percent():
+    from joulebench.report_stats import proportion_ci
+
+    low, high = proportion_ci([0.97, 0.99, 1.0])
+    assert 0.0 < low < 0.97 and 0.99 < high <= 1.0
+    mean, half_width, _ = mean_ci([0.97, 0.99, 1.0])
+    assert mean + half_width > 1.0  # the plain Student-t interval runs past 100%
+    assert proportion_ci([0.9]) == (None, None)

@@ -25,6 +25,9 @@ STAGE_COLOURS = {"data": "#999999", "train": "#0072B2", "compress": "#E69F00", "
 STAGES = list(STAGE_COLOURS)
 MODEL_MARKERS = ["o", "s", "^", "D", "v", "P"]
 COLUMN_WIDTH_IN = 3.5
+FRONT_COLOUR = "0.25"
+# Energy axes turn logarithmic when the costliest variant needs this many times the cheapest.
+SPREAD_FOR_LOG_ENERGY = 3
 
 STYLE = {
     "figure.figsize": (COLUMN_WIDTH_IN, 2.5),
@@ -99,6 +102,15 @@ def _error_bar(half_width, scale: float) -> float | None:
     return None if pd.isna(half_width) else half_width * scale
 
 
+def _accuracy_bar(row) -> list[list[float]] | None:
+    """Asymmetric accuracy bar (percent) from the logit-scale interval, which stays in [0, 100]."""
+    if row.get("test_accuracy_low") is None or pd.isna(row.get("test_accuracy_low")):
+        return None
+    mean = row["test_accuracy"]
+    low, high = min(row["test_accuracy_low"], mean), max(row["test_accuracy_high"], mean)
+    return [[(mean - low) * 100], [(high - mean) * 100]]
+
+
 def _provenance_handles(measured_flags) -> list:
     """Legend entries explaining filled vs hollow markers, only for kinds present."""
     handles = []
@@ -122,27 +134,29 @@ def plot_accuracy_vs(summary, x: str, x_ci: str | None, measured, xlabel: str, b
         for _, row in summary.iterrows():
             colour = colours[row["variant"]]
             x_err = _error_bar(row[x_ci], 1 / divisor) if x_ci else None
-            y_err = _error_bar(row["test_accuracy_ci95"], 100)
+            y_err = _accuracy_bar(row)
             filled = measured is None or row[measured]
             ax.errorbar(
                 row[x] / divisor, row["test_accuracy"] * 100, xerr=x_err, yerr=y_err,
                 fmt=markers[(row["model"], row["variant"])], color=colour, mfc=colour if filled else "white",
-                capsize=1.5, elinewidth=0.6, label=_label(row, several),
+                capsize=1.5, elinewidth=0.5, label=_label(row, several), zorder=3,
             )  # fmt: skip
         front = summary[pareto_mask(summary["test_accuracy"], summary[x])].sort_values(x)
-        ax.step(front[x] / divisor, front["test_accuracy"] * 100, where="post", color="0.5", ls="--", lw=0.8)
+        # Drawn over the error bars (under the markers), dark enough to read in print.
+        ax.step(
+            front[x] / divisor, front["test_accuracy"] * 100,
+            where="post", color=FRONT_COLOUR, ls="--", lw=1.1, zorder=2.5,
+        )  # fmt: skip
         if log_x:
             ax.set_xscale("log")
         else:
             # Costs are positive; the t-interval of two seeds can reach below 0: cut it at the axis.
             ax.set_xlim(left=max(ax.get_xlim()[0], 0.0))
         ax.set_xlabel(xlabel.format(unit=unit))
-        ax.set_ylabel("Test accuracy (%)")
         handles, _ = ax.get_legend_handles_labels()
-        front_handle = Line2D([], [], color="0.5", ls="--", lw=0.8, label="Pareto front")
+        front_handle = Line2D([], [], color=FRONT_COLOUR, ls="--", lw=1.1, label="Pareto front")
         provenance = _provenance_handles(summary[measured]) if measured else []
-        # Accuracy cannot exceed 100%; a wide interval (few seeds) is cut at the top.
-        ax.set_ylim(top=min(ax.get_ylim()[1], 100.5))
+        ax.set_ylabel("Test accuracy (%), 95% CI on the logit scale")
         _legend_below(fig, [*handles, front_handle, *provenance])
         return save_figure(fig, base)
 
@@ -209,24 +223,27 @@ def write_figures(summary, histories, out_dir: Path) -> list[Path]:
     paths += plot_accuracy_vs(
         summary, "pipeline_energy_j", "pipeline_energy_j_ci95", "pipeline_energy_measured",
         "Energy to produce the model ({unit})", out_dir / "accuracy_vs_training_energy",
+        log_x=_spans(summary["pipeline_energy_j"], SPREAD_FOR_LOG_ENERGY),
     )  # fmt: skip
     paths += plot_accuracy_vs(
         summary, "inference_joules_per_1k", "inference_joules_per_1k_ci95", "inference_energy_measured",
         "Inference energy per 1,000 samples ({unit})", out_dir / "accuracy_vs_inference_energy",
+        log_x=_spans(summary["inference_joules_per_1k"], SPREAD_FOR_LOG_ENERGY),
     )  # fmt: skip
     paths += plot_accuracy_vs(
         summary, "size_kb", None, None, "Model size on disk (kB)",
-        out_dir / "accuracy_vs_size", log_x=_spans_decade(summary["size_kb"]),
+        out_dir / "accuracy_vs_size", log_x=_spans(summary["size_kb"], 10),
     )  # fmt: skip
     paths += plot_accuracy_vs(
         summary, "mmacs", None, None, "MACs per sample (millions)",
-        out_dir / "accuracy_vs_macs", log_x=_spans_decade(summary["mmacs"]),
+        out_dir / "accuracy_vs_macs", log_x=_spans(summary["mmacs"], 10),
     )  # fmt: skip
     paths += plot_energy_by_stage(summary, out_dir / "energy_by_stage")
     paths += plot_training_curves(histories, summary, out_dir / "training_curves")
     return paths
 
 
-def _spans_decade(values) -> bool:
-    """Log axis when values differ more than tenfold (e.g. a distilled model beside its teacher)."""
-    return values.min() > 0 and values.max() / values.min() > 10
+def _spans(values, ratio: float) -> bool:
+    """Log axis when the largest value is more than `ratio` times the smallest: on a linear axis
+    the cheap variants would sit in one indistinguishable cluster beside a costly one."""
+    return values.min() > 0 and values.max() / values.min() > ratio

@@ -52,6 +52,24 @@ def mean_ci(values, confidence: float = CONFIDENCE) -> tuple[float, float | None
     return mean, float(half_width), n
 
 
+# Accuracies of exactly 0 or 1 have no logit; they are moved this far inside the interval.
+LOGIT_EPSILON = 1e-4
+
+
+def proportion_ci(values, confidence: float = CONFIDENCE) -> tuple[float | None, float | None]:
+    """(low, high) of a Student-t interval taken on the logit scale and mapped back: it stays in
+    [0, 1], as an accuracy does, where the plain t-interval over a few seeds runs past 100%.
+    (None, None) where n < 2."""
+    logits = []
+    for value in values:
+        clipped = min(max(float(value), LOGIT_EPSILON), 1 - LOGIT_EPSILON)
+        logits.append(math.log(clipped / (1 - clipped)))
+    centre, half_width, _ = mean_ci(logits, confidence)
+    if half_width is None:
+        return None, None
+    return (1 / (1 + math.exp(-(centre - half_width))), 1 / (1 + math.exp(-(centre + half_width))))
+
+
 def energy_unit(largest_joules: float) -> tuple[float, str]:
     """(divisor, unit) that keeps the largest value readable: J, kJ or MJ."""
     for divisor, unit in ((1e6, "MJ"), (1e3, "kJ")):
@@ -88,6 +106,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
             row[f"{column}_ci95"] = half_width
             # Run-to-run coefficient of variation over seeds (None for one seed).
             row[f"{column}_cv"] = group[column].std() / mean if len(group) > 1 and mean else None
+        row["test_accuracy_low"], row["test_accuracy_high"] = proportion_ci(group["test_accuracy"])
         for column in MEAN_ONLY:
             if column in group:
                 row[column] = group[column].mean()
