@@ -543,3 +543,17 @@ def test_own_work_does_not_count_as_other_processes():
     # share would be at least that; what remains is the rest of the (quiet) test machine.
     own_share = 1.0 / (os.cpu_count() or 1)
     assert meter.windows[0]["other_processes_cpu_share"] < own_share / 2
+
+
+def test_idle_baseline_is_on_by_default_only_where_a_counter_exists(gpus, rapl):
+    from joulebench.config import AUTO_IDLE_SECONDS, idle_baseline_seconds
+
+    assert idle_baseline_seconds(3) == 3.0 and idle_baseline_seconds(0) == 0.0
+    zeus.device.cpu.rapl.rapl_is_available.cache_clear()
+    assert idle_baseline_seconds("auto") == AUTO_IDLE_SECONDS  # the fake powercap tree is readable
+
+
+def test_idle_baseline_is_off_by_default_where_everything_is_estimated():
+    from joulebench.config import idle_baseline_seconds
+
+    assert idle_baseline_seconds("auto") == 0.0  # this machine: no NVML, no RAPL

@@ -7,7 +7,7 @@ min_version("9.0")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from joulebench.config import check_config  # noqa: E402
+from joulebench.config import check_config, idle_baseline_seconds  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
 check_config(config)
@@ -152,8 +152,12 @@ def report_outputs():
 IDLE_POWER = "results/energy/idle_power.json"
 
 
+# energy.idle_baseline_seconds, with `auto` resolved on this host (on where NVML or RAPL exists).
+IDLE_SECONDS = idle_baseline_seconds(config["energy"]["idle_baseline_seconds"])
+
+
 def idle_baseline(wildcards):
     """The idle-power record, where energy.idle_baseline_seconds asks for one."""
-    if config["energy"]["idle_baseline_seconds"] > 0:
+    if IDLE_SECONDS > 0:
         return {"idle": IDLE_POWER}
     return {}

@@ -15,7 +15,7 @@ rule measure_idle_power:
     resources:
         measured=1,
     params:
-        seconds=config["energy"]["idle_baseline_seconds"],
+        seconds=IDLE_SECONDS,
         energy=config["energy"],
     script:
         "../scripts/measure_idle_power.py"

@@ -50,3 +50,23 @@ def check_augmentation(augmentation: dict, source: str) -> None:
         check_transforms(transforms, shape)
     except AugmentationError as error:
         raise ConfigError(str(error)) from None
+
+
+# Idle baseline length where energy.idle_baseline_seconds is `auto` and a counter exists.
+AUTO_IDLE_SECONDS = 10.0
+
+
+def has_energy_counter() -> bool:
+    """Whether Zeus can read NVML or RAPL on this host (an idle baseline then means something).
+    Zeus's device layer is imported here only: it needs no torch, so parsing the DAG stays light."""
+    from zeus.device.cpu.rapl import rapl_is_available
+    from zeus.device.gpu import nvml_is_available
+
+    return nvml_is_available() or rapl_is_available()
+
+
+def idle_baseline_seconds(configured) -> float:
+    """energy.idle_baseline_seconds resolved: `auto` is AUTO_IDLE_SECONDS where a counter exists."""
+    if configured != "auto":
+        return float(configured)
+    return AUTO_IDLE_SECONDS if has_energy_counter() else 0.0
