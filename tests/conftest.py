@@ -35,9 +35,12 @@ def tiny_config(**overrides) -> dict:
     return config
 
 
-def snakemake_command(workdir: Path, config: dict, *args: str, profile: Path | None = None) -> list[str]:
+def snakemake_command(
+    workdir: Path, config: dict, *args: str, profile: Path | None = None, cores: bool = True
+) -> list[str]:
     """The command that runs the real workflow from this checkout on `config`, results under
-    `workdir`: on 2 local cores, or with every setting from a workflow `profile` (SLURM)."""
+    `workdir`: on 2 local cores, or with every setting from a workflow `profile` (SLURM). `cores`
+    False leaves --cores out, as the README's --unlock and --report commands do."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -47,7 +50,10 @@ def snakemake_command(workdir: Path, config: dict, *args: str, profile: Path | N
         "--directory", str(workdir),
         "--configfile", str(config_path),
     ]  # fmt: skip
-    command += ["--cores", "2"] if profile is None else ["--workflow-profile", str(profile)]
+    if profile is not None:
+        command += ["--workflow-profile", str(profile)]
+    elif cores:
+        command += ["--cores", "2"]
     return [*command, *args]
 
 

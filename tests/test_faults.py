@@ -135,7 +135,14 @@ def test_sigkill_of_the_whole_run_then_rerun_equals_an_uninterrupted_run(tmp_pat
     # A SIGKILLed Snakemake cannot remove its lock; the documented recovery is --unlock, then rerun.
     locked = run_snakemake(workdir, config, check=False)
     assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
-    run_snakemake(workdir, config, "--unlock")
+    # The README's recovery step as it prints it: no --cores.
+    unlocked = subprocess.run(
+        snakemake_command(workdir, config, "--unlock", cores=False),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+    assert unlocked.returncode == 0 and "Unlocked" in unlocked.stdout + unlocked.stderr
     run_snakemake(workdir, config)
 
     killed = pd.read_csv(workdir / "results/report/results.csv")

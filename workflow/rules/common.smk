@@ -156,6 +156,12 @@ IDLE_POWER = "results/energy/idle_power.json"
 IDLE_SECONDS = idle_baseline_seconds(config["energy"]["idle_baseline_seconds"])
 
 
+def every_core(wildcards):
+    """All the cores of the run, asked when the job is scheduled: `threads: workflow.cores` would
+    be read while parsing, where commands without --cores (--unlock, --report) have none."""
+    return workflow.cores
+
+
 def idle_baseline(wildcards):
     """The idle-power record, where energy.idle_baseline_seconds asks for one."""
     if IDLE_SECONDS > 0:

@@ -11,7 +11,7 @@ rule measure_idle_power:
     priority: 100
     conda:
         "../../envs/torch.yaml"
-    threads: workflow.cores
+    threads: every_core
     resources:
         measured=1,
     params:
