@@ -49,7 +49,9 @@ def compare(candidates: dict[str, Candidate], arrays: dict, settings: dict, mete
     passes = {}
     protocols = {}
     for name, candidate in candidates.items():
-        candidate.model.eval().to(candidate.placement.torch_device)
+        # Not chained: a lowered int8 graph's eval() returns None (joulebench.quantize).
+        candidate.model.eval()
+        candidate.model.to(candidate.placement.torch_device)
         precision, autocast = inference_autocast(candidate.precision, candidate.placement.torch_device)
         candidate.precision = precision
 
