@@ -87,7 +87,13 @@ def check_models(models: list, variants: dict, shape: tuple[int, int, int] | Non
 
 
 def check_model(name: str, entry: dict, shape: tuple[int, int, int] | None) -> None:
-    from joulebench.models import build_model, check_input, check_model_name, load_matching, source_architecture
+    from joulebench.models import (
+        build_model,
+        check_input,
+        check_model_name,
+        load_matching,
+        source_architecture,
+    )
     from joulebench.pretrained import locate_weights, read_state_dict
 
     check_model_name(name)

@@ -117,7 +117,7 @@ def _is_small(image_size) -> bool:
 def _last_linear(model: nn.Module, name: str) -> str:
     linears = [key for key, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not linears:
-        raise ModelError(f"{name} has no linear classification head (nn.Linear) to replace; choose another model")
+        raise ModelError(f"{name} has no linear classification head (nn.Linear) to replace; choose another")
     return linears[-1]
 
 
@@ -165,10 +165,11 @@ def load_matching(model: nn.Module, state_dict: dict, name: str, source: str) ->
         for k, v in expected.items()
         if k in state_dict and state_dict[k].shape != v.shape and not k.startswith(f"{head}.")
     ]
-    if missing or unexpected or wrong_shape:
+    found = {"missing": missing, "unexpected": unexpected, "wrong shape": wrong_shape}
+    if any(found.values()):
         problems = [
             f"{label} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
+            for label, keys in found.items()
             if keys
         ]
         raise ModelError(f"{source} does not match model {name}: {'; '.join(problems)}")
