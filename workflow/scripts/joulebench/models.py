@@ -1,5 +1,8 @@
 """Model architectures by name, and model artifacts that load without pickle.
 
+A name is small_cnn (ours) or any torchvision classification model, built in torchvision's layout,
+optionally loaded with pretrained weights, then adapted to the dataset (head, channels, stem).
+
 An artifact is two files: `model.pt`, a plain state dict loaded with `weights_only=True`, and
 `model.json`, the recipe to rebuild the module (architecture, width, quantization). Structured
 pruning changes layer shapes, so loading first resizes each layer to the saved tensors. We do
