@@ -114,7 +114,7 @@ def test_dry_run_has_no_warnings(tmp_path):
             lambda c: c["variants"]["prune80"].update(**{"from": "ghost"}),
             "variants.prune80.from: unknown variant",
         ),
-        (lambda c: c.update(models=["vgg99"]), "'vgg99' is not one of"),
+        (lambda c: c.update(models=["vgg99"]), "unknown model 'vgg99'"),
         (
             lambda c: c["variants"]["bf16"].update(technique="magic"),
             "'magic' is not one of",

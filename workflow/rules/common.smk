@@ -7,13 +7,14 @@ min_version("9.0")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from joulebench.config import check_config, idle_baseline_seconds  # noqa: E402
+from joulebench.config import check_config, idle_baseline_seconds, model_entries  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
 check_config(config)
 
 DATASET = config["dataset"]["name"]
 VARIANTS = config["variants"]
+MODELS = model_entries(config["models"])
 MODEL_DIR = "results/models/{dataset}/{model}/{variant}/seed{seed}"
 EVAL_DIR = "results/eval/{dataset}/{model}/{variant}/seed{seed}"
 COMPARE_DIR = "results/compare/{dataset}/{model}/seed{seed}"
@@ -31,7 +32,7 @@ def variant_names(*techniques):
 
 wildcard_constraints:
     dataset=DATASET,
-    model="|".join(config["models"]),
+    model="|".join(MODELS),
     seed=r"\d+",
 
 
@@ -75,6 +76,13 @@ def variant_settings(wildcards):
     return VARIANTS.get(wildcards.variant, {})
 
 
+def pretrained_weights(wildcards):
+    """The model's weights settings, for a finetune variant only (changing them reruns just those)."""
+    if VARIANTS.get(wildcards.variant, {}).get("technique") == "finetune":
+        return MODELS[wildcards.model]
+    return {}
+
+
 def all_variants():
     return ["baseline", *VARIANTS]
 
@@ -82,7 +90,7 @@ def all_variants():
 def report_entries():
     """Every (model, variant, seed) with the files the report reads for it."""
     entries = []
-    for model in config["models"]:
+    for model in MODELS:
         for variant in all_variants():
             for seed in config["seeds"]:
                 keys = dict(dataset=DATASET, model=model, variant=variant, seed=seed)

@@ -18,7 +18,7 @@ rule train_model:
     benchmark:
         "benchmarks/train_model/{dataset}/{model}/{variant}/seed{seed}.tsv"
     wildcard_constraints:
-        variant=variant_names("train", "precision", "subset"),
+        variant=variant_names("train", "precision", "subset", "finetune"),
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -30,6 +30,7 @@ rule train_model:
         energy=config["energy"],
         checkpoint=CHECKPOINT,
         augmentation=config["augmentation"],
+        pretrained=pretrained_weights,
     script:
         "../scripts/train_model.py"
 

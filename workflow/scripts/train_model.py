@@ -16,4 +16,5 @@ if __name__ == "__main__":
         Path(snakemake.output.model).parent,
         snakemake.params.checkpoint,
         snakemake.params.augmentation,
+        snakemake.params.pretrained,
     )

@@ -35,6 +35,78 @@ def check_config(config: dict) -> None:
     if dataset["val_fraction"] + dataset["test_fraction"] >= 0.9:
         raise ConfigError("dataset.val_fraction + dataset.test_fraction must leave at least 10% for training")
     check_augmentation(config.get("augmentation", {}), dataset["source"])
+    check_models(config["models"], variants, input_shape(dataset))
+
+
+def model_entries(models: list) -> dict[str, dict]:
+    """name -> {weights?, download} of each configured model: a name, or {name, weights, download}."""
+    entries = {}
+    for item in models:
+        entry = {"name": item} if isinstance(item, str) else dict(item)
+        name = entry.pop("name")
+        if name in entries:
+            raise ConfigError(f"models: {name} is listed twice")
+        entries[name] = {"download": False, **entry}
+    return entries
+
+
+# Image shapes (channels, height, width) known before the data stage runs; imagefolder trees are
+# read by prepare_dataset, so train_model checks their models instead.
+TORCHVISION_SHAPES = {"CIFAR10": (3, 32, 32), "CIFAR100": (3, 32, 32), "SVHN": (3, 32, 32)}
+TORCHVISION_SHAPES |= {"MNIST": (1, 28, 28), "FashionMNIST": (1, 28, 28)}
+
+
+def input_shape(dataset: dict) -> tuple[int, int, int] | None:
+    if dataset["source"] == "sklearn-digits":
+        return (1, 8, 8)
+    if dataset["source"] == "torchvision":
+        return TORCHVISION_SHAPES.get(dataset["name"])
+    return None
+
+
+def check_models(models: list, variants: dict, shape: tuple[int, int, int] | None) -> None:
+    """Every model exists, takes the dataset's input size, and has usable weights where a finetune
+    variant needs them; a local weights file must match its model."""
+    entries = model_entries(models)
+    finetunes = [name for name, v in variants.items() if v["technique"] == "finetune"]
+    for name, entry in entries.items():
+        if finetunes and "weights" not in entry:
+            raise ConfigError(
+                f"models: {name} has no weights, but variant {finetunes[0]} fine-tunes pretrained "
+                f"weights of every model; list it as {{name: {name}, weights: DEFAULT or a file}}"
+            )
+    if all(name == "small_cnn" and "weights" not in e for name, e in entries.items()):
+        return  # torch takes seconds to import: only when there is something to check
+    from joulebench.models import ModelError
+
+    for name, entry in entries.items():
+        try:
+            check_model(name, entry, shape)
+        except ModelError as error:
+            raise ConfigError(f"models: {error}") from None
+
+
+def check_model(name: str, entry: dict, shape: tuple[int, int, int] | None) -> None:
+    from joulebench.models import (
+        build_model,
+        check_input,
+        check_model_name,
+        load_matching,
+        source_architecture,
+    )
+    from joulebench.pretrained import locate_weights, read_state_dict
+
+    check_model_name(name)
+    # The number of classes is only known after the data stage; any count tests the input size.
+    recipe = {"arch": name, "in_channels": shape[0] if shape else 3, "num_classes": 10}
+    if shape:
+        recipe["image_size"] = list(shape[1:])
+        check_input(build_model(recipe), name, shape, recipe["num_classes"])
+    if "weights" in entry:
+        kind, found = locate_weights(name, entry["weights"], entry["download"])
+        # small_cnn's first layer takes the dataset's channels: unknown before an imagefolder is read.
+        if kind == "file" and (shape or name != "small_cnn"):
+            load_matching(source_architecture(recipe), read_state_dict(found), name, str(found))
 
 
 def check_augmentation(augmentation: dict, source: str) -> None:

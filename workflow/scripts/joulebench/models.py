@@ -1,5 +1,8 @@
 """Model architectures by name, and model artifacts that load without pickle.
 
+A name is small_cnn (ours) or any torchvision classification model, built in torchvision's layout,
+optionally loaded with pretrained weights, then adapted to the dataset (head, channels, stem).
+
 An artifact is two files: `model.pt`, a plain state dict loaded with `weights_only=True`, and
 `model.json`, the recipe to rebuild the module (architecture, width, quantization). Structured
 pruning changes layer shapes, so loading first resizes each layer to the saved tensors. We do
@@ -7,6 +10,8 @@ that by hand because Torch-Pruning's own serializer pickles module dicts, which 
 loading refuses.
 """
 
+import copy
+import difflib
 from pathlib import Path
 
 import torch
@@ -40,45 +45,180 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _small_input_resnet18(in_channels: int, num_classes: int, width: int = 64):
-    from torchvision.models import resnet18
+class ModelError(ValueError):
+    """A model or its weights cannot be used as configured; the message names the model or file."""
 
-    if width != 64:
-        raise ValueError(
-            f"resnet18 has a fixed width of 64 (got width {width}); for a narrower student set "
-            "student_arch to small_cnn or mobilenet_v3_small"
+
+# Our own architecture; every other name is a torchvision classification model.
+SMALL_CNN = "small_cnn"
+# Narrower students (distillation): `width` is the first conv's width for small_cnn, the stem
+# width (16 = full) of mobilenet_v3_small, which scales every layer through width_mult.
+WIDTH_ARGUMENTS = {"mobilenet_v3_small": lambda width: {"width_mult": width / 16}}
+# Images below this many pixels a side get a small-input stem (digits 8x8, MNIST 28, CIFAR 32).
+SMALL_INPUT_MAX_SIDE = 64
+
+
+def torchvision_classifiers() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def check_model_name(name: str) -> None:
+    """Fail with the closest names where `name` is neither small_cnn nor a torchvision classifier."""
+    choices = [SMALL_CNN, *torchvision_classifiers()]
+    if name not in choices:
+        close = difflib.get_close_matches(name, choices, n=5, cutoff=0.5)
+        hint = f"closest names: {', '.join(close)}" if close else f"choose one of {', '.join(choices)}"
+        raise ModelError(f"unknown model {name!r}: not small_cnn nor a torchvision classifier; {hint}")
+
+
+def source_architecture(recipe: dict) -> nn.Module:
+    """The model as its pretrained weights are shaped: torchvision's ImageNet layout (3 channels,
+    1000 classes, full-size stem), or small_cnn at the dataset's shape."""
+    name, width = recipe["arch"], recipe.get("width")
+    if name == SMALL_CNN:
+        kwargs = {"width": width} if width is not None else {}
+        return SmallCNN(recipe["in_channels"], recipe["num_classes"], **kwargs)
+    check_model_name(name)
+    from torchvision.models import get_model
+
+    if width is None:
+        return get_model(name)
+    if name not in WIDTH_ARGUMENTS:
+        raise ModelError(
+            f"{name} has a fixed width (got width {width}); for a narrower student set "
+            f"student_arch to {' or '.join([SMALL_CNN, *WIDTH_ARGUMENTS])}"
         )
-    model = resnet18(num_classes=num_classes)
-    # Small images: a 3x3 stem without the max-pool keeps spatial size for the residual stages.
-    model.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
-    model.maxpool = nn.Identity()
+    return get_model(name, **WIDTH_ARGUMENTS[name](width))
+
+
+def build_model(recipe: dict, pretrained: dict | None = None) -> nn.Module:
+    """A float model from a recipe {arch, in_channels, num_classes, width?, image_size?}.
+
+    `pretrained` (a state dict of the source architecture, see `source_architecture`) is loaded
+    before the model is adapted to the dataset: the head is replaced for num_classes, the first
+    convolution takes in_channels, and small images get a stride-1 stem. Adapted layers are new
+    parameters; every parameter still in the model afterwards came from `pretrained`.
+    """
+    model = source_architecture(recipe)
+    if pretrained is not None:
+        load_matching(model, pretrained, recipe["arch"], recipe.get("pretrained", {}).get("path", "weights"))
+    if recipe["arch"] == SMALL_CNN and pretrained is None:
+        return model  # built at the dataset's shape
+    _replace_head(model, recipe["num_classes"], recipe["arch"])
+    if recipe["arch"] != SMALL_CNN:
+        _adapt_first_conv(model, recipe["in_channels"], _is_small(recipe.get("image_size")))
     return model
 
 
-def _small_input_mobilenet_v3_small(in_channels: int, num_classes: int, width: int = 16):
-    from torchvision.models import mobilenet_v3_small
-
-    # `width` is the stem's channel count (16 at full width); it scales every layer via width_mult.
-    model = mobilenet_v3_small(num_classes=num_classes, width_mult=width / 16)
-    stem = model.features[0][0]
-    model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, stride=1, padding=1, bias=False)
-    return model
+def _is_small(image_size) -> bool:
+    # Recipes without an image size come from the small datasets this project started with.
+    return image_size is None or min(image_size) < SMALL_INPUT_MAX_SIDE
 
 
-ARCHITECTURES = {
-    "small_cnn": SmallCNN,
-    "resnet18": _small_input_resnet18,
-    "mobilenet_v3_small": _small_input_mobilenet_v3_small,
-}
+def _last_linear(model: nn.Module, name: str) -> str:
+    linears = [key for key, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ModelError(f"{name} has no linear classification head (nn.Linear) to replace; choose another")
+    return linears[-1]
 
 
-def build_model(recipe: dict) -> nn.Module:
-    """A fresh float model from a recipe {arch, in_channels, num_classes, width?}."""
-    arch = recipe["arch"]
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown model {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    kwargs = {"width": recipe["width"]} if "width" in recipe else {}
-    return ARCHITECTURES[arch](recipe["in_channels"], recipe["num_classes"], **kwargs)
+def _replace_head(model: nn.Module, num_classes: int, name: str) -> None:
+    head_name = _last_linear(model, name)
+    head = model.get_submodule(head_name)
+    model.set_submodule(head_name, nn.Linear(head.in_features, num_classes, bias=head.bias is not None))
+
+
+def _adapt_first_conv(model: nn.Module, in_channels: int, small_input: bool) -> None:
+    """The first convolution takes `in_channels` (pretrained filters summed over the old channels
+    and shared out, so a grey image replicated to RGB gives the same response); on small images
+    it and a stem max-pool (resnet's `maxpool`) stop downsampling."""
+    name, conv = next((k, m) for k, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    if conv.in_channels != in_channels:
+        adapted = nn.Conv2d(
+            in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            bias=conv.bias is not None,
+        )
+        with torch.no_grad():
+            adapted.weight.copy_(conv.weight.sum(1, keepdim=True).expand_as(adapted.weight) / in_channels)
+            if conv.bias is not None:
+                adapted.bias.copy_(conv.bias)
+        model.set_submodule(name, adapted)
+        conv = adapted
+    if small_input:
+        conv.stride = (1, 1)
+        if isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+            model.maxpool = nn.Identity()
+
+
+def load_matching(model: nn.Module, state_dict: dict, name: str, source: str) -> None:
+    """Load pretrained weights; the classification head may have any number of classes."""
+    head = _last_linear(model, name)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape and not k.startswith(f"{head}.")
+    ]
+    found = {"missing": missing, "unexpected": unexpected, "wrong shape": wrong_shape}
+    if any(found.values()):
+        problems = [
+            f"{label} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+            for label, keys in found.items()
+            if keys
+        ]
+        raise ModelError(f"{source} does not match model {name}: {'; '.join(problems)}")
+    head_keys = {k for k in expected if k.startswith(f"{head}.")}
+    body = {k: v for k, v in state_dict.items() if k not in head_keys}
+    model.load_state_dict({**body, **{k: expected[k] for k in head_keys}})
+
+
+def freeze_pretrained(model: nn.Module, state_dict: dict) -> list[str]:
+    """Stop gradients of every parameter still equal to its pretrained tensor (the backbone); the
+    new head and adapted stem layers train. Returns the names of the parameters that train.
+
+    Batch-norm running statistics are buffers, not parameters: they still follow the new data.
+    """
+    trainable = []
+    for name, param in model.named_parameters():
+        loaded = state_dict.get(name)
+        if loaded is not None and loaded.shape == param.shape and torch.equal(loaded, param.detach()):
+            param.requires_grad_(False)
+        else:
+            trainable.append(name)
+    return trainable
+
+
+def check_input(model: nn.Module, name: str, shape: tuple[int, int, int], num_classes: int) -> None:
+    """One forward pass of two dummy images in training and in eval mode (on a copy, random state
+    kept), or a message naming the model and the input size it cannot take."""
+    size = "x".join(str(s) for s in shape)
+    model = copy.deepcopy(model)
+    try:
+        for training in (True, False):
+            model.train(training)
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                output = model(torch.zeros(2, *shape))
+            if not isinstance(output, torch.Tensor) or output.shape != (2, num_classes):
+                raise ModelError(
+                    f"model {name} does not return one logit per class on {size} input "
+                    f"(got {type(output).__name__}); choose another model"
+                )
+    except (RuntimeError, ValueError, AssertionError) as error:
+        if isinstance(error, ModelError):
+            raise
+        raise ModelError(
+            f"model {name} cannot take {size} input ({str(error).splitlines()[0]}); choose a model that "
+            "takes this size (a CNN with adaptive pooling), or resize the dataset to the size the model needs"
+        ) from None
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -79,6 +79,11 @@ def paper_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list
         "Params: non-zero / total where they differ (pruning, quantization).",
         "Pareto: optimal in accuracy vs energy to produce (train) or vs inference energy (inf.).",
     ]
+    if (summary["technique"] == "finetune").any():
+        footnotes.append(
+            "Fine-tuned variants start from pretrained weights: their energy to produce excludes the "
+            "pretraining, which was spent elsewhere and is unknown."
+        )
     sources = energy_sources(summary)
     if not summary["pipeline_energy_measured"].all() or not summary["inference_energy_measured"].all():
         footnotes.append(

@@ -17,7 +17,8 @@ from joulebench.checkpoint import Checkpointer, exit_on_sigterm, file_digest, fi
 from joulebench.devices import CPU, Placement, accelerator
 from joulebench.energy import EnergyMeter, EstimateModel, measure_idle_power
 from joulebench.evaluate import evaluate
-from joulebench.models import build_model, load_model, save_model
+from joulebench.models import build_model, check_input, freeze_pretrained, load_model, save_model
+from joulebench.pretrained import load_weights
 from joulebench.protocol import Protocol
 from joulebench.quantize import load_reference
 from joulebench.train import (
@@ -216,6 +217,7 @@ def _train_resumably(
             **training_summary(history, settings),
             "precision_requested": recipe.get("precision_requested", settings.precision),
             "resumed_after_epoch": resumed_after or None,
+            "pretrained": recipe.get("pretrained"),
         }
         save_model(model.cpu(), recipe, out_dir)
         io.write_csv(out_dir / "history.csv", pd.DataFrame(history))
@@ -236,8 +238,10 @@ def train_variant(
     out_dir,
     checkpoint_path=None,
     augmentation=None,
+    pretrained=None,
 ) -> None:
-    """Train from scratch: the fp32 baseline or a precision variant.
+    """Train from scratch (the fp32 baseline, a precision or subset variant), or fine-tune a
+    pretrained model (technique finetune; `pretrained` holds the model's `weights` and `download`).
 
     A precision the device cannot compute in runs as the precision autocast really uses there
     (fp16 -> bf16 on a CPU without fp16 autocast); the recipe and training.json name both.
@@ -252,12 +256,14 @@ def train_variant(
         "arch": model_name,
         "in_channels": facts["channels"],
         "num_classes": facts["num_classes"],
+        "image_size": facts["image_size"],
         "precision_requested": requested,
         "precision": precision,
     }
-    model = build_model(recipe)
+    model = _initial_model(recipe, variant, pretrained)
+    check_input(model, model_name, (facts["channels"], *facts["image_size"]), facts["num_classes"])
     settings = replace(
-        _settings(training, seed, precision),
+        _settings(training, seed, precision, epochs=variant.get("epochs")),
         target_val_accuracy=training.get("target_val_accuracy"),
         augmentation=tuple((augmentation or {}).get("transforms", [])),
     )
@@ -265,6 +271,21 @@ def train_variant(
     _train_resumably(
         "train_model", model, recipe, arrays, settings, energy_config, out_dir, checkpoint_path, data_facts
     )
+
+
+def _initial_model(recipe: dict, variant: dict, pretrained: dict | None):
+    """A from-scratch model, or for a fine-tune the pretrained one (the recipe records the weights;
+    with freeze_backbone only the new head and adapted stem layers train)."""
+    if variant.get("technique") != "finetune":
+        return build_model(recipe)
+    state_dict, provenance = load_weights(recipe["arch"], pretrained["weights"], pretrained["download"])
+    recipe["pretrained"] = {**provenance, "freeze_backbone": variant["freeze_backbone"]}
+    model = build_model(recipe, state_dict)
+    if variant["freeze_backbone"]:
+        trainable = freeze_pretrained(model, state_dict)
+        recipe["pretrained"]["trainable_parameters"] = trainable
+        log.info("frozen backbone; training %s", trainable)
+    return model
 
 
 def distill_variant(
@@ -278,6 +299,7 @@ def distill_variant(
         "arch": variant.get("student_arch", teacher_recipe["arch"]),
         "in_channels": teacher_recipe["in_channels"],
         "num_classes": teacher_recipe["num_classes"],
+        "image_size": teacher_recipe.get("image_size"),
         "width": variant["student_width"],
         "precision": "fp32",
     }
