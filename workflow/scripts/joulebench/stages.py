@@ -5,6 +5,7 @@ Rule adapters in workflow/scripts/ only unpack Snakemake's object and call one o
 
 import logging
 import sys
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -12,13 +13,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from joulebench import compress, data, io
+from joulebench import compress, data, io, power_limit
 from joulebench.checkpoint import Checkpointer, exit_on_sigterm, file_digest, fingerprint, merge_prior_energy
 from joulebench.devices import CPU, Placement, accelerator
 from joulebench.energy import EnergyMeter, EstimateModel, measure_idle_power
 from joulebench.evaluate import evaluate
 from joulebench.models import build_model, load_model, save_model
 from joulebench.quantize import load_reference
+from joulebench.recipes import cpu_threads, training_overrides
 from joulebench.train import (
     Distillation,
     TrainSettings,
@@ -194,27 +196,46 @@ def _write_trained(model, recipe, history, meter, out_dir: Path) -> None:
 
 
 def _train_resumably(
-    rule, model, recipe, arrays, settings, energy_config, out_dir, checkpoint_path, facts, distillation=None
+    rule,
+    model,
+    recipe,
+    arrays,
+    settings,
+    energy_config,
+    out_dir,
+    checkpoint_path,
+    facts,
+    distillation=None,
+    conditions=None,
 ):
     """Train with per-epoch checkpoints; write model, history.csv, energy.json and training.json.
 
     `facts` (data and teacher digests) and the recipe and settings make the checkpoint's
     fingerprint. The energy record sums this attempt and the checkpointed epochs of earlier ones.
+    `conditions`: a context manager holding a hardware setting for the whole run (a GPU power
+    limit), entered inside the SIGTERM handler so it is undone on preemption too; the dict it
+    yields goes into energy.json and training.json, as does the CPU thread count.
     """
     out_dir = Path(out_dir)
     run_facts = {**facts, "recipe": recipe, "settings": asdict(settings)}
     checkpointer = Checkpointer(checkpoint_path, fingerprint(run_facts)) if checkpoint_path else None
     with exit_on_sigterm():
-        with _meter(rule, energy_config, accelerator()) as meter:
-            history = train(model, arrays, settings, meter, distillation, checkpointer)
+        with conditions or nullcontext({}) as applied:
+            held = {**applied, "cpu_threads": torch.get_num_threads()}
+            with _meter(rule, energy_config, accelerator()) as meter:
+                history = train(model, arrays, settings, meter, distillation, checkpointer)
         resumed_after = checkpointer.resumed_after_epoch if checkpointer else 0
         record = merge_prior_energy(
             meter.record(), checkpointer.prior_windows if checkpointer else [], resumed_after
         )
+        record |= held
         summary = {
             **training_summary(history, settings),
             "precision_requested": recipe.get("precision_requested", settings.precision),
             "resumed_after_epoch": resumed_after or None,
+            "batch_size": settings.batch_size,
+            "lr": settings.lr,
+            **held,
         }
         save_model(model.cpu(), recipe, out_dir)
         io.write_csv(out_dir / "history.csv", pd.DataFrame(history))
@@ -241,9 +262,16 @@ def train_variant(
     A precision the device cannot compute in runs as the precision autocast really uses there
     (fp16 -> bf16 on a CPU without fp16 autocast); the recipe and training.json name both.
     """
+    placement = accelerator()
+    if variant.get("technique") == "power_limit" and placement.gpu is None:
+        write_skipped(out_dir, "train_model", power_limit.NO_GPU)
+        return
+    threads = cpu_threads(variant)
+    if threads is not None:
+        torch.set_num_threads(threads)
     arrays, facts = io.load_arrays(splits_path), io.read_json(facts_path)
     requested = variant.get("precision", "fp32")
-    precision = effective_precision(requested, accelerator().torch_device)
+    precision = effective_precision(requested, placement.torch_device)
     if precision != requested:
         log.warning("%s is not supported here; training in %s instead", requested, precision)
     seed_everything(seed)
@@ -259,11 +287,42 @@ def train_variant(
         _settings(training, seed, precision),
         target_val_accuracy=training.get("target_val_accuracy"),
         augmentation=tuple((augmentation or {}).get("transforms", [])),
+        **training_overrides(variant, training),
     )
     data_facts = {"splits": file_digest(splits_path)}
+    if variant.get("technique") == "power_limit":
+        data_facts["power_limit"] = {k: v for k, v in variant.items() if k.startswith("power_limit")}
+        conditions = power_limit.held_power_limit(placement, variant)
+    else:
+        conditions = None
     _train_resumably(
-        "train_model", model, recipe, arrays, settings, energy_config, out_dir, checkpoint_path, data_facts
+        "train_model",
+        model,
+        recipe,
+        arrays,
+        settings,
+        energy_config,
+        out_dir,
+        checkpoint_path,
+        data_facts,
+        conditions=conditions,
     )
+
+
+def write_skipped(out_dir, rule: str, reason: str) -> None:
+    """The outputs of a training rule whose variant cannot run on this host, each saying why.
+
+    The DAG is fixed before any job runs and cannot know the host a job lands on, so the rule still
+    makes its outputs: model.json, training.json and energy.json say `skipped`, model.pt is empty,
+    evaluation passes the marker on, and the report lists the variant instead of a result.
+    """
+    out_dir = Path(out_dir)
+    marker = {"skipped": reason, "rule": rule}
+    log.warning("%s skipped: %s", rule, reason)
+    io.write_atomic(out_dir / "model.pt", lambda tmp: Path(tmp).write_bytes(b""))
+    for name in ("model.json", "training.json", "energy.json"):
+        io.write_json(out_dir / name, marker)
+    io.write_csv(out_dir / "history.csv", pd.DataFrame(columns=["epoch"]))
 
 
 def distill_variant(
@@ -336,6 +395,11 @@ def quantize_variant(splits_path, parent_dir, variant, training, seed, energy_co
 
 
 def evaluate_variant(splits_path, model_dir, settings, energy_config, metrics_path, energy_path) -> None:
+    skipped = io.read_json(Path(model_dir) / "model.json").get("skipped")
+    if skipped:  # a variant this host could not run (write_skipped): pass the marker on
+        for path in (metrics_path, energy_path):
+            io.write_json(path, {"skipped": skipped, "rule": "evaluate_model"})
+        return
     arrays = io.load_arrays(splits_path)
     model, recipe = load_model(model_dir)
     artifact = Path(model_dir) / "model.pt"
@@ -365,10 +429,11 @@ def measure_idle_baseline(seconds: float, energy_config: dict, idle_path) -> Non
 def aggregate_results(
     entries, variants, data_energy_path, out_dir, energy_config=None, idle_path=None, report_settings=None
 ) -> None:
-    from joulebench.report import build_table, read_histories, write_report
+    from joulebench.report import build_table, read_histories, split_skipped, write_report
 
     idle = io.read_json(idle_path) if idle_path else None
+    entries, skipped = split_skipped(entries)
     table = build_table(entries, variants, io.read_json(data_energy_path), energy_config, idle)
     histories = read_histories(entries, table)
-    summary = write_report(table, histories, report_settings or {}, out_dir)
+    summary = write_report(table, histories, report_settings or {}, out_dir, skipped)
     log.info("summary:\n%s", summary.to_string())
