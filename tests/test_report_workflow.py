@@ -17,6 +17,7 @@ FIGURES = [
     "accuracy_vs_macs",
     "energy_by_stage",
     "training_curves",
+    "time_vs_energy",
 ]
 TABLES = [
     "results.csv",
