@@ -51,5 +51,5 @@ def test_hardware_variants_train_and_reach_the_report(tmp_path):
     assert "Lowest time-energy cost (Zeus), cost = eta x E + (1 - eta) x MaxPower x T" in summary
     if NO_GPU:
         assert json.loads((models / "pl250" / "seed0" / "energy.json").read_text())["skipped"]
-        assert "- pl250: skipped, no GPU on this host (small_cnn, seeds 0)." in summary
+        assert "- pl250: skipped, no GPU on this host (small_cnn, seed 0)." in summary
         assert [s["variant"] for s in decisions["skipped"]] == ["pl250"]

@@ -216,7 +216,7 @@ def plot_time_vs_energy(summary, base: Path):
                     yerr=_error_bar(row["pipeline_energy_j_ci95"], 1 / divisor),
                     fmt=markers[(model, row["variant"])], color=colour,
                     mfc=colour if row["pipeline_energy_measured"] else "white",
-                    capsize=1.5, elinewidth=0.6, label=_label(row, several),
+                    capsize=1.5, elinewidth=0.6, label=_label(row, several_models=False),
                 )  # fmt: skip
             if several:
                 ax.set_title(model)
@@ -224,7 +224,12 @@ def plot_time_vs_energy(summary, base: Path):
             ax.set_xlim(left=max(ax.get_xlim()[0], 0.0))
             ax.set_ylim(bottom=max(ax.get_ylim()[0], 0.0))
         axes[-1, 0].set_xlabel("Wall time to produce (s)")
-        handles = [h for ax in axes[:, 0] for h in ax.get_legend_handles_labels()[0]]
+        # The panel titles name the model: one legend entry per variant (and n) is enough.
+        handles = {}
+        for ax in axes[:, 0]:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(label, handle)
+        handles = list(handles.values())
         _legend_below(fig, [*handles, *_provenance_handles(summary["pipeline_energy_measured"])])
         return save_figure(fig, base)
 

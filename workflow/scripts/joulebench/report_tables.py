@@ -269,7 +269,8 @@ def skipped_markdown(skipped: list[dict]) -> list[str]:
         seeds.setdefault((run["model"], run["variant"], run["reason"]), []).append(run["seed"])
     lines = ["## Skipped", ""]
     for (model, variant, reason), runs in sorted(seeds.items()):
-        lines.append(f"- {variant}: skipped, {reason} ({model}, seeds {', '.join(map(str, sorted(runs)))}).")
+        seeds_text = f"seed{'s' if len(runs) > 1 else ''} {', '.join(map(str, sorted(runs)))}"
+        lines.append(f"- {variant}: skipped, {reason} ({model}, {seeds_text}).")
     return [*lines, ""]
 
 
