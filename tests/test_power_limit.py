@@ -5,6 +5,7 @@ its power limit is a state the MOCK keeps, so Zeus's own set/reset logic (which 
 when the limit changes) runs as on a real GPU, and every NVML setter call is recorded.
 """
 
+import atexit
 import os
 import signal
 import time
@@ -16,6 +17,7 @@ import pytest
 import torch
 import zeus.device.cpu
 import zeus.device.gpu
+import zeus.monitor.energy
 from zeus.device.gpu import nvidia
 
 from joulebench import checkpoint, io, stages
@@ -46,6 +48,11 @@ class PowerLimitNVML:
         nvml.nvmlDeviceGetPowerManagementDefaultLimit.return_value = DEFAULT_MW
         nvml.nvmlDeviceGetPowerManagementLimit.side_effect = lambda handle: self.limit_mw
         nvml.nvmlDeviceSetPowerManagementLimit.side_effect = self.set_limit
+        self.persistence = pynvml.NVML_FEATURE_DISABLED
+        nvml.nvmlDeviceGetPersistenceMode.side_effect = lambda handle: self.persistence
+        nvml.nvmlDeviceSetPersistenceMode.side_effect = lambda handle, mode: setattr(
+            self, "persistence", mode
+        )
 
     def set_limit(self, handle, limit_mw):
         if not self.permitted:
@@ -91,7 +98,7 @@ def test_set_then_reset_on_success_and_the_applied_limit_is_yielded(gpu):
         assert nvml.set_calls == [("handle0", 250_000)]
     assert nvml.set_calls == [("handle0", 250_000), ("handle0", DEFAULT_MW)]
     assert nvml.limit_mw == DEFAULT_MW
-    limit = applied["power_limit"]
+    limit = applied.facts()["power_limit"]
     assert limit["applied_w"] == 250.0
     assert limit["allowed_w"] == [200.0, 700.0]
     assert limit["requested"] == {"power_limit_w": 250}
@@ -190,3 +197,57 @@ def test_without_a_gpu_the_variant_writes_a_skipped_marker_that_evaluation_passe
     assert (out / "model.pt").stat().st_size == 0
     stages.evaluate_variant(splits, out, {}, energy, tmp_path / "metrics.json", tmp_path / "eval.json")
     assert io.read_json(tmp_path / "metrics.json")["skipped"] == "no GPU on this host"
+
+
+SEARCH = {
+    "technique": "power_limit",
+    "optimizer": "global",
+    "eta_knob": 0.5,
+    "warmup_steps": 1,
+    "profile_steps": 2,
+    "pl_step_w": 250,  # profiles 700, 450 and 200 W within the first epoch's 18 steps
+}
+
+
+@pytest.fixture
+def search_host(gpu, monkeypatch):
+    """The MOCK GPU for Zeus's GlobalPowerLimitOptimizer: no CUDA to synchronize, and its atexit
+    hook kept out of the test process (it would run after the mocks are gone)."""
+    monkeypatch.setattr(zeus.monitor.energy, "sync_execution_fn", mock.MagicMock())
+    monkeypatch.setattr(atexit, "register", mock.MagicMock())
+    monkeypatch.setattr(stages, "accelerator", lambda: ON_GPU0)
+    return gpu
+
+
+def test_global_search_profiles_the_limits_records_the_choice_and_resets(
+    search_host, tmp_path, digits_arrays
+):
+    nvml = search_host()
+    splits, facts, training, energy = _tiny_inputs(tmp_path, digits_arrays)
+    with mock.patch("zeus.device.common.has_sys_admin", return_value=True):
+        stages.train_variant(splits, facts, "small_cnn", SEARCH, training, 0, energy, tmp_path / "out")
+    # Zeus starts at the largest limit (already set: no NVML call), then steps down 250 W at a time.
+    assert nvml.set_calls[:2] == [("handle0", 450_000), ("handle0", 200_000)]
+    assert nvml.limit_mw == DEFAULT_MW  # reset to the default at the end
+    assert nvml.persistence == pynvml.NVML_FEATURE_DISABLED  # turned on by Zeus, put back
+    for name in ("training.json", "energy.json"):
+        limit = io.read_json(tmp_path / "out" / name)["power_limit"]
+        assert limit["optimizer"] == "global" and limit["finished"] is True, name
+        assert [p["power_limit_w"] for p in limit["profiled"]] == [700, 450, 200]
+        assert limit["chosen_w"] in (700, 450, 200)
+
+
+def test_global_search_without_privileges_fails_before_training(
+    search_host, monkeypatch, tmp_path, digits_arrays
+):
+    nvml = search_host()
+    train = mock.MagicMock()
+    monkeypatch.setattr(stages, "train", train)
+    splits, facts, training, energy = _tiny_inputs(tmp_path, digits_arrays)
+    with (
+        mock.patch("zeus.device.common.has_sys_admin", return_value=False),
+        pytest.raises(PowerLimitError, match="run the job as root.*ZEUSD_SOCK_PATH"),
+    ):
+        stages.train_variant(splits, facts, "small_cnn", SEARCH, training, 0, energy, tmp_path / "out")
+    train.assert_not_called()
+    assert nvml.set_calls == []

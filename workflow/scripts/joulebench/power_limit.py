@@ -49,11 +49,89 @@ def requested_mw(variant: dict, allowed_mw: tuple[int, int]) -> int:
     return asked
 
 
+class HeldLimit:
+    """What a power-limit context holds for a training run: the facts for its records, and the
+    callback the training loop calls per step and epoch (None for a fixed limit)."""
+
+    def __init__(self, facts: dict):
+        self._facts = facts
+
+    def callback(self, meter):
+        return None
+
+    def facts(self) -> dict:
+        return {"power_limit": self._facts}
+
+
+class GlobalSearch(HeldLimit):
+    """Zeus's GlobalPowerLimitOptimizer on the rule's own ZeusMonitor: it profiles each power limit
+    from the largest allowed down in `pl_step_w` steps (warm-up, then `profile_steps` training
+    steps each; an epoch end interrupts a limit, which is then profiled again), and then holds the
+    one with the least Zeus cost, eta x E + (1 - eta) x MaxPower x T. The profiling is part of the
+    rule's energy: it is what using the optimizer costs."""
+
+    def __init__(self, facts: dict, variant: dict):
+        super().__init__(facts)
+        self.variant = variant
+        self.optimizer = None
+
+    def callback(self, meter):
+        from zeus.optimizer.power_limit import GlobalPowerLimitOptimizer, ZeusCost
+
+        self.optimizer = GlobalPowerLimitOptimizer(
+            meter.monitor,
+            ZeusCost(eta_knob=self.variant["eta_knob"], world_size=1),
+            warmup_steps=self.variant["warmup_steps"],
+            profile_steps=self.variant["profile_steps"],
+            pl_step=self.variant["pl_step_w"],
+        )
+        return self.optimizer
+
+    def facts(self) -> dict:
+        from zeus.optimizer.power_limit import Done
+
+        state = self.optimizer.state if self.optimizer else None
+        chosen = state.optimal_power_limit / 1000 if isinstance(state, Done) else None
+        if chosen is None:
+            log.warning(
+                "the power-limit search did not finish: each limit needs %d warm-up + %d profiled steps "
+                "within one epoch; lower warmup_steps/profile_steps or raise pl_step_w",
+                self.variant["warmup_steps"],
+                self.variant["profile_steps"],
+            )
+        profiled = [
+            {"power_limit_w": m.power_limit, "gpu_joules": m.energy, "seconds": m.time}
+            for m in (self.optimizer.measurements if self.optimizer else [])
+        ]
+        return {
+            "power_limit": {
+                **self._facts,
+                "chosen_w": chosen,
+                "finished": chosen is not None,
+                "profiled": profiled,
+            }
+        }
+
+    def disarm(self) -> None:
+        """The optimizer registers an atexit hook that sets the largest limit again; marking that
+        limit as current makes the hook a no-op, so the default we reset to stays."""
+        if self.optimizer:
+            self.optimizer.current_power_limit = max(self.optimizer.power_limits)
+
+
+def _check_privileges(gpus, index: int) -> None:
+    """SYS_ADMIN, or the Zeus daemon, before any training (the search sets limits mid-run)."""
+    from zeus.device.common import has_sys_admin
+    from zeus.device.gpu.nvidia import ZeusdNVIDIAGPU
+
+    if not isinstance(gpus.gpus[index], ZeusdNVIDIAGPU) and not has_sys_admin():
+        raise PowerLimitError(f"GPU {index}: {PRIVILEGES}")
+
+
 @contextmanager
 def held_power_limit(placement: Placement, variant: dict):
-    """Set the variant's power limit on the placement's GPU; yield what was applied; reset it.
-
-    Yields {"power_limit": {...}} for the energy record and training.json.
+    """Hold the variant's power limit on the placement's GPU (fixed, or searched by Zeus's
+    GlobalPowerLimitOptimizer with `optimizer: global`); yield a HeldLimit; reset to the default.
     """
     import zeus.device.gpu
     from zeus.device.gpu.common import ZeusGPUNoPermissionError
@@ -66,26 +144,36 @@ def held_power_limit(placement: Placement, variant: dict):
     gpus = zeus.device.gpu.get_gpus()
     index = placement.gpu
     allowed = tuple(gpus.get_power_management_limit_constraints(index))
-    limit_mw = requested_mw(variant, allowed)
-    try:
-        gpus.set_power_management_limit(index, limit_mw)
-    except ZeusGPUNoPermissionError as error:
-        raise PowerLimitError(f"GPU {index}: {error}; {PRIVILEGES}") from None
-    log.info("GPU %d power limit set to %g W (allowed %s mW)", index, limit_mw / 1000, allowed)
-    applied = {
-        "power_limit": {
-            "gpu_cuda_index": index,
-            "gpu_name": access.name,
-            "applied_w": limit_mw / 1000,
-            "allowed_w": [allowed[0] / 1000, allowed[1] / 1000],
-            "requested": {k: variant[k] for k in ("power_limit_w", "power_limit_fraction") if k in variant},
-        }
+    facts = {
+        "gpu_cuda_index": index,
+        "gpu_name": access.name,
+        "allowed_w": [allowed[0] / 1000, allowed[1] / 1000],
     }
+    search = variant.get("optimizer") == "global"
+    # The search turns persistence mode on (Zeus's optimizer does); it is put back afterwards.
+    persistence = gpus.get_persistence_mode(index) if search else None
+    if search:
+        _check_privileges(gpus, index)
+        settings = ("eta_knob", "warmup_steps", "profile_steps", "pl_step_w")
+        held = GlobalSearch({**facts, "optimizer": "global", **{k: variant[k] for k in settings}}, variant)
+    else:
+        limit_mw = requested_mw(variant, allowed)
+        try:
+            gpus.set_power_management_limit(index, limit_mw)
+        except ZeusGPUNoPermissionError as error:
+            raise PowerLimitError(f"GPU {index}: {error}; {PRIVILEGES}") from None
+        log.info("GPU %d power limit set to %g W (allowed %s mW)", index, limit_mw / 1000, allowed)
+        requested = {k: variant[k] for k in ("power_limit_w", "power_limit_fraction") if k in variant}
+        held = HeldLimit({**facts, "applied_w": limit_mw / 1000, "requested": requested})
     try:
-        yield applied
+        yield held
     finally:
+        if search:
+            held.disarm()
         try:
             gpus.reset_power_management_limit(index)
+            if search and gpus.get_persistence_mode(index) != persistence:
+                gpus.set_persistence_mode(index, persistence)
             log.info("GPU %d power limit reset to its default", index)
         except Exception:
             log.exception(

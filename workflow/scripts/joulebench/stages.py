@@ -213,17 +213,19 @@ def _train_resumably(
     `facts` (data and teacher digests) and the recipe and settings make the checkpoint's
     fingerprint. The energy record sums this attempt and the checkpointed epochs of earlier ones.
     `conditions`: a context manager holding a hardware setting for the whole run (a GPU power
-    limit), entered inside the SIGTERM handler so it is undone on preemption too; the dict it
-    yields goes into energy.json and training.json, as does the CPU thread count.
+    limit, joulebench.power_limit), entered inside the SIGTERM handler so it is undone on
+    preemption too; the facts of what it held go into energy.json and training.json, as does the
+    CPU thread count.
     """
     out_dir = Path(out_dir)
     run_facts = {**facts, "recipe": recipe, "settings": asdict(settings)}
     checkpointer = Checkpointer(checkpoint_path, fingerprint(run_facts)) if checkpoint_path else None
     with exit_on_sigterm():
-        with conditions or nullcontext({}) as applied:
-            held = {**applied, "cpu_threads": torch.get_num_threads()}
+        with conditions or nullcontext() as limit:
             with _meter(rule, energy_config, accelerator()) as meter:
-                history = train(model, arrays, settings, meter, distillation, checkpointer)
+                callback = limit.callback(meter) if limit else None
+                history = train(model, arrays, settings, meter, distillation, checkpointer, callback)
+            held = {**(limit.facts() if limit else {}), "cpu_threads": torch.get_num_threads()}
         resumed_after = checkpointer.resumed_after_epoch if checkpointer else 0
         record = merge_prior_energy(
             meter.record(), checkpointer.prior_windows if checkpointer else [], resumed_after
@@ -291,7 +293,7 @@ def train_variant(
     )
     data_facts = {"splits": file_digest(splits_path)}
     if variant.get("technique") == "power_limit":
-        data_facts["power_limit"] = {k: v for k, v in variant.items() if k.startswith("power_limit")}
+        data_facts["power_limit"] = {k: v for k, v in variant.items() if k != "technique"}
         conditions = power_limit.held_power_limit(placement, variant)
     else:
         conditions = None
