@@ -7,8 +7,12 @@ ZEUSD_SOCK_PATH / ZEUSD_HOST_PORT is set) and is reset to the GPU's default
 (`reset_power_management_limit`) on every way out: success, an exception, or SIGTERM, which
 `checkpoint.exit_on_sigterm` turns into an exception (the caller must hold it around this).
 
+With `optimizer: global`, Zeus's GlobalPowerLimitOptimizer chooses the limit during training
+instead (GlobalSearch), on the rule's own ZeusMonitor; the same reset applies.
+
 Setting a power limit needs the SYS_ADMIN capability; without it the variant stops before any
-training with a message saying how to get it. Without a GPU there is nothing to limit: the rule
+training with a message saying how to get it. A GPU that NVML cannot read (a MIG slice) cannot be
+limited either: the job stops and says why. Without a GPU there is nothing to limit: the rule
 writes a skipped marker instead (joulebench.stages), which the report lists.
 """
 
@@ -36,14 +40,15 @@ def requested_mw(variant: dict, allowed_mw: tuple[int, int]) -> int:
     """The limit the variant asks for, in mW; refused (naming the allowed range) outside it."""
     low, high = allowed_mw
     if "power_limit_w" in variant:
-        asked, key = variant["power_limit_w"] * 1000, f"power_limit_w: {variant['power_limit_w']} W"
+        asked = round(variant["power_limit_w"] * 1000)
+        key = f"power_limit_w: {asked / 1000:g} W"
     else:
         fraction = variant["power_limit_fraction"]
-        asked, key = fraction * high, f"power_limit_fraction: {fraction} of {high / 1000:g} W"
-    asked = round(asked)
+        asked = round(fraction * high)
+        key = f"power_limit_fraction: {fraction} of {high / 1000:g} W = {asked / 1000:g} W"
     if not low <= asked <= high:
         raise PowerLimitError(
-            f"{key} = {asked / 1000:g} W is outside the range this GPU allows, "
+            f"{key} is outside the range this GPU allows, "
             f"{low / 1000:g}-{high / 1000:g} W; choose a limit within it"
         )
     return asked
