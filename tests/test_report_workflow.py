@@ -18,6 +18,7 @@ FIGURES = [
     "accuracy_vs_macs",
     "energy_by_stage",
     "training_curves",
+    "time_vs_energy",
 ]
 TABLES = [
     "results.csv",

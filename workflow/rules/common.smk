@@ -83,6 +83,23 @@ def pretrained_weights(wildcards):
     return {}
 
 
+# Techniques train_model trains from scratch ("train" is the baseline).
+FROM_SCRATCH_TECHNIQUES = (
+    "train",
+    "precision",
+    "subset",
+    "finetune",
+    "batch_size",
+    "power_limit",
+    "threads",
+)
+
+
+def training_threads(wildcards):
+    """Cores train_model reserves: a threads variant's own count, else 2 (capped by --cores)."""
+    return VARIANTS.get(wildcards.variant, {}).get("threads", 2)
+
+
 def all_variants():
     return ["baseline", *VARIANTS]
 
@@ -125,6 +142,7 @@ REPORT_FIGURES = {
     "accuracy_vs_macs": "Model cost",
     "energy_by_stage": "Energy",
     "training_curves": "Energy",
+    "time_vs_energy": "Energy",
 }
 
 

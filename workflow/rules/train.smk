@@ -18,10 +18,10 @@ rule train_model:
     benchmark:
         "benchmarks/train_model/{dataset}/{model}/{variant}/seed{seed}.tsv"
     wildcard_constraints:
-        variant=variant_names("train", "precision", "subset", "finetune"),
+        variant=variant_names(*FROM_SCRATCH_TECHNIQUES),
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: training_threads
     resources:
         measured=1,
     params:

@@ -17,6 +17,11 @@ def check_config(config: dict) -> None:
             raise ConfigError(
                 f"variants.{name}.from: unknown variant {parent!r}; use baseline or one of {sorted(variants)}"
             )
+        if parent != BASELINE and variants[parent]["technique"] == "power_limit":
+            raise ConfigError(
+                f"variants.{name}.from: {parent} is a power_limit variant, which is skipped on hosts "
+                "without a GPU, so nothing can start from it; start from baseline"
+            )
         seen = [name]
         while parent != BASELINE:
             if parent in seen:

@@ -49,6 +49,20 @@ def lineage(variant: str, variants: dict, rule_of) -> list[str]:
     return chain
 
 
+def split_skipped(entries: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(entries with results, skipped runs): a run whose model record says `skipped` (a variant
+    this host could not run, e.g. a GPU power limit without a GPU) is listed, not tabulated."""
+    kept, skipped = [], []
+    for entry in entries:
+        reason = io.read_json(entry["energy"]).get("skipped")
+        if reason:
+            keys = {k: entry[k] for k in ("dataset", "model", "variant", "seed")}
+            skipped.append({**keys, "reason": reason})
+        else:
+            kept.append(entry)
+    return kept, skipped
+
+
 def stage_joules(data_records: list[dict], chain_records: list[dict], evaluation: dict | None) -> dict:
     """Joules per pipeline stage for one model: `energy_<stage>_j` columns.
 
@@ -119,6 +133,8 @@ def build_table(
                 "own_wall_time_s": record["wall_time_s"],
                 **stages,
                 "pipeline_energy_j": pipeline,
+                # Wall time to produce: the same records as pipeline_energy_j, one after another.
+                "pipeline_wall_time_s": sum(r["wall_time_s"] for r in chain_records),
                 "pipeline_energy_measured": all(r["measured"] for r in chain_records),
                 "pipeline_energy_sources": "+".join(sorted({r["source"] for r in chain_records})),
                 **energy_columns.row(
@@ -208,15 +224,20 @@ def write_report(
     out_dir,
     rounds: pd.DataFrame | None = None,
     protocol: dict | None = None,
+    skipped: list[dict] | None = None,
 ) -> pd.DataFrame:
-    """Every report file under out_dir; `settings` is config `report` (targets and budgets).
+    """Every report file under out_dir; `settings` is config `report` (targets, budgets,
+    constraints, the time-energy cost).
 
     `rounds`: the interleaved comparisons' windows (read_rounds), on which the inference
-    differences rest; `protocol`: the measurement protocol, printed in summary.md.
+    differences rest; `protocol`: the measurement protocol, printed in summary.md; `skipped`: the
+    runs this host could not make (split_skipped).
     """
     out_dir = Path(out_dir)
     summary = report_stats.summarize(table)
     decisions = report_decisions.decide(summary, settings)
+    decisions |= report_decisions.hardware_decisions(summary, settings)
+    decisions["skipped"] = skipped or []
     break_even = report_decisions.break_even_table(summary)
     differences = report_stats.paired_differences(table, rounds)
     io.write_csv(out_dir / "results.csv", table)

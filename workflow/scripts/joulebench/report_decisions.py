@@ -54,10 +54,10 @@ DECISION_COLUMNS = [
 ]
 
 
-def _records(rows: pd.DataFrame) -> list[dict]:
+def _records(rows: pd.DataFrame, extra: tuple = ()) -> list[dict]:
     """JSON-ready rows: numpy scalars to Python, missing intervals to None."""
     records = []
-    for _, row in rows[DECISION_COLUMNS].iterrows():
+    for _, row in rows[[*DECISION_COLUMNS, *extra]].iterrows():
         record = {}
         for column, value in row.items():
             if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -173,3 +173,97 @@ def break_even_table(summary: pd.DataFrame) -> pd.DataFrame:
             "verdict",
         ],
     )
+
+
+# Hardware-axis decisions. config report.constraints keys -> the summary column each one bounds.
+CONSTRAINT_COLUMNS = {
+    "wall_time_s": "pipeline_wall_time_s",
+    "latency_p50_ms": "latency_p50_ms",
+    "latency_p95_ms": "latency_p95_ms",
+    "inference_joules_per_1k": "inference_joules_per_1k",
+    "size_bytes": "size_bytes",
+}
+WALL_TIME = "pipeline_wall_time_s"
+COST_FORMULA = "cost = eta * E + (1 - eta) * max_power_w * T"
+
+
+def constraint_violations(row, limits: dict) -> list[str]:
+    """Why a row misses the constraints ("wall_time_s 75.2 > 60"); empty when it meets them all.
+
+    A quantity the row does not have (NaN) cannot be shown to meet its bound, so it fails it.
+    """
+    reasons = []
+    for key, limit in limits.items():
+        value = row[CONSTRAINT_COLUMNS[key]]
+        if pd.isna(value):
+            reasons.append(f"{key} unknown")
+        elif value > limit:
+            reasons.append(f"{key} {value:.4g} > {limit:g}")
+    return reasons
+
+
+def cheapest_under_constraints(summary: pd.DataFrame, limits: dict) -> tuple[pd.DataFrame, list[dict]]:
+    """(rows with the least energy to produce among those meeting every limit, and each row's
+    eligibility with its reasons). Ties: more accurate first, rows still tied all kept."""
+    verdicts, eligible = [], []
+    for index, row in summary.iterrows():
+        reasons = constraint_violations(row, limits)
+        verdicts.append(
+            {"model": row["model"], "variant": row["variant"], "eligible": not reasons, "reasons": reasons}
+        )
+        if not reasons:
+            eligible.append(index)
+    meeting = summary.loc[eligible]
+    if meeting.empty:
+        return meeting, verdicts
+    cheapest = meeting[meeting[ENERGY] == meeting[ENERGY].min()]
+    best = cheapest[cheapest[ACCURACY] == cheapest[ACCURACY].max()]
+    return best.sort_values(["model", "variant"]), verdicts
+
+
+def time_energy_cost(energy_j, wall_time_s, eta: float, max_power_w: float):
+    """Zeus's cost metric (You, Chung & Chowdhury, NSDI 2023): eta x E + (1 - eta) x MaxPower x T,
+    in joules. eta = 1 counts energy only; eta = 0 counts time only, priced at max_power_w."""
+    return eta * energy_j + (1 - eta) * max_power_w * wall_time_s
+
+
+def hardware_decisions(summary: pd.DataFrame, settings: dict) -> dict:
+    """The decisions of config report.constraints and report.eta (None where not configured)."""
+    decisions = {"constraints": None, "time_energy_cost": None}
+    limits = settings.get("constraints")
+    if limits:
+        best, verdicts = cheapest_under_constraints(summary, limits)
+        decisions["constraints"] = {
+            "limits": dict(limits),
+            "cheapest_meeting_constraints": _records(best, tuple(CONSTRAINT_COLUMNS[k] for k in limits)),
+            "eligible": [v for v in verdicts if v["eligible"]],
+            "ineligible": [v for v in verdicts if not v["eligible"]],
+        }
+    if settings.get("eta") is not None:
+        eta, max_power_w = settings["eta"], settings["max_power_w"]
+        costs = summary.assign(
+            time_energy_cost_j=time_energy_cost(summary[ENERGY], summary[WALL_TIME], eta, max_power_w)
+        ).sort_values(["time_energy_cost_j", "model", "variant"])
+        lowest = costs[costs["time_energy_cost_j"] == costs["time_energy_cost_j"].min()]
+        decisions["time_energy_cost"] = {
+            "eta": eta,
+            "max_power_w": max_power_w,
+            "formula": f"{COST_FORMULA}, E = {ENERGY}, T = {WALL_TIME}",
+            "lowest_cost": [
+                {**record, "time_energy_cost_j": float(cost)}
+                for record, cost in zip(
+                    _records(lowest, (WALL_TIME,)), lowest["time_energy_cost_j"], strict=True
+                )
+            ],
+            "ranking": [
+                {
+                    "model": row["model"],
+                    "variant": row["variant"],
+                    ENERGY: float(row[ENERGY]),
+                    WALL_TIME: float(row[WALL_TIME]),
+                    "time_energy_cost_j": float(row["time_energy_cost_j"]),
+                }
+                for _, row in costs.iterrows()
+            ],
+        }
+    return decisions

@@ -212,6 +212,42 @@ def plot_training_curves(histories, summary, base: Path):
         return save_figure(fig, base)
 
 
+def plot_time_vs_energy(summary, base: Path):
+    """Wall time vs energy to produce (means, 95% CIs), one panel per model on shared axes, so
+    every variant of every model is read on the same scales."""
+    colours, markers, several = _looks(summary)
+    models = sorted(summary["model"].unique())
+    divisor, unit = energy_unit(summary["pipeline_energy_j"].max())
+    height = 2.5 if len(models) == 1 else 1.3 + 1.2 * len(models)
+    with plt.rc_context({**STYLE, "figure.figsize": (COLUMN_WIDTH_IN, height)}):
+        fig, axes = plt.subplots(len(models), 1, sharex=True, sharey=True, squeeze=False)
+        for ax, model in zip(axes[:, 0], models, strict=True):
+            for _, row in summary[summary["model"] == model].iterrows():
+                colour = colours[row["variant"]]
+                ax.errorbar(
+                    row["pipeline_wall_time_s"], row["pipeline_energy_j"] / divisor,
+                    xerr=_error_bar(row["pipeline_wall_time_s_ci95"], 1.0),
+                    yerr=_error_bar(row["pipeline_energy_j_ci95"], 1 / divisor),
+                    fmt=markers[(model, row["variant"])], color=colour,
+                    mfc=colour if row["pipeline_energy_measured"] else "white",
+                    capsize=1.5, elinewidth=0.6, label=_label(row, several_models=False),
+                )  # fmt: skip
+            if several:
+                ax.set_title(model)
+            ax.set_ylabel(f"Energy to produce ({unit})")
+            ax.set_xlim(left=max(ax.get_xlim()[0], 0.0))
+            ax.set_ylim(bottom=max(ax.get_ylim()[0], 0.0))
+        axes[-1, 0].set_xlabel("Wall time to produce (s)")
+        # The panel titles name the model: one legend entry per variant (and n) is enough.
+        handles = {}
+        for ax in axes[:, 0]:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(label, handle)
+        handles = list(handles.values())
+        _legend_below(fig, [*handles, *_provenance_handles(summary["pipeline_energy_measured"])])
+        return save_figure(fig, base)
+
+
 def write_figures(summary, histories, out_dir: Path) -> list[Path]:
     """Every figure of the report under out_dir, as <name>.pdf and <name>.png.
 
@@ -240,6 +276,7 @@ def write_figures(summary, histories, out_dir: Path) -> list[Path]:
     )  # fmt: skip
     paths += plot_energy_by_stage(summary, out_dir / "energy_by_stage")
     paths += plot_training_curves(histories, summary, out_dir / "training_curves")
+    paths += plot_time_vs_energy(summary, out_dir / "time_vs_energy")
     return paths
 
 

@@ -18,6 +18,7 @@ WITH_CI = [
     "pipeline_energy_j",
     "inference_joules_per_1k",
     "own_energy_j",
+    "pipeline_wall_time_s",
 ]
 # Columns averaged over seeds, no interval drawn (properties of the architecture or secondary).
 MEAN_ONLY = [

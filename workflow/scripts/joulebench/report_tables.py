@@ -229,12 +229,62 @@ def decisions_markdown(decisions: dict, summary: pd.DataFrame) -> list[str]:
                 summary.loc[summary["pipeline_energy_j"].idxmin()],
             )
         )
+    lines += hardware_decisions_markdown(decisions)
     lines += [
         "",
         "Decisions use means over seeds; see the confidence intervals below before relying on them.",
         "",
     ]
     return lines
+
+
+def hardware_decisions_markdown(decisions: dict) -> list[str]:
+    """The constrained decision and the time-energy cost ranking (report.constraints, report.eta)."""
+    lines = []
+    constraints = decisions.get("constraints")
+    if constraints:
+        bounds = ", ".join(f"{key} <= {limit:g}" for key, limit in constraints["limits"].items())
+        winners = constraints["cheapest_meeting_constraints"]
+        if winners:
+            named = "; ".join(
+                f"**{w['model']}/{w['variant']}**, {w['pipeline_energy_j']:,.1f} J to produce"
+                for w in winners
+            )
+            lines.append(f"- Least energy to produce with {bounds}: {named}.")
+        else:
+            lines.append(f"- **No variant meets {bounds}**.")
+        eligible = ", ".join(f"{v['model']}/{v['variant']}" for v in constraints["eligible"]) or "none"
+        lines.append(f"  - Eligible: {eligible}.")
+        for verdict in constraints["ineligible"]:
+            lines.append(
+                f"  - Not eligible: {verdict['model']}/{verdict['variant']} "
+                f"({'; '.join(verdict['reasons'])})."
+            )
+    cost = decisions.get("time_energy_cost")
+    if cost:
+        lowest = "; ".join(
+            f"**{r['model']}/{r['variant']}** ({r['time_energy_cost_j']:,.1f} J)" for r in cost["lowest_cost"]
+        )
+        lines.append(
+            f"- Lowest time-energy cost (Zeus), cost = eta x E + (1 - eta) x MaxPower x T with "
+            f"eta = {cost['eta']:g}, MaxPower = {cost['max_power_w']:g} W, E the energy and T the wall "
+            f"time to produce the model: {lowest}."
+        )
+    return lines
+
+
+def skipped_markdown(skipped: list[dict]) -> list[str]:
+    """One line per variant this host could not run ("power_limit250: skipped, no GPU on this host")."""
+    if not skipped:
+        return []
+    seeds = {}
+    for run in skipped:
+        seeds.setdefault((run["model"], run["variant"], run["reason"]), []).append(run["seed"])
+    lines = ["## Skipped", ""]
+    for (model, variant, reason), runs in sorted(seeds.items()):
+        seeds_text = f"seed{'s' if len(runs) > 1 else ''} {', '.join(map(str, sorted(runs)))}"
+        lines.append(f"- {variant}: skipped, {reason} ({model}, {seeds_text}).")
+    return [*lines, ""]
 
 
 def _break_even_caveats(row, noisy: list[str] | None) -> str:
@@ -402,6 +452,7 @@ def summary_markdown(
         "",
         *busy_host_note(summary),
         *decisions_markdown(decisions, summary),
+        *skipped_markdown(decisions.get("skipped", [])),
         *break_even_markdown(break_even, differences),
         "## Results",
         "",

@@ -5,6 +5,7 @@ Rule adapters in workflow/scripts/ only unpack Snakemake's object and call one o
 
 import logging
 import sys
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from joulebench import compress, data, io
+from joulebench import compress, data, io, power_limit
 from joulebench.checkpoint import Checkpointer, exit_on_sigterm, file_digest, fingerprint, merge_prior_energy
 from joulebench.devices import CPU, Placement, accelerator
 from joulebench.energy import EnergyMeter, EstimateModel, measure_idle_power
@@ -21,6 +22,7 @@ from joulebench.models import build_model, check_input, freeze_pretrained, load_
 from joulebench.pretrained import load_weights
 from joulebench.protocol import Protocol
 from joulebench.quantize import load_reference
+from joulebench.recipes import cpu_threads, training_overrides
 from joulebench.train import (
     Distillation,
     TrainSettings,
@@ -196,28 +198,49 @@ def _write_trained(model, recipe, history, meter, out_dir: Path) -> None:
 
 
 def _train_resumably(
-    rule, model, recipe, arrays, settings, energy_config, out_dir, checkpoint_path, facts, distillation=None
+    rule,
+    model,
+    recipe,
+    arrays,
+    settings,
+    energy_config,
+    out_dir,
+    checkpoint_path,
+    facts,
+    distillation=None,
+    conditions=None,
 ):
     """Train with per-epoch checkpoints; write model, history.csv, energy.json and training.json.
 
     `facts` (data and teacher digests) and the recipe and settings make the checkpoint's
     fingerprint. The energy record sums this attempt and the checkpointed epochs of earlier ones.
+    `conditions`: a context manager holding a hardware setting for the whole run (a GPU power
+    limit, joulebench.power_limit), entered inside the SIGTERM handler so it is undone on
+    preemption too; the facts of what it held go into energy.json and training.json, as does the
+    CPU thread count.
     """
     out_dir = Path(out_dir)
     run_facts = {**facts, "recipe": recipe, "settings": asdict(settings)}
     checkpointer = Checkpointer(checkpoint_path, fingerprint(run_facts)) if checkpoint_path else None
     with exit_on_sigterm():
-        with _meter(rule, energy_config, accelerator()) as meter:
-            history = train(model, arrays, settings, meter, distillation, checkpointer)
+        with conditions or nullcontext() as limit:
+            with _meter(rule, energy_config, accelerator()) as meter:
+                callback = limit.callback(meter) if limit else None
+                history = train(model, arrays, settings, meter, distillation, checkpointer, callback)
+            held = {**(limit.facts() if limit else {}), "cpu_threads": torch.get_num_threads()}
         resumed_after = checkpointer.resumed_after_epoch if checkpointer else 0
         record = merge_prior_energy(
             meter.record(), checkpointer.prior_windows if checkpointer else [], resumed_after
         )
+        record |= held
         summary = {
             **training_summary(history, settings),
             "precision_requested": recipe.get("precision_requested", settings.precision),
             "resumed_after_epoch": resumed_after or None,
             "pretrained": recipe.get("pretrained"),
+            "batch_size": settings.batch_size,
+            "lr": settings.lr,
+            **held,
         }
         save_model(model.cpu(), recipe, out_dir)
         io.write_csv(out_dir / "history.csv", pd.DataFrame(history))
@@ -246,9 +269,16 @@ def train_variant(
     A precision the device cannot compute in runs as the precision autocast really uses there
     (fp16 -> bf16 on a CPU without fp16 autocast); the recipe and training.json name both.
     """
+    placement = accelerator()
+    if variant.get("technique") == "power_limit" and placement.gpu is None:
+        write_skipped(out_dir, "train_model", power_limit.NO_GPU)
+        return
+    threads = cpu_threads(variant)
+    if threads is not None:
+        torch.set_num_threads(threads)
     arrays, facts = io.load_arrays(splits_path), io.read_json(facts_path)
     requested = variant.get("precision", "fp32")
-    precision = effective_precision(requested, accelerator().torch_device)
+    precision = effective_precision(requested, placement.torch_device)
     if precision != requested:
         log.warning("%s is not supported here; training in %s instead", requested, precision)
     seed_everything(seed)
@@ -266,10 +296,25 @@ def train_variant(
         _settings(training, seed, precision, epochs=variant.get("epochs")),
         target_val_accuracy=training.get("target_val_accuracy"),
         augmentation=tuple((augmentation or {}).get("transforms", [])),
+        **training_overrides(variant, training),
     )
     data_facts = {"splits": file_digest(splits_path)}
+    if variant.get("technique") == "power_limit":
+        data_facts["power_limit"] = {k: v for k, v in variant.items() if k != "technique"}
+        conditions = power_limit.held_power_limit(placement, variant)
+    else:
+        conditions = None
     _train_resumably(
-        "train_model", model, recipe, arrays, settings, energy_config, out_dir, checkpoint_path, data_facts
+        "train_model",
+        model,
+        recipe,
+        arrays,
+        settings,
+        energy_config,
+        out_dir,
+        checkpoint_path,
+        data_facts,
+        conditions=conditions,
     )
 
 
@@ -286,6 +331,22 @@ def _initial_model(recipe: dict, variant: dict, pretrained: dict | None):
         recipe["pretrained"]["trainable_parameters"] = trainable
         log.info("frozen backbone; training %s", trainable)
     return model
+
+
+def write_skipped(out_dir, rule: str, reason: str) -> None:
+    """The outputs of a training rule whose variant cannot run on this host, each saying why.
+
+    The DAG is fixed before any job runs and cannot know the host a job lands on, so the rule still
+    makes its outputs: model.json, training.json and energy.json say `skipped`, model.pt is empty,
+    evaluation passes the marker on, and the report lists the variant instead of a result.
+    """
+    out_dir = Path(out_dir)
+    marker = {"skipped": reason, "rule": rule}
+    log.warning("%s skipped: %s", rule, reason)
+    io.write_atomic(out_dir / "model.pt", lambda tmp: Path(tmp).write_bytes(b""))
+    for name in ("model.json", "training.json", "energy.json"):
+        io.write_json(out_dir / name, marker)
+    io.write_csv(out_dir / "history.csv", pd.DataFrame(columns=["epoch"]))
 
 
 def distill_variant(
@@ -359,6 +420,11 @@ def quantize_variant(splits_path, parent_dir, variant, training, seed, energy_co
 
 
 def evaluate_variant(splits_path, model_dir, settings, energy_config, metrics_path, energy_path) -> None:
+    skipped = io.read_json(Path(model_dir) / "model.json").get("skipped")
+    if skipped:  # a variant this host could not run (write_skipped): pass the marker on
+        for path in (metrics_path, energy_path):
+            io.write_json(path, {"skipped": skipped, "rule": "evaluate_model"})
+        return
     arrays = io.load_arrays(splits_path)
     model, recipe = load_model(model_dir)
     artifact = Path(model_dir) / "model.pt"
@@ -387,6 +453,8 @@ def compare_inference(splits_path, model_dirs: dict, settings, energy_config, se
     arrays = io.load_arrays(splits_path)
     candidates = {}
     for variant, directory in model_dirs.items():
+        if io.read_json(Path(directory) / "model.json").get("skipped"):
+            continue  # a variant this host cannot run (write_skipped): nothing to compare
         model, recipe = load_model(directory)
         placement = CPU if recipe.get("quantization") else accelerator()
         candidates[variant] = Candidate(model, placement, recipe.get("precision", "fp32"))
@@ -408,12 +476,14 @@ def measure_idle_baseline(seconds: float, energy_config: dict, idle_path) -> Non
 def aggregate_results(
     entries, variants, data_energy_path, out_dir, energy_config=None, idle_path=None, report_settings=None
 ) -> None:
-    from joulebench.report import build_table, read_histories, read_rounds, write_report
+    from joulebench.report import build_table, read_histories, read_rounds, split_skipped, write_report
 
     idle = io.read_json(idle_path) if idle_path else None
+    entries, skipped = split_skipped(entries)
     table = build_table(entries, variants, io.read_json(data_energy_path), energy_config, idle)
     histories = read_histories(entries, table)
     compare_records = [io.read_json(e["compare_energy"]) for e in entries if "compare_energy" in e]
     protocol = compare_records[0]["protocol"] if compare_records else None
-    summary = write_report(table, histories, report_settings or {}, out_dir, read_rounds(entries), protocol)
+    rounds = read_rounds(entries)
+    summary = write_report(table, histories, report_settings or {}, out_dir, rounds, protocol, skipped)
     log.info("summary:\n%s", summary.to_string())

@@ -159,8 +159,12 @@ def train(
     meter,
     distillation: Distillation | None = None,
     checkpointer: Checkpointer | None = None,
+    callback=None,
 ) -> list[dict]:
     """Train in place; one energy window per epoch. Returns one history row per epoch.
+
+    `callback`: an object with Zeus's training hooks on_step_begin() and on_epoch_end()
+    (zeus.optimizer.power_limit.GlobalPowerLimitOptimizer), called at each batch and epoch.
 
     With a checkpointer, the state after every epoch is saved and a rerun resumes from it (the
     history returned then includes the earlier attempts' epochs). Training stops early after the
@@ -194,6 +198,8 @@ def train(
             correct = torch.zeros((), dtype=torch.int64, device=device)
             seen = 0
             for images, labels in batches:
+                if callback is not None:
+                    callback.on_step_begin()
                 images = images.to(device, memory_format=memory_format, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -220,6 +226,8 @@ def train(
                     f"(now {settings.lr}) or use fp32 precision"
                 )
             val_accuracy = accuracy(forward, arrays, "val", memory_format=memory_format)
+        if callback is not None:
+            callback.on_epoch_end()
         record = window.record
         seconds = time.perf_counter() - started
         row = {

@@ -1,0 +1,189 @@
+"""A GPU power limit held for the duration of a training run, always given back.
+
+`technique: power_limit` trains the baseline recipe with the job's GPU capped at `power_limit_w`
+watts, or at `power_limit_fraction` of the largest limit the GPU allows. The limit goes through
+Zeus's GPU layer (`set_power_management_limit`, NVML underneath, or the Zeus daemon where
+ZEUSD_SOCK_PATH / ZEUSD_HOST_PORT is set) and is reset to the GPU's default
+(`reset_power_management_limit`) on every way out: success, an exception, or SIGTERM, which
+`checkpoint.exit_on_sigterm` turns into an exception (the caller must hold it around this).
+
+With `optimizer: global`, Zeus's GlobalPowerLimitOptimizer chooses the limit during training
+instead (GlobalSearch), on the rule's own ZeusMonitor; the same reset applies.
+
+Setting a power limit needs the SYS_ADMIN capability; without it the variant stops before any
+training with a message saying how to get it. A GPU that NVML cannot read (a MIG slice) cannot be
+limited either: the job stops and says why. Without a GPU there is nothing to limit: the rule
+writes a skipped marker instead (joulebench.stages), which the report lists.
+"""
+
+import logging
+from contextlib import contextmanager
+
+from joulebench.devices import Placement, probe_gpu
+
+log = logging.getLogger(__name__)
+
+NO_GPU = "no GPU on this host"
+PRIVILEGES = (
+    "setting a GPU power limit needs the SYS_ADMIN capability: run the job as root, or run the "
+    "Zeus daemon (zeusd) as root and set ZEUSD_SOCK_PATH (its socket; or ZEUSD_HOST_PORT, plus "
+    "ZEUSD_TOKEN if it asks for one) in the job's environment, "
+    "see https://ml.energy/zeus/getting_started/#system-privileges"
+)
+
+
+class PowerLimitError(RuntimeError):
+    """A power limit that cannot be applied, with what to do about it."""
+
+
+def requested_mw(variant: dict, allowed_mw: tuple[int, int]) -> int:
+    """The limit the variant asks for, in mW; refused (naming the allowed range) outside it."""
+    low, high = allowed_mw
+    if "power_limit_w" in variant:
+        asked = round(variant["power_limit_w"] * 1000)
+        key = f"power_limit_w: {asked / 1000:g} W"
+    else:
+        fraction = variant["power_limit_fraction"]
+        asked = round(fraction * high)
+        key = f"power_limit_fraction: {fraction} of {high / 1000:g} W = {asked / 1000:g} W"
+    if not low <= asked <= high:
+        raise PowerLimitError(
+            f"{key} is outside the range this GPU allows, "
+            f"{low / 1000:g}-{high / 1000:g} W; choose a limit within it"
+        )
+    return asked
+
+
+class HeldLimit:
+    """What a power-limit context holds for a training run: the facts for its records, and the
+    callback the training loop calls per step and epoch (None for a fixed limit)."""
+
+    def __init__(self, facts: dict):
+        self._facts = facts
+
+    def callback(self, meter):
+        return None
+
+    def facts(self) -> dict:
+        return {"power_limit": self._facts}
+
+
+class GlobalSearch(HeldLimit):
+    """Zeus's GlobalPowerLimitOptimizer on the rule's own ZeusMonitor: it profiles each power limit
+    from the largest allowed down in `pl_step_w` steps (warm-up, then `profile_steps` training
+    steps each; an epoch end interrupts a limit, which is then profiled again), and then holds the
+    one with the least Zeus cost, eta x E + (1 - eta) x MaxPower x T. The profiling is part of the
+    rule's energy: it is what using the optimizer costs."""
+
+    def __init__(self, facts: dict, variant: dict):
+        super().__init__(facts)
+        self.variant = variant
+        self.optimizer = None
+
+    def callback(self, meter):
+        from zeus.optimizer.power_limit import GlobalPowerLimitOptimizer, ZeusCost
+
+        self.optimizer = GlobalPowerLimitOptimizer(
+            meter.monitor,
+            ZeusCost(eta_knob=self.variant["eta_knob"], world_size=1),
+            warmup_steps=self.variant["warmup_steps"],
+            profile_steps=self.variant["profile_steps"],
+            pl_step=self.variant["pl_step_w"],
+        )
+        return self.optimizer
+
+    def facts(self) -> dict:
+        from zeus.optimizer.power_limit import Done
+
+        state = self.optimizer.state if self.optimizer else None
+        chosen = state.optimal_power_limit / 1000 if isinstance(state, Done) else None
+        if chosen is None:
+            log.warning(
+                "the power-limit search did not finish: each limit needs %d warm-up + %d profiled steps "
+                "within one epoch; lower warmup_steps/profile_steps or raise pl_step_w",
+                self.variant["warmup_steps"],
+                self.variant["profile_steps"],
+            )
+        profiled = [
+            {"power_limit_w": m.power_limit, "gpu_joules": m.energy, "seconds": m.time}
+            for m in (self.optimizer.measurements if self.optimizer else [])
+        ]
+        return {
+            "power_limit": {
+                **self._facts,
+                "chosen_w": chosen,
+                "finished": chosen is not None,
+                "profiled": profiled,
+            }
+        }
+
+    def disarm(self) -> None:
+        """The optimizer registers an atexit hook that sets the largest limit again; marking that
+        limit as current makes the hook a no-op, so the default we reset to stays."""
+        if self.optimizer:
+            self.optimizer.current_power_limit = max(self.optimizer.power_limits)
+
+
+def _check_privileges(gpus, index: int) -> None:
+    """SYS_ADMIN, or the Zeus daemon, before any training (the search sets limits mid-run)."""
+    from zeus.device.common import has_sys_admin
+    from zeus.device.gpu.nvidia import ZeusdNVIDIAGPU
+
+    if not isinstance(gpus.gpus[index], ZeusdNVIDIAGPU) and not has_sys_admin():
+        raise PowerLimitError(f"GPU {index}: {PRIVILEGES}")
+
+
+@contextmanager
+def held_power_limit(placement: Placement, variant: dict):
+    """Hold the variant's power limit on the placement's GPU (fixed, or searched by Zeus's
+    GlobalPowerLimitOptimizer with `optimizer: global`); yield a HeldLimit; reset to the default.
+    """
+    import zeus.device.gpu
+    from zeus.device.gpu.common import ZeusGPUNoPermissionError
+
+    if placement.gpu is None:
+        raise PowerLimitError(f"cannot set a power limit: {NO_GPU}")
+    access = probe_gpu(placement)  # initialises Zeus's GPUs the way the meter will see them
+    if not access.metered:
+        raise PowerLimitError(f"cannot set a power limit on GPU {placement.gpu}: {access.reason}")
+    gpus = zeus.device.gpu.get_gpus()
+    index = placement.gpu
+    allowed = tuple(gpus.get_power_management_limit_constraints(index))
+    facts = {
+        "gpu_cuda_index": index,
+        "gpu_name": access.name,
+        "allowed_w": [allowed[0] / 1000, allowed[1] / 1000],
+    }
+    search = variant.get("optimizer") == "global"
+    # The search turns persistence mode on (Zeus's optimizer does); it is put back afterwards.
+    persistence = gpus.get_persistence_mode(index) if search else None
+    if search:
+        _check_privileges(gpus, index)
+        settings = ("eta_knob", "warmup_steps", "profile_steps", "pl_step_w")
+        held = GlobalSearch({**facts, "optimizer": "global", **{k: variant[k] for k in settings}}, variant)
+    else:
+        limit_mw = requested_mw(variant, allowed)
+        try:
+            gpus.set_power_management_limit(index, limit_mw)
+        except ZeusGPUNoPermissionError as error:
+            raise PowerLimitError(f"GPU {index}: {error}; {PRIVILEGES}") from None
+        log.info("GPU %d power limit set to %g W (allowed %s mW)", index, limit_mw / 1000, allowed)
+        requested = {k: variant[k] for k in ("power_limit_w", "power_limit_fraction") if k in variant}
+        held = HeldLimit({**facts, "applied_w": limit_mw / 1000, "requested": requested})
+    try:
+        yield held
+    finally:
+        if search:
+            held.disarm()
+        try:
+            gpus.reset_power_management_limit(index)
+            if search and gpus.get_persistence_mode(index) != persistence:
+                gpus.set_persistence_mode(index, persistence)
+            log.info("GPU %d power limit reset to its default", index)
+        except Exception:
+            log.exception(
+                "GPU %d: resetting the power limit failed; reset it by hand (nvidia-smi -i <index> -pl "
+                "<default watts>, the default is in nvidia-smi -q -d POWER)",
+                index,
+            )
+            raise
