@@ -49,7 +49,7 @@ def compare(candidates: dict[str, Candidate], arrays: dict, settings: dict, mete
     passes = {}
     protocols = {}
     for name, candidate in candidates.items():
-        # Not chained: a lowered int8 graph's eval() returns None (joulebench.quantize).
+        # Not chained: a lowered int8 graph's .eval() returns None (joulebench.quantize).
         candidate.model.eval()
         candidate.model.to(candidate.placement.torch_device)
         precision, autocast = inference_autocast(candidate.precision, candidate.placement.torch_device)
