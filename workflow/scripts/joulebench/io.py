@@ -45,7 +45,14 @@ def write_csv(path, frame) -> None:
 
 
 def save_tensors(path, tensors: dict) -> None:
-    write_atomic(path, lambda tmp: torch.save(tensors, tmp))
+    """torch.save through an open handle: given a path, torch names the archive's records after
+    the (random) temp file, so the same tensors would give different bytes on every rerun."""
+
+    def write(tmp):
+        with open(tmp, "wb") as handle:
+            torch.save(tensors, handle)
+
+    write_atomic(path, write)
 
 
 def load_tensors(path, allow: tuple = ()) -> dict:
