@@ -4,6 +4,10 @@
 configfile: "config/config.yaml"
 
 
+# The HTML report's front page (snakemake --report): what the experiment is and how to read it.
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/energy.smk"
 include: "workflow/rules/data.smk"

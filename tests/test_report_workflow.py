@@ -69,6 +69,8 @@ def test_snakemake_report_html_holds_every_figure_with_its_caption(tiny_run):
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     html = (workdir / "report.html").read_text()
+    # The front page describes the experiment, not a bare DAG.
+    assert "what Green-AI techniques really buy" in html and "How to read the categories" in html
     for figure in FIGURES:
         assert f"{figure}.png" in html, figure
     for caption in ("Pareto front on the means", "pipeline stage", "Validation accuracy against"):
