@@ -65,10 +65,11 @@ def test_every_output_exists_with_sane_values(tiny_run):
 def test_energy_records_and_histories(tiny_run):
     workdir, config, _ = tiny_run
     records = list((workdir / "results").rglob("energy.json"))
-    # prepare + clean, one sampling per subset variant and seed, and one producing rule and one
-    # evaluation per model (baseline and each variant)
+    # prepare + clean, one sampling per subset variant and seed, one producing rule and one
+    # evaluation per model (baseline and each variant), and one inference comparison per seed
     subsets = [v for v in config["variants"].values() if v["technique"] == "subset"]
-    assert len(records) == 2 + len(subsets) * len(config["seeds"]) + 2 * len(VARIANTS)
+    comparisons = len(config["seeds"]) * len(config["models"])
+    assert len(records) == 2 + len(subsets) * len(config["seeds"]) + 2 * len(VARIANTS) + comparisons
     for path in records:
         record = json.loads(path.read_text())
         assert record["schema"] == "joulebench.energy/1"
