@@ -27,8 +27,13 @@ def test_shards_are_equal_and_cover_the_split():
     assert all(np.array_equal(s["val_x"], arrays["val_x"]) for s in shards)
 
 
-def _node_window(host: str, joules: dict, cpu_seconds: float) -> dict:
+def _node_window(host: str, joules: dict, cpu_seconds: float, ranks: list[int]) -> dict:
+    """One node's record of a window, as its measuring rank (the first of `ranks`) writes it."""
     parts = [{"part": name, "joules": value, "source": "rapl"} for name, value in joules.items()]
+    devices = {
+        name: {"joules": v, "source": "rapl", "name": name, "device_id": name} for name, v in joules.items()
+    }
+    estimate = {"cpu_seconds": cpu_seconds, "joules": 1.0, "cpu_joules": 1.0, "memory_joules": 0.0}
     return {
         "window": "epoch1",
         "start_unix": 100.0,
@@ -43,21 +48,23 @@ def _node_window(host: str, joules: dict, cpu_seconds: float) -> dict:
         "short_window": False,
         "other_processes_cpu_share": 0.0,
         "busy_host": False,
-        "devices": {name: {"joules": v, "source": "rapl", "name": name, "device_id": name} for name, v in joules.items()},
-        "estimate": {"cpu_seconds": cpu_seconds, "joules": 1.0, "cpu_joules": 1.0, "memory_joules": 0.0, "gpu_joules": None},
-        "node": {"host": host, "measured_by_rank": 0 if host == "a" else 2, "ranks": [0, 1] if host == "a" else [2, 3]},
-    }  # fmt: skip
+        "devices": devices,
+        "estimate": {**estimate, "gpu_joules": None},
+        "node": {"host": host, "measured_by_rank": ranks[0], "ranks": ranks},
+    }
 
 
 def test_node_records_are_summed_once_with_their_host():
-    one = combine_windows([_node_window("a", {"cpu0": 50.0}, 20.0)])
+    one = combine_windows([_node_window("a", {"cpu0": 50.0}, 20.0, [0, 1])])
     assert one["joules"] == 50.0 and list(one["devices"]) == ["cpu0"]
-    two = combine_windows([_node_window("a", {"cpu0": 50.0}, 20.0), _node_window("b", {"cpu0": 30.0}, 10.0)])
+    nodes = [_node_window("a", {"cpu0": 50.0}, 20.0, [0, 1]), _node_window("b", {"cpu0": 30.0}, 10.0, [2, 3])]
+    two = combine_windows(nodes)
     assert two["joules"] == 80.0
     assert sorted(two["devices"]) == ["a/cpu0", "b/cpu0"]
     assert sum(part["joules"] for part in two["parts"]) == 80.0
     assert two["estimate"]["cpu_seconds"] == 30.0
-    assert [(n["host"], n["measured_by_rank"], n["joules"]) for n in two["nodes"]] == [("a", 0, 50.0), ("b", 2, 30.0)]
+    measured = [(n["host"], n["measured_by_rank"], n["joules"]) for n in two["nodes"]]
+    assert measured == [("a", 0, 50.0), ("b", 2, 30.0)]
 
 
 def test_launcher_uses_torchrun_outside_slurm_and_srun_inside():
@@ -146,7 +153,8 @@ def test_energy_is_counted_once_per_node_not_once_per_rank(two_process_run):
     history = pd.read_csv(out / "history.csv")
     for window, joules in zip(record["windows"], history["joules"], strict=True):
         assert len(window["nodes"]) == 1 and window["joules"] == pytest.approx(joules)
-        assert window["estimate"]["cpu_seconds"] == pytest.approx(sum(window["nodes"][0]["cpu_seconds_by_rank"].values()))
+        by_rank = window["nodes"][0]["cpu_seconds_by_rank"]
+        assert window["estimate"]["cpu_seconds"] == pytest.approx(sum(by_rank.values()))
 
 
 def test_workflow_trains_a_data_parallel_variant(tmp_path):

@@ -166,7 +166,8 @@ class DataParallelMeter:
                 "measured_by_rank": self.rank.rank,
                 "ranks": self.node_ranks,
                 "devices": {
-                    name: {k: d[k] for k in ("name", "device_id", "source")} for name, d in own["devices"].items()
+                    name: {k: d[k] for k in ("name", "device_id", "source")}
+                    for name, d in own["devices"].items()
                 },
                 "cpu_seconds_by_rank": {str(u["rank"]): u["cpu_seconds"] for u in usages},
             }
@@ -251,7 +252,7 @@ def train_worker(spec: dict) -> None:
         init_process_group(rank)
         placement = placement_of(rank)
         arrays, facts = io.load_arrays(spec["splits"]), io.read_json(spec["facts"])
-        training, variant = spec["training"], spec["variant"]
+        training = spec["training"]
         seed_everything(spec["seed"])
         recipe = training_recipe(spec["model"], facts, "fp32", "fp32")
         model = build_model(recipe)
@@ -292,7 +293,9 @@ def train_worker(spec: dict) -> None:
             }
             save_model(model.cpu(), recipe, spec["out_dir"])
             io.write_csv(f"{spec['out_dir']}/history.csv", pd.DataFrame(history))
-            io.write_json(f"{spec['out_dir']}/energy.json", {**record, "cpu_threads": torch.get_num_threads()})
+            io.write_json(
+                f"{spec['out_dir']}/energy.json", {**record, "cpu_threads": torch.get_num_threads()}
+            )
             io.write_json(f"{spec['out_dir']}/training.json", summary)
         dist.barrier()
         dist.destroy_process_group()
