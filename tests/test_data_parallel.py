@@ -2,6 +2,9 @@
 once per node, never once per rank."""
 
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -87,10 +90,7 @@ def test_batch_size_must_split_over_the_processes():
         check_config(config)
 
 
-@pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    """A real 2-process gloo training through torchrun, on the digits."""
-    folder = tmp_path_factory.mktemp("data_parallel")
+def _train_two_processes(folder):
     images, labels, classes = data.load_digits_source()
     arrays = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
     io.save_arrays(folder / "splits.npz", arrays)
@@ -113,6 +113,12 @@ def two_process_run(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return folder / "out", len(arrays["train_y"])
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """A real 2-process gloo training through torchrun, on the digits."""
+    return _train_two_processes(tmp_path_factory.mktemp("data_parallel"))
 
 
 def test_two_processes_train_a_model_a_single_process_can_load(two_process_run):
@@ -170,3 +176,50 @@ def test_workflow_trains_a_data_parallel_variant(tmp_path):
     assert "torch.distributed.run" in log and "rank1" in log
     results = pd.read_csv(tmp_path / "results/report/results.csv").set_index("variant")
     assert results.loc["ddp2", "own_energy_j"] == pytest.approx(record["joules"])
+
+
+@pytest.mark.slow
+def test_a_package_counter_is_read_once_per_node(tmp_path, monkeypatch):
+    """On a SIMULATED RAPL host (tests/simulated_host) the 2-process record holds the CPU package
+    once, and its joules follow the power model of one package for both ranks' work: had each rank
+    metered the package, the sum would be about twice the model."""
+    from test_simulated_host import (
+        DRAM_W,
+        PACKAGE_BUSY_W,
+        PACKAGE_IDLE_W,
+        RAPL_WRITER_PERIOD_S,
+        SIMULATED_HOST,
+        expected_package_joules,
+    )
+
+    host = tmp_path / "host"
+    host.mkdir()
+    writer = subprocess.Popen(
+        [sys.executable, str(SIMULATED_HOST / "rapl_writer.py"), str(host),
+         str(PACKAGE_IDLE_W), str(PACKAGE_BUSY_W), str(DRAM_W), "262143"]
+    )  # fmt: skip
+    try:
+        while not (host / "ready").exists():
+            time.sleep(0.05)
+        monkeypatch.setenv(
+            "PYTHONPATH", os.pathsep.join([str(SIMULATED_HOST), os.environ.get("PYTHONPATH", "")])
+        )
+        monkeypatch.setenv("JOULEBENCH_SIMULATED_HOST", str(host))
+        monkeypatch.setenv("SIMULATED_GPU_IDLE_W", "60")
+        monkeypatch.setenv("SIMULATED_GPU_BUSY_W", "240")
+        out, _ = _train_two_processes(tmp_path / "run")
+    finally:
+        writer.terminate()
+        writer.wait()
+    record = io.read_json(out / "energy.json")
+    assert record["source"] == "rapl+rapl-dram" and record["measured"] is True
+    assert sorted(record["devices"]) == ["cpu0", "dram0"]
+    assert record["nodes"][0]["measured_by_rank"] == 0
+    assert sorted(record["nodes"][0]["devices"]) == ["cpu0", "dram0"]
+    edge = 2 * RAPL_WRITER_PERIOD_S * (PACKAGE_IDLE_W + PACKAGE_BUSY_W)
+    for window in [record, *record["windows"]]:
+        package = window["devices"]["cpu0"]["joules"]
+        assert package == pytest.approx(expected_package_joules(window), rel=0.1, abs=edge), window["window"]
+        assert window["devices"]["dram0"]["joules"] == pytest.approx(
+            DRAM_W * window["wall_time_s"], rel=0.1, abs=0.1
+        )
