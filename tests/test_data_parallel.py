@@ -163,6 +163,7 @@ def test_energy_is_counted_once_per_node_not_once_per_rank(two_process_run):
         assert window["estimate"]["cpu_seconds"] == pytest.approx(sum(by_rank.values()))
 
 
+@pytest.mark.slow
 def test_workflow_trains_a_data_parallel_variant(tmp_path):
     """train_model of a data_parallel variant starts its workers through torchrun; the report has it."""
     config = tiny_config()
