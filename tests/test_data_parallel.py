@@ -1,6 +1,7 @@
 """Data-parallel training (technique data_parallel): real torchrun, real gloo, and energy counted
 once per node, never once per rank."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import run_snakemake, tiny_config
+from conftest import ROOT, run_snakemake, tiny_config
 from joulebench import data, io
 from joulebench.config import ConfigError, check_config
 from joulebench.data_parallel import combine_windows, launch_training, shard_arrays
@@ -224,3 +225,50 @@ def test_a_package_counter_is_read_once_per_node(tmp_path, monkeypatch):
         assert window["devices"]["dram0"]["joules"] == pytest.approx(
             DRAM_W * window["wall_time_s"], rel=0.1, abs=0.1
         )
+
+
+LAUNCH = """
+import json, sys
+import torch
+from joulebench.data_parallel import launch_training
+sys.stderr = open(sys.argv[2], "w", buffering=1)
+torch.set_num_threads(2)
+launch_training(json.loads(sys.argv[1]), 2)
+"""
+
+
+@pytest.mark.slow
+def test_a_terminated_job_stops_its_workers_and_leaves_no_outputs(tmp_path, two_process_run):
+    """SIGTERM to the train_model job (scancel, Snakemake stopping) mid-training: the workers are
+    stopped with it, and no output, whole or half-written, is left."""
+    import psutil
+
+    out, _ = two_process_run
+    folder = out.parent
+    spec = {
+        "splits": str(folder / "splits.npz"),
+        "facts": str(folder / "dataset.json"),
+        "model": "small_cnn",
+        "variant": {"technique": "data_parallel", "processes": PROCESSES},
+        "training": {"epochs": 200, "batch_size": 64, "lr": 0.003, "weight_decay": 0.0},
+        "seed": 0,
+        "energy": {"estimate": {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}},
+        "augmentation": {},
+        "out_dir": str(tmp_path / "out"),
+    }
+    log = tmp_path / "train.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
+    job = subprocess.Popen([sys.executable, "-c", LAUNCH, json.dumps(spec), str(log)], env=env)
+    deadline = time.monotonic() + 180
+    while "epoch 1/200" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and job.poll() is None, log.read_text()
+        time.sleep(0.2)
+    # torchrun's agent and the workers it started.
+    processes = psutil.Process(job.pid).children(recursive=True)
+    workers = [p for p in processes if "joulebench.data_parallel" in p.cmdline() and p.name() != "pt_elastic"]
+    assert len(workers) == PROCESSES
+    job.terminate()
+    assert job.wait(timeout=60) == 143  # joulebench.checkpoint.SIGTERM_EXIT_STATUS
+    gone, alive = psutil.wait_procs(processes, timeout=30)
+    assert not alive, alive
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -20,6 +20,8 @@ device, so N ranks each metering would book every joule N times. Instead:
   seconds of each rank.
 
 Windows start and end at a barrier, so every rank's work of an epoch lies inside its window.
+Every rank validates on the whole validation split (the replicas are identical, so they agree on
+early stopping); history.csv's train loss and accuracy are rank 0's shard's.
 Checkpoint/resume is not supported for this technique: a killed job trains again from scratch
 (its outputs are written atomically by rank 0 after training, so none is left half-written).
 """
@@ -225,8 +227,12 @@ class DataParallelMeter:
 def launch_training(spec: dict, processes: int) -> None:
     """In the train_model job: run `processes` workers on `spec` (the rule's inputs, settings and
     output folder) and wait for them. The job's threads are shared out: threads // processes each."""
+    from joulebench.checkpoint import exit_on_sigterm
+
     threads = max(1, torch.get_num_threads() // processes)
-    run_workers(processes, threads, [json.dumps(spec)], sys.stderr)
+    # SIGTERM (scancel, Snakemake stopping the job) stops the workers before the job exits.
+    with exit_on_sigterm():
+        run_workers(processes, threads, [json.dumps(spec)], sys.stderr)
 
 
 def train_worker(spec: dict) -> None:

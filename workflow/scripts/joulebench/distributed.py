@@ -73,9 +73,16 @@ def backend() -> str:
 
 def placement_of(rank: Rank) -> Placement:
     """The device this rank computes on: the GPU of its local rank, else the CPU."""
-    if torch.cuda.is_available():
-        return Placement(torch.device("cuda", rank.local_rank), rank.local_rank)
-    return CPU
+    if not torch.cuda.is_available():
+        return CPU
+    if rank.local_rank >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"rank {rank.rank} is local rank {rank.local_rank} on {rank.host}, which has "
+            f"{torch.cuda.device_count()} GPU(s) for this job (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES')}): NCCL needs one GPU per process; under SLURM "
+            "give train_model gres gpu:<processes> (profiles/slurm)"
+        )
+    return Placement(torch.device("cuda", rank.local_rank), rank.local_rank)
 
 
 def init_process_group(rank: Rank) -> None:
