@@ -241,7 +241,7 @@ def train_worker(spec: dict) -> None:
 
     from joulebench.checkpoint import exit_on_sigterm
     from joulebench.distributed import init_process_group, rank_from_env
-    from joulebench.models import build_model, save_model
+    from joulebench.models import build_model, check_input, save_model
     from joulebench.stages import _settings, training_recipe
     from joulebench.train import seed_everything, train, training_summary
 
@@ -262,6 +262,7 @@ def train_worker(spec: dict) -> None:
         seed_everything(spec["seed"])
         recipe = training_recipe(spec["model"], facts, "fp32", "fp32")
         model = build_model(recipe)
+        check_input(model, spec["model"], (facts["channels"], *facts["image_size"]), facts["num_classes"])
         settings = replace(
             _settings(training, spec["seed"]),
             batch_size=training["batch_size"] // rank.world_size,
