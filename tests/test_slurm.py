@@ -297,3 +297,29 @@ def test_cancelled_training_resumes_from_its_checkpoint(profile, slurm_run, tmp_
     assert not re.search(r"epoch 1/", log.split("esum", 1)[1]), "the rerun trained epoch 1 again"
     history = pd.read_csv(workdir / model_dir / "history.csv")
     assert list(history["epoch"]) == list(range(1, epochs + 1))
+
+
+def test_data_parallel_training_runs_as_two_slurm_tasks(profile, tmp_path):
+    """A data_parallel variant's train_model job gets 2 SLURM tasks and runs its workers with srun;
+    one rank measures the node, and the record names the job, the node and both ranks."""
+    config = small_config()
+    config["variants"] = {"ddp2": {"technique": "data_parallel", "processes": 2}}
+    model_dir = "results/models/digits/small_cnn/ddp2/seed0"
+    workdir = tmp_path / "work"
+    result = run_workflow(workdir, config, profile, f"{model_dir}/model.pt")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"SLURM run failed ({result.returncode}):\n{output[-6000:]}"
+    job_id = next(job for job, rule in submitted_jobs(output).items() if rule == "train_model")
+    assert sacct_states_when_settled([job_id]).loc[job_id, "State"] == "COMPLETED"
+    # The workers' step: two tasks of the same allocation, started by srun inside the job.
+    steps = bounded(["sacct", "-n", "-P", "-o", "JobID,NTasks", "-j", job_id], COMMAND_LIMIT_S)
+    tasks = re.findall(r"^\S+\|(\d*)$", steps.stdout, re.M)
+    assert any(int(count or 0) == 2 for count in tasks), steps.stdout
+    record = io.read_json(workdir / model_dir / "energy.json")
+    assert record["slurm_job_id"] == job_id
+    assert record["data_parallel"]["world_size"] == 2
+    (node,) = record["nodes"]
+    assert node["host"] == socket.gethostname() and node["measured_by_rank"] == 0 and node["ranks"] == [0, 1]
+    assert record["estimate"]["cpu_seconds"] == pytest.approx(sum(node["cpu_seconds_by_rank"].values()))
+    log = (workdir / "logs/train_model/digits/small_cnn/ddp2/seed0.log").read_text()
+    assert "srun" in log and "rank1" in log, log[-3000:]

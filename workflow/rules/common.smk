@@ -92,12 +92,28 @@ FROM_SCRATCH_TECHNIQUES = (
     "batch_size",
     "power_limit",
     "threads",
+    "data_parallel",
 )
 
 
 def training_threads(wildcards):
-    """Cores train_model reserves: a threads variant's own count, else 2 (capped by --cores)."""
-    return VARIANTS.get(wildcards.variant, {}).get("threads", 2)
+    """Cores train_model reserves: a threads variant's own count, one per process of a
+    data_parallel variant, else 2 (capped by --cores)."""
+    variant = VARIANTS.get(wildcards.variant, {})
+    return variant.get("threads", variant.get("processes", 2))
+
+
+def training_tasks(wildcards):
+    """SLURM tasks of train_model: a data_parallel variant's processes; None (the resource is
+    left out, so other variants are submitted exactly as before) for every other variant."""
+    return VARIANTS.get(wildcards.variant, {}).get("processes")
+
+
+def training_cpus_per_task(wildcards, threads):
+    """SLURM CPUs per task of a data_parallel variant: the job's threads shared out over its
+    processes; None (the plugin's default: threads) for every other variant."""
+    tasks = training_tasks(wildcards)
+    return max(1, threads // tasks) if tasks else None
 
 
 def all_variants():

@@ -24,6 +24,9 @@ rule train_model:
     threads: training_threads
     resources:
         measured=1,
+        # Under SLURM (profiles/slurm) a data_parallel variant's job gets one task per process.
+        tasks=training_tasks,
+        cpus_per_task=training_cpus_per_task,
     params:
         variant=variant_settings,
         training=config["training"],

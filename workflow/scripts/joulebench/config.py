@@ -30,6 +30,15 @@ def check_config(config: dict) -> None:
                 )
             seen.append(parent)
             parent = variants[parent].get("from", BASELINE)
+        if (
+            variant["technique"] == "data_parallel"
+            and config["training"]["batch_size"] % variant["processes"]
+        ):
+            raise ConfigError(
+                f"variants.{name}.processes: training.batch_size {config['training']['batch_size']} is "
+                f"not a multiple of {variant['processes']} processes; each process trains on an equal "
+                "share of every batch, so choose a divisor of the batch size"
+            )
     try:
         carbon_model(config["energy"].get("carbon", {}))
     except CarbonSettingsError as error:

@@ -353,16 +353,21 @@ class EnergyMeter:
             if self.counter_log.last_mj[index] / 1000.0 == start_joules
         }
 
-    def _end(self, window: Window) -> dict:
+    def _end(self, window: Window, cpu_seconds: float | None = None, memory_gb: float | None = None) -> dict:
+        """Close a window. `cpu_seconds` and `memory_gb` replace this process's own CPU time and
+        peak memory where the meter measures for several processes (the data-parallel ranks on its
+        node, joulebench.data_parallel): the estimate then charges all of them, once."""
         self.placement.synchronize()
         measurement = self.monitor.end_window(window.name, sync_execution=False)
         approximated = self._approximated(window) if window.gpu_counter_start else set()
-        cpu_seconds = _process_cpu_seconds() - window.cpu_seconds_start
+        if cpu_seconds is None:
+            cpu_seconds = _process_cpu_seconds() - window.cpu_seconds_start
         others = max(0.0, _host_busy_cpu_seconds() - window.host_busy_start - cpu_seconds)
         capacity = max(measurement.time, 1e-9) * (os.cpu_count() or 1)
         other_share = min(1.0, others / capacity)
         devices = measurement_devices(measurement, self.facts, approximated)
-        memory_gb = _peak_memory_gb()
+        if memory_gb is None:
+            memory_gb = _peak_memory_gb()
         estimate = {
             "model": ESTIMATE_MODEL,
             "cpu_joules": self.estimate.cpu_joules(cpu_seconds),

@@ -268,7 +268,25 @@ def train_variant(
 
     A precision the device cannot compute in runs as the precision autocast really uses there
     (fp16 -> bf16 on a CPU without fp16 autocast); the recipe and training.json name both.
+    A data_parallel variant starts its workers here, which write the outputs
+    (joulebench.data_parallel).
     """
+    if variant.get("technique") == "data_parallel":
+        from joulebench.data_parallel import launch_training
+
+        spec = {
+            "splits": str(splits_path),
+            "facts": str(facts_path),
+            "model": model_name,
+            "variant": variant,
+            "training": training,
+            "seed": seed,
+            "energy": energy_config,
+            "augmentation": augmentation or {},
+            "out_dir": str(out_dir),
+        }
+        launch_training(spec, variant["processes"])
+        return
     placement = accelerator()
     if variant.get("technique") == "power_limit" and placement.gpu is None:
         write_skipped(out_dir, "train_model", power_limit.NO_GPU)
@@ -282,14 +300,7 @@ def train_variant(
     if precision != requested:
         log.warning("%s is not supported here; training in %s instead", requested, precision)
     seed_everything(seed)
-    recipe = {
-        "arch": model_name,
-        "in_channels": facts["channels"],
-        "num_classes": facts["num_classes"],
-        "image_size": facts["image_size"],
-        "precision_requested": requested,
-        "precision": precision,
-    }
+    recipe = training_recipe(model_name, facts, requested, precision)
     model = _initial_model(recipe, variant, pretrained)
     check_input(model, model_name, (facts["channels"], *facts["image_size"]), facts["num_classes"])
     settings = replace(
@@ -316,6 +327,18 @@ def train_variant(
         data_facts,
         conditions=conditions,
     )
+
+
+def training_recipe(model_name: str, facts: dict, requested: str, precision: str) -> dict:
+    """The recipe of a from-scratch model: architecture, data shape, precision asked and used."""
+    return {
+        "arch": model_name,
+        "in_channels": facts["channels"],
+        "num_classes": facts["num_classes"],
+        "image_size": facts["image_size"],
+        "precision_requested": requested,
+        "precision": precision,
+    }
 
 
 def _initial_model(recipe: dict, variant: dict, pretrained: dict | None):

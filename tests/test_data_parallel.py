@@ -1,0 +1,274 @@
+"""Data-parallel training (technique data_parallel): real torchrun, real gloo, and energy counted
+once per node, never once per rank."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT, run_snakemake, tiny_config
+from joulebench import data, io
+from joulebench.config import ConfigError, check_config
+from joulebench.data_parallel import combine_windows, launch_training, shard_arrays
+from joulebench.distributed import launch_command
+from joulebench.models import build_model, load_model
+
+PROCESSES = 2
+
+
+def test_shards_are_equal_and_cover_the_split():
+    arrays = {"train_x": np.arange(7), "train_y": np.arange(7), "val_x": np.arange(3)}
+    shards = [shard_arrays(arrays, rank, 2) for rank in range(2)]
+    # 7 images over 2 ranks: 4 each (one wraps around), so both take the same number of steps.
+    assert [len(s["train_y"]) for s in shards] == [4, 4]
+    assert set(np.concatenate([s["train_y"] for s in shards])) == set(range(7))
+    assert all(np.array_equal(s["val_x"], arrays["val_x"]) for s in shards)
+
+
+def _node_window(host: str, joules: dict, cpu_seconds: float, ranks: list[int]) -> dict:
+    """One node's record of a window, as its measuring rank (the first of `ranks`) writes it."""
+    parts = [{"part": name, "joules": value, "source": "rapl"} for name, value in joules.items()]
+    devices = {
+        name: {"joules": v, "source": "rapl", "name": name, "device_id": name} for name, v in joules.items()
+    }
+    estimate = {"cpu_seconds": cpu_seconds, "joules": 1.0, "cpu_joules": 1.0, "memory_joules": 0.0}
+    return {
+        "window": "epoch1",
+        "start_unix": 100.0,
+        "end_unix": 110.0,
+        "wall_time_s": 10.0,
+        "measured": True,
+        "joules": sum(joules.values()),
+        "measured_joules": sum(joules.values()),
+        "estimated_joules": 0.0,
+        "source": "rapl",
+        "parts": parts,
+        "short_window": False,
+        "other_processes_cpu_share": 0.0,
+        "busy_host": False,
+        "devices": devices,
+        "estimate": {**estimate, "gpu_joules": None},
+        "node": {"host": host, "measured_by_rank": ranks[0], "ranks": ranks},
+    }
+
+
+def test_node_records_are_summed_once_with_their_host():
+    one = combine_windows([_node_window("a", {"cpu0": 50.0}, 20.0, [0, 1])])
+    assert one["joules"] == 50.0 and list(one["devices"]) == ["cpu0"]
+    nodes = [_node_window("a", {"cpu0": 50.0}, 20.0, [0, 1]), _node_window("b", {"cpu0": 30.0}, 10.0, [2, 3])]
+    two = combine_windows(nodes)
+    assert two["joules"] == 80.0
+    assert sorted(two["devices"]) == ["a/cpu0", "b/cpu0"]
+    assert sum(part["joules"] for part in two["parts"]) == 80.0
+    assert two["estimate"]["cpu_seconds"] == 30.0
+    measured = [(n["host"], n["measured_by_rank"], n["joules"]) for n in two["nodes"]]
+    assert measured == [("a", 0, 50.0), ("b", 2, 30.0)]
+
+
+def test_launcher_uses_torchrun_outside_slurm_and_srun_inside():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    command, _ = launch_command(2, 1, ["{}"], env)
+    assert command[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    assert "--nproc_per_node=2" in command
+    inside = {**env, "SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_STEP_ID": "0"}
+    command, srun_env = launch_command(2, 1, ["{}"], inside)
+    assert command[0] == "srun" and "--ntasks=2" in command
+    # The step we run in must not impose its geometry on the workers' step.
+    assert "SLURM_NTASKS" not in srun_env and srun_env["SLURM_JOB_ID"] == "7"
+    assert int(srun_env["MASTER_PORT"]) > 0
+
+
+def test_batch_size_must_split_over_the_processes():
+    config = tiny_config()
+    config["variants"] = {"ddp3": {"technique": "data_parallel", "processes": 3}}
+    with pytest.raises(ConfigError, match="variants.ddp3.processes"):
+        check_config(config)
+
+
+def _train_two_processes(folder):
+    images, labels, classes = data.load_digits_source()
+    arrays = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    io.save_arrays(folder / "splits.npz", arrays)
+    io.write_json(folder / "dataset.json", data.describe(arrays, classes))
+    spec = {
+        "splits": str(folder / "splits.npz"),
+        "facts": str(folder / "dataset.json"),
+        "model": "small_cnn",
+        "variant": {"technique": "data_parallel", "processes": PROCESSES},
+        "training": {"epochs": 2, "batch_size": 64, "lr": 0.003, "weight_decay": 0.0},
+        "seed": 0,
+        "energy": {"estimate": {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}},
+        "augmentation": {},
+        "out_dir": str(folder / "out"),
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(PROCESSES)  # the job's threads: one per process
+    try:
+        launch_training(spec, PROCESSES)
+    finally:
+        torch.set_num_threads(threads)
+    return folder / "out", len(arrays["train_y"])
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """A real 2-process gloo training through torchrun, on the digits."""
+    return _train_two_processes(tmp_path_factory.mktemp("data_parallel"))
+
+
+def test_two_processes_train_a_model_a_single_process_can_load(two_process_run):
+    out, _ = two_process_run
+    model, recipe = load_model(out)  # the unwrapped module's state dict: no "module." prefix
+    assert io.load_tensors(out / "model.pt").keys() == build_model(recipe).state_dict().keys()
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert history["val_accuracy"].iloc[-1] > 0.8
+    training = io.read_json(out / "training.json")
+    assert training["data_parallel"] == {"processes": 2, "backend": "gloo", "per_process_batch_size": 32}
+    assert training["batch_size"] == 64
+
+
+def test_energy_is_counted_once_per_node_not_once_per_rank(two_process_run):
+    """One rank (LOCAL_RANK 0) measured the node; the estimate charges both ranks' CPU time once.
+
+    Counted once per rank, the CPU seconds would be twice what both ranks used together, and more
+    than the two cores of this host can give in the window's wall time.
+    """
+    out, _ = two_process_run
+    record = io.read_json(out / "energy.json")
+    assert record["data_parallel"]["world_size"] == 2
+    assert len(record["nodes"]) == 1
+    node = record["nodes"][0]
+    assert node["measured_by_rank"] == 0 and node["ranks"] == [0, 1]
+    by_rank = node["cpu_seconds_by_rank"]
+    assert set(by_rank) == {"0", "1"} and all(seconds > 0 for seconds in by_rank.values())
+    # The rule's estimate charges the sum of the ranks' CPU time, once.
+    assert record["estimate"]["cpu_seconds"] == pytest.approx(sum(by_rank.values()))
+    assert record["estimate"]["cpu_joules"] == pytest.approx(12.0 * sum(by_rank.values()))
+    assert record["joules"] == pytest.approx(sum(part["joules"] for part in record["parts"]))
+    assert record["joules"] == pytest.approx(node["joules"])
+    # Physically possible: no more CPU time than the host's cores had in the window (+10% slack
+    # for the window's edges); counting each rank's share twice would break it.
+    assert record["estimate"]["cpu_seconds"] <= 1.1 * record["wall_time_s"] * os.cpu_count()
+    # Each epoch's window is one node record too, and the history's joules are those windows.
+    history = pd.read_csv(out / "history.csv")
+    for window, joules in zip(record["windows"], history["joules"], strict=True):
+        assert len(window["nodes"]) == 1 and window["joules"] == pytest.approx(joules)
+        by_rank = window["nodes"][0]["cpu_seconds_by_rank"]
+        assert window["estimate"]["cpu_seconds"] == pytest.approx(sum(by_rank.values()))
+
+
+@pytest.mark.slow
+def test_workflow_trains_a_data_parallel_variant(tmp_path):
+    """train_model of a data_parallel variant starts its workers through torchrun; the report has it."""
+    config = tiny_config()
+    config["variants"] = {"ddp2": {"technique": "data_parallel", "processes": PROCESSES}}
+    config["augmentation"] = {"transforms": []}
+    run_snakemake(tmp_path, config)
+    model_dir = tmp_path / "results/models/digits/small_cnn/ddp2/seed0"
+    record = io.read_json(model_dir / "energy.json")
+    assert record["rule"] == "train_model" and record["nodes"][0]["measured_by_rank"] == 0
+    log = (tmp_path / "logs/train_model/digits/small_cnn/ddp2/seed0.log").read_text()
+    assert "torch.distributed.run" in log and "rank1" in log
+    results = pd.read_csv(tmp_path / "results/report/results.csv").set_index("variant")
+    assert results.loc["ddp2", "own_energy_j"] == pytest.approx(record["joules"])
+
+
+@pytest.mark.slow
+def test_a_package_counter_is_read_once_per_node(tmp_path, monkeypatch):
+    """On a SIMULATED RAPL host (tests/simulated_host) the 2-process record holds the CPU package
+    once, and its joules follow the power model of one package for both ranks' work: had each rank
+    metered the package, the sum would be about twice the model."""
+    from test_simulated_host import (
+        DRAM_W,
+        PACKAGE_BUSY_W,
+        PACKAGE_IDLE_W,
+        RAPL_WRITER_PERIOD_S,
+        SIMULATED_HOST,
+        expected_package_joules,
+    )
+
+    host = tmp_path / "host"
+    host.mkdir()
+    writer = subprocess.Popen(
+        [sys.executable, str(SIMULATED_HOST / "rapl_writer.py"), str(host),
+         str(PACKAGE_IDLE_W), str(PACKAGE_BUSY_W), str(DRAM_W), "262143"]
+    )  # fmt: skip
+    try:
+        while not (host / "ready").exists():
+            time.sleep(0.05)
+        monkeypatch.setenv(
+            "PYTHONPATH", os.pathsep.join([str(SIMULATED_HOST), os.environ.get("PYTHONPATH", "")])
+        )
+        monkeypatch.setenv("JOULEBENCH_SIMULATED_HOST", str(host))
+        monkeypatch.setenv("SIMULATED_GPU_IDLE_W", "60")
+        monkeypatch.setenv("SIMULATED_GPU_BUSY_W", "240")
+        out, _ = _train_two_processes(tmp_path / "run")
+    finally:
+        writer.terminate()
+        writer.wait()
+    record = io.read_json(out / "energy.json")
+    assert record["source"] == "rapl+rapl-dram" and record["measured"] is True
+    assert sorted(record["devices"]) == ["cpu0", "dram0"]
+    assert record["nodes"][0]["measured_by_rank"] == 0
+    assert sorted(record["nodes"][0]["devices"]) == ["cpu0", "dram0"]
+    edge = 2 * RAPL_WRITER_PERIOD_S * (PACKAGE_IDLE_W + PACKAGE_BUSY_W)
+    for window in [record, *record["windows"]]:
+        package = window["devices"]["cpu0"]["joules"]
+        assert package == pytest.approx(expected_package_joules(window), rel=0.1, abs=edge), window["window"]
+        assert window["devices"]["dram0"]["joules"] == pytest.approx(
+            DRAM_W * window["wall_time_s"], rel=0.1, abs=0.1
+        )
+
+
+LAUNCH = """
+import json, sys
+import torch
+from joulebench.data_parallel import launch_training
+sys.stderr = open(sys.argv[2], "w", buffering=1)
+torch.set_num_threads(2)
+launch_training(json.loads(sys.argv[1]), 2)
+"""
+
+
+@pytest.mark.slow
+def test_a_terminated_job_stops_its_workers_and_leaves_no_outputs(tmp_path, two_process_run):
+    """SIGTERM to the train_model job (scancel, Snakemake stopping) mid-training: the workers are
+    stopped with it, and no output, whole or half-written, is left."""
+    import psutil
+
+    out, _ = two_process_run
+    folder = out.parent
+    spec = {
+        "splits": str(folder / "splits.npz"),
+        "facts": str(folder / "dataset.json"),
+        "model": "small_cnn",
+        "variant": {"technique": "data_parallel", "processes": PROCESSES},
+        "training": {"epochs": 200, "batch_size": 64, "lr": 0.003, "weight_decay": 0.0},
+        "seed": 0,
+        "energy": {"estimate": {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}},
+        "augmentation": {},
+        "out_dir": str(tmp_path / "out"),
+    }
+    log = tmp_path / "train.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
+    job = subprocess.Popen([sys.executable, "-c", LAUNCH, json.dumps(spec), str(log)], env=env)
+    deadline = time.monotonic() + 180
+    while "epoch 1/200" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and job.poll() is None, log.read_text()
+        time.sleep(0.2)
+    # torchrun's agent and the workers it started.
+    processes = psutil.Process(job.pid).children(recursive=True)
+    workers = [p for p in processes if "joulebench.data_parallel" in p.cmdline() and p.name() != "pt_elastic"]
+    assert len(workers) == PROCESSES
+    job.terminate()
+    assert job.wait(timeout=60) == 143  # joulebench.checkpoint.SIGTERM_EXIT_STATUS
+    gone, alive = psutil.wait_procs(processes, timeout=30)
+    assert not alive, alive
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
