@@ -44,14 +44,29 @@ def test_imagefolder_loads_real_files(tmp_path):
     assert source.names[0] == "cat/0.png" and source.rejected == []
 
 
-def test_imagefolder_outliers_are_errors_or_rejected_items(tmp_path):
+def test_imagefolder_of_mixed_sizes_asks_for_image_size_and_is_never_dropped(tmp_path):
     make_image_tree(tmp_path)
     Image.fromarray(np.zeros((9, 9, 3), dtype=np.uint8)).save(tmp_path / "cat" / "big.png")
-    with pytest.raises(data.DatasetError, match=r"big.png has size \(9, 9\), expected \(6, 6\)"):
-        data.load_imagefolder_source(str(tmp_path))
-    source = data.load_imagefolder_source(str(tmp_path), skip_unusable=True)
-    assert len(source.labels) == 6
-    assert [(r["item"], r["reason"]) for r in source.rejected] == [("cat/big.png", "wrong_size")]
+    for skip in (False, True):
+        with pytest.raises(data.DatasetError, match=r"big.png is 9x9\); set dataset.image_size"):
+            data.load_imagefolder_source(str(tmp_path), skip_unusable=skip)
+
+
+@pytest.mark.parametrize("resize", data.RESIZE_METHODS)
+def test_imagefolder_of_mixed_sizes_and_formats_is_brought_to_image_size(tmp_path, resize):
+    make_image_tree(tmp_path)
+    Image.fromarray(np.full((9, 15, 3), 200, dtype=np.uint8)).save(tmp_path / "cat" / "wide.jpg")
+    Image.fromarray(np.full((40, 20), 90, dtype=np.uint8)).save(tmp_path / "dog" / "tall.bmp")
+    source = data.load_imagefolder_source(str(tmp_path), image_size=[8, 10], resize=resize, workers=2)
+    assert source.images.shape == (8, 3, 8, 10) and source.images.dtype == np.uint8
+    assert source.rejected == []
+    wide = source.images[source.names.index("cat/wide.jpg")]
+    tall = source.images[source.names.index("dog/tall.bmp")]
+    if resize == "pad":  # aspect kept: black borders on the short side
+        assert (wide[:, 0] == 0).all() and abs(int(wide[:, 4, 5].mean()) - 200) <= 3
+        assert (tall[:, :, 0] == 0).all() and (tall[:, 4, 5] == 90).all()
+    else:  # stretched or centre-cropped: no border
+        assert abs(int(wide.mean()) - 200) <= 3 and (tall == 90).all()
 
 
 def test_imagefolder_mixing_grey_rgb_and_rgba_loads_every_image_as_rgb(tmp_path):
@@ -64,9 +79,9 @@ def test_imagefolder_mixing_grey_rgb_and_rgba_loads_every_image_as_rgb(tmp_path)
     source = data.load_imagefolder_source(str(tmp_path))
     assert source.images.shape == (8, 3, 6, 6) and source.rejected == []
     converted = source.images[source.names.index("dog/grey.png")]
-    assert np.allclose(converted, grey[None].repeat(3, 0) / 255.0)  # grey copied, not changed
+    assert (converted == grey[None].repeat(3, 0)).all()  # grey copied, not changed
     red = source.images[source.names.index("cat/alpha.png")]
-    assert np.allclose(red[0], 200 / 255.0) and np.allclose(red[1:], 0.0)  # alpha dropped
+    assert (red[0] == 200).all() and (red[1:] == 0).all()  # alpha dropped
 
 
 def test_imagefolder_all_grey_stays_one_channel(tmp_path):
@@ -105,8 +120,11 @@ def test_too_few_images_per_class_to_split_says_which_class(tmp_path):
     for count in (1, 2):  # sklearn refuses to stratify 1; with 2, a split would miss the class
         labels = np.array([0] * (12 - count) + [1] * count)
         with pytest.raises(data.DatasetError) as err:
-            data.split_arrays(images, labels, 0.15, 0.2, seed=0)
-        assert str(err.value) == f"{message}{{0: {12 - count}, 1: {count}}}; add images to the small classes"
+            data.split_arrays(images, labels, 0.15, 0.2, seed=0, classes=["cat", "dog"])
+        assert str(err.value) == (
+            f"{message}{{'cat': {12 - count}, 'dog': {count}}}; add images to the small classes "
+            f"(smallest: 'dog', {count} images)"
+        )
 
 
 def test_imagefolder_without_class_folders_says_what_is_expected(tmp_path):
@@ -144,7 +162,7 @@ def test_torchvision_reads_a_local_mnist_root(tmp_path):
     write_mnist_root(tmp_path, [0, 1, 0, 1], [0, 1])
     images, labels, classes = data.load_torchvision_source("MNIST", str(tmp_path), download=False)
     assert images.shape == (6, 1, 28, 28)
-    assert images.max() == 1.0
+    assert images.dtype == np.uint8 and images.max() == 255
     assert list(labels) == [0, 1, 0, 1, 0, 1]
     assert len(classes) == 10
 

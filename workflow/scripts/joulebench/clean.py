@@ -45,6 +45,27 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
+def stored_uint8(images: np.ndarray, pixel_max: int) -> np.ndarray:
+    """A split's images as 8-bit pixels: stored uint8 (pixel_max 255) as they are, floats or
+    digits' 0..16 levels scaled to 0..255."""
+    if images.dtype == np.uint8 and pixel_max == 255:
+        return np.asarray(images)
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / np.float32(pixel_max)
+    return to_uint8(images)
+
+
+def removed_frame(removed: list[dict]):
+    """removed.csv's table: integer columns stay integers where some rows have no value (files
+    that never decoded have no split index, label or match)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(removed, columns=REMOVED_COLUMNS)
+    for column in ("index", "label", "matched_index", "matched_label", "hash_distance"):
+        frame[column] = frame[column].astype("Int64")
+    return frame
+
+
 def content_hashes(pixels: np.ndarray) -> list[bytes]:
     return [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in pixels]
 
@@ -162,7 +183,8 @@ def clean_splits(arrays: dict, names: list[str], settings: dict) -> tuple[dict, 
         size = len(arrays[f"{split}_y"])
         split_of += [split] * size
         index_in_split += list(range(size))
-    pixels = np.concatenate([to_uint8(arrays[f"{split}_x"]) for split in SPLIT_ORDER])
+    pixel_max = int(arrays.get("pixel_max", 255))
+    pixels = np.concatenate([stored_uint8(arrays[f"{split}_x"], pixel_max) for split in SPLIT_ORDER])
     labels = np.concatenate([arrays[f"{split}_y"] for split in SPLIT_ORDER])
     ids = np.concatenate([arrays[f"{split}_id"] for split in SPLIT_ORDER])
     digests = content_hashes(pixels)
@@ -211,6 +233,8 @@ def clean_splits(arrays: dict, names: list[str], settings: dict) -> tuple[dict, 
         for key in ("x", "y", "id"):
             cleaned[f"{split}_{key}"] = arrays[f"{split}_{key}"][keep_mask]
         offset += size
+    if "pixel_max" in arrays:
+        cleaned["pixel_max"] = np.asarray(pixel_max)
     return cleaned, removed
 
 

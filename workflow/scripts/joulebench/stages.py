@@ -52,20 +52,25 @@ def _meter(rule: str, energy_config: dict) -> EnergyMeter:
 def prepare_dataset(
     dataset: dict, cleaning: dict, energy_config: dict, splits_path, facts_path, rejected_path, energy_path
 ) -> None:
-    """Load and split the source. With cleaning on, unusable files are listed instead of fatal."""
+    """Load and split the source. With cleaning on, unusable files are listed instead of fatal.
+
+    Image files are decoded in as many threads as the job was given (torch's thread count).
+    """
     with _meter("prepare_dataset", energy_config) as meter, meter.window("load_and_split"):
-        source = data.load_source(dataset, skip_unusable=cleaning["enabled"])
+        source = data.load_source(dataset, skip_unusable=cleaning["enabled"], workers=torch.get_num_threads())
         arrays = data.split_arrays(
             source.images,
             source.labels,
             dataset["val_fraction"],
             dataset["test_fraction"],
             dataset["split_seed"],
+            source.classes,
         )
     facts = data.describe(arrays, source.classes)
     log.info("dataset %s: %s", dataset["name"], {k: facts[f"{k}_count"] for k in data.SPLITS})
     # Names let the cleaning report point at the file (or source index) of every removed image.
-    io.save_arrays(splits_path, {**arrays, "item_names": np.asarray(source.names, dtype=str)})
+    names = np.asarray(source.names, dtype=str)
+    io.save_arrays(splits_path, {**arrays, "item_names": names, "pixel_max": np.asarray(source.pixel_max)})
     io.write_json(facts_path, facts)
     columns = ["item", "reason", "detail"]
     io.write_csv(rejected_path, pd.DataFrame(source.rejected, columns=columns))
@@ -81,7 +86,7 @@ def clean_dataset(
     """
     from joulebench import clean
 
-    raw = io.load_arrays(raw_splits_path)
+    raw = dict(io.open_arrays(raw_splits_path))
     names = [str(name) for name in raw.pop("item_names")]
     classes = io.read_json(raw_facts_path)["classes"]
     settings = {k: cleaning[k] for k in ("enabled", "near_duplicates", "near_duplicate_max_distance")}
@@ -101,7 +106,7 @@ def clean_dataset(
     io.save_arrays(out["splits"], {**arrays, "item_names": np.asarray(names, dtype=str)})
     io.write_json(out["facts"], data.describe(arrays, classes))
     io.write_json(out["report"], report)
-    io.write_csv(out["removed"], pd.DataFrame(removed, columns=clean.REMOVED_COLUMNS))
+    io.write_csv(out["removed"], clean.removed_frame(removed))
     io.write_json(out["energy"], meter.record())
 
 
@@ -114,7 +119,7 @@ def sample_dataset(
     """
     from joulebench import sample
 
-    arrays, facts = io.load_arrays(splits_path), io.read_json(facts_path)
+    arrays, facts = io.open_arrays(splits_path), io.read_json(facts_path)
     labels, fraction, method = arrays["train_y"], variant["fraction"], variant["method"]
     summary = {"method": method, "fraction": fraction, "seed": seed}
     with _meter("sample_dataset", energy_config) as meter:
@@ -181,6 +186,7 @@ def _settings(training: dict, seed: int, precision: str = "fp32", epochs: int | 
         seed=seed,
         channels_last=training.get("channels_last", False),
         compile=training.get("compile", False),
+        loader_workers=training.get("loader_workers", 0),
     )
 
 
