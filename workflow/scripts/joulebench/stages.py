@@ -89,16 +89,18 @@ def clean_dataset(
     raw = dict(io.open_arrays(raw_splits_path))
     names = [str(name) for name in raw.pop("item_names")]
     classes = io.read_json(raw_facts_path)["classes"]
-    settings = {k: cleaning[k] for k in ("enabled", "near_duplicates", "near_duplicate_max_distance")}
+    settings = {k: v for k, v in cleaning.items() if k != "examples_per_reason"}
+    chosen = {}
     with _meter("clean_dataset", energy_config) as meter, meter.window("find_duplicates"):
         if cleaning["enabled"]:
-            arrays, removed = clean.clean_splits(raw, names, settings)
+            arrays, removed = clean.clean_splits(raw, names, settings, torch.get_num_threads(), chosen)
         else:
             arrays, removed = raw, []
     # Files the loader could not use were left out before the split; they are removed items too.
     for rejected in pd.read_csv(rejected_path).to_dict("records"):
         removed.append({"split": "source", **rejected})
     report = clean.cleaning_report(raw, arrays, removed, settings, cleaning["examples_per_reason"])
+    report["near_duplicate_thresholds"] = chosen or None
     report["throughput_images_per_s"] = sum(report["before"][s]["count"] for s in data.SPLITS) / max(
         meter.record()["wall_time_s"], 1e-9
     )
