@@ -203,3 +203,46 @@ def test_digits_default_cleaning_removes_few_and_never_a_whole_class():
     cleaned, removed = clean.clean_splits(arrays, [str(i) for i in range(len(labels))], settings)
     assert 0 < len(removed) < 0.05 * len(labels)
     assert np.bincount(cleaned["train_y"]).min() > 100
+
+
+def test_shifted_cropped_and_jpeg_copies_of_training_images_in_test_are_leaks():
+    """The edits that defeated the whole-image pHash: 1-2 pixel shifts, and JPEG on top."""
+    crops = photo_crops(12, seed=3)
+    base = np.stack([np.asarray(c) for c in crops])  # (12, 32, 32, 3)
+
+    def shifted(image, dy, dx):
+        padded = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="edge")
+        return padded[2 - dy : 34 - dy, 2 - dx : 34 - dx]
+
+    def jpeg(image):
+        buffer = bytes_io.BytesIO()
+        Image.fromarray(image).save(buffer, "JPEG", quality=75)
+        buffer.seek(0)
+        return np.asarray(Image.open(buffer).convert("RGB"))
+
+    copies = np.stack([shifted(base[0], 1, 0), shifted(base[1], -2, 1), jpeg(shifted(base[2], 0, 1))])
+    old = clean.perceptual_hashes(np.concatenate([base[:3], copies]).transpose(0, 3, 1, 2))
+    assert (np.bitwise_count(old[:3] ^ old[3:]) > SETTINGS["near_duplicate_max_distance"]).any()
+    labels = np.arange(12) % 3
+    arrays = {
+        "train_x": base.transpose(0, 3, 1, 2),
+        "train_y": labels,
+        "train_id": np.arange(12),
+        "val_x": base[:0].transpose(0, 3, 1, 2),
+        "val_y": labels[:0],
+        "val_id": np.arange(0),
+        "test_x": copies.transpose(0, 3, 1, 2),
+        "test_y": labels[:3],
+        "test_id": np.arange(12, 15),
+        "pixel_max": np.asarray(255),
+    }
+    settings = {"enabled": True, "near_duplicates": True}  # thresholds chosen from the data
+    chosen = {}
+    cleaned, removed = clean.clean_splits(arrays, [f"img{i}" for i in range(15)], settings, chosen=chosen)
+    assert sorted((r["item"], r["reason"], r["matched_item"]) for r in removed) == [
+        ("img12", "leakage", "img0"),
+        ("img13", "leakage", "img1"),
+        ("img14", "leakage", "img2"),
+    ]
+    assert len(cleaned["train_y"]) == 12 and len(cleaned["test_y"]) == 0
+    assert set(chosen) == {"max_distance", "min_similarity", "max_shift"} and chosen["max_shift"] == 2
