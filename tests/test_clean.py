@@ -127,6 +127,9 @@ def test_every_planted_item_is_found_and_no_clean_item_removed(planted_tree, tmp
         assert as_text[column].dropna().str.fullmatch(r"\d+").all(), column
     report = io.read_json(out["report"])
     assert report["removed_total"] == len(removed)
+    assert set(report["diversity"]) == {"raw", "cleaned"}
+    assert report["diversity"]["cleaned"]["images"] == report["after"]["train"]["count"]
+    assert report["near_duplicate_thresholds"]["max_distance"] == SETTINGS["near_duplicate_max_distance"]
     assert sum(report["removed_by_reason"].values()) == len(removed)
     assert report["removed_by_reason"]["unreadable"] == 3
     kept = io.load_arrays(out["splits"])

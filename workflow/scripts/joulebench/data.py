@@ -411,7 +411,9 @@ def loader(
         dataset = AugmentedImages(images, labels, pipeline, pixel_max)
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **options)
     if images.dtype != np.uint8:
-        dataset = TensorDataset(torch.from_numpy(np.asarray(images)), torch.from_numpy(np.asarray(labels)))
+        # A read-only memory map of floats (an old or augmented file) is copied: tensors must be writable.
+        images, labels = np.require(images, requirements="W"), np.require(labels, requirements="W")
+        dataset = TensorDataset(torch.from_numpy(images), torch.from_numpy(labels))
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **options)
     # The sampler draws from the loader's own generator, as DataLoader(shuffle=True) does, so the
     # batches (and a checkpoint's saved generator state) are the same as for float arrays.

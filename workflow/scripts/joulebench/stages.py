@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from joulebench import compress, data, io
+from joulebench import compress, data, diversity, io
 from joulebench.checkpoint import Checkpointer, exit_on_sigterm, file_digest, fingerprint, merge_prior_energy
 from joulebench.energy import EnergyMeter, EstimateModel, measure_idle_power
 from joulebench.evaluate import evaluate
@@ -101,6 +101,12 @@ def clean_dataset(
         removed.append({"split": "source", **rejected})
     report = clean.cleaning_report(raw, arrays, removed, settings, cleaning["examples_per_reason"])
     report["near_duplicate_thresholds"] = chosen or None
+    # Diversity of the training split before and after cleaning (the seed's D1 >= D0).
+    num_classes = len(classes)
+    report["diversity"] = {
+        name: diversity.diversity(splits["train_x"], splits["train_y"], num_classes)
+        for name, splits in (("raw", raw), ("cleaned", arrays))
+    }
     report["throughput_images_per_s"] = sum(report["before"][s]["count"] for s in data.SPLITS) / max(
         meter.record()["wall_time_s"], 1e-9
     )
@@ -148,6 +154,10 @@ def sample_dataset(
     subset = sample.take_train_subset(arrays, chosen)
     summary["before"] = sample.class_balance(labels, facts["num_classes"])
     summary["after"] = sample.class_balance(subset["train_y"], facts["num_classes"])
+    summary["diversity"] = {
+        "cleaned": diversity.diversity(arrays["train_x"], labels, facts["num_classes"]),
+        "sampled": diversity.diversity(subset["train_x"], subset["train_y"], facts["num_classes"]),
+    }
     log.info("subset %s: %d of %d training images", method, len(chosen), len(labels))
     io.save_arrays(out["splits"], subset)
     io.write_json(out["summary"], summary)
