@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 SPLIT_ORDER = ("train", "val", "test")
 REASONS = (
     "unreadable",
-    "wrong_size",
     "conflicting_labels",
     "leakage",
     "exact_duplicate",
