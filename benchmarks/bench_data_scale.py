@@ -7,8 +7,9 @@
    prints its peak RSS (target: under 2 GB) and images per second per core (images / CPU-seconds,
    and images / wall-second / threads).
 3. Times one epoch of the training input pipeline, joulebench.data.loader over the prepared
-   uint8 splits (before cleaning), against torchvision's ImageFolder + DataLoader (decode, Resize, ToTensor) on the
-   same training files, with the same workers and batch size, and prints the ratio (target >= 0.95).
+   uint8 splits (before cleaning), against torchvision's ImageFolder + DataLoader (decode,
+   Resize, ToTensor) on the same training files, with the same workers and batch size, and
+   prints the ratio (target >= 0.95).
 
     python benchmarks/bench_data_scale.py [--images 100000] [--threads 2] [--workers 2]
 """
