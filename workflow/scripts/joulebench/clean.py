@@ -182,55 +182,68 @@ class CropFeatures:
         return self.hashes[:, self.centre]
 
 
-def crop_features(pixels: np.ndarray, max_shift: int, workers: int = 1, batch: int = 4096) -> CropFeatures:
+def crop_features(images, max_shift: int, workers: int = 1, batch: int = 1024) -> CropFeatures:
     """Hashes and thumbnails that survive shifts, small crops and re-encoding.
 
-    Every image is seen through K = (2s + 1)^2 crops of size (H - 2s, W - 2s), one per offset
-    (dy, dx) in 0..2s, s = min(max_shift, side // 8). A copy shifted by up to s pixels has a
-    centre crop equal to one of the original's crops; a copy cropped a little and resized back
-    differs only slightly in scale, which 8x8 low frequencies and thumbnails barely see.
-    Batches of images are processed in `workers` threads (numpy releases the GIL), so memory
-    beyond the result is a few batches of pixels.
+    `images`: (N, C, H, W) uint8 pixels, or a list of such arrays (the splits, in order), read a
+    batch at a time (memory maps stay on disk). Every image is seen through K = (2s + 1)^2 crops
+    of size (H - 2s, W - 2s), one per offset (dy, dx) in 0..2s, s = min(max_shift, side // 8). A
+    copy shifted by up to s pixels has a centre crop equal to one of the original's crops; a copy
+    cropped a little and resized back differs only slightly in scale, which 8x8 low frequencies
+    and thumbnails barely see. Batches are processed in `workers` threads (numpy releases the
+    GIL). The result takes K * 136 bytes per image (25 crops: 3.4 kB).
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    count, height, width = len(pixels), *pixels.shape[2:]
+    parts = images if isinstance(images, list | tuple) else [images]
+    count, (height, width) = sum(len(part) for part in parts), parts[0].shape[2:]
     shift = max(0, min(max_shift, height // 8, width // 8))
     offsets = [(dy, dx) for dy in range(2 * shift + 1) for dx in range(2 * shift + 1)]
     hashes = np.empty((count, len(offsets)), dtype=np.uint64)
     thumbnails = np.empty((count, len(offsets), DESCRIPTOR_SIDE**2), dtype=np.float16)
+    jobs, first = [], 0
+    for part in parts:
+        jobs += [(part, start, first + start) for start in range(0, len(part), batch)]
+        first += len(part)
 
-    def one_batch(start: int) -> None:
-        part = np.ascontiguousarray(pixels[start : start + batch])
-        grey = _grey(part)
+    def one_batch(job) -> None:
+        part, start, row = job
+        pixels = np.ascontiguousarray(part[start : start + batch])
+        grey = _grey(pixels)
+        rows = slice(row, row + len(pixels))
         for k, (dy, dx) in enumerate(offsets):
-            window = part[:, :, dy : dy + height - 2 * shift, dx : dx + width - 2 * shift]
-            hashes[start : start + len(part), k] = perceptual_hashes(window)
-            crop = grey[:, dy : dy + height - 2 * shift, dx : dx + width - 2 * shift]
-            thumbnails[start : start + len(part), k] = _thumbnails(crop)
+            window = pixels[:, :, dy : dy + height - 2 * shift, dx : dx + width - 2 * shift]
+            hashes[rows, k] = perceptual_hashes(window)
+            thumbnails[rows, k] = _thumbnails(
+                grey[:, dy : dy + height - 2 * shift, dx : dx + width - 2 * shift]
+            )
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        list(pool.map(one_batch, range(0, count, batch)))
+        list(pool.map(one_batch, jobs))
     return CropFeatures(hashes, thumbnails, offsets.index((shift, shift)), shift)
 
 
 def shifted_distance(features: CropFeatures, first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Bits between images first[i] and second[i]: either's query against the other's closest crop."""
     query, hashes = features.query, features.hashes
-    one = np.bitwise_count(query[first, None] ^ hashes[second]).min(axis=1)
-    other = np.bitwise_count(query[second, None] ^ hashes[first]).min(axis=1)
-    return np.minimum(one, other).astype(np.int64)
+    distance = np.empty(len(first), dtype=np.int64)
+    for start in range(0, len(first), 65536):  # bounded memory: 65,536 pairs x K crops at a time
+        a, b = first[start : start + 65536], second[start : start + 65536]
+        one = np.bitwise_count(query[a, None] ^ hashes[b]).min(axis=1)
+        other = np.bitwise_count(query[b, None] ^ hashes[a]).min(axis=1)
+        distance[start : start + 65536] = np.minimum(one, other)
+    return distance
 
 
 def shifted_similarity(features: CropFeatures, first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Correlation of the thumbnails of images first[i] and second[i] at their best offset."""
     best = np.full(len(first), -1.0, dtype=np.float32)
-    for start in range(0, len(first), 8192):
-        a, b = first[start : start + 8192], second[start : start + 8192]
+    for start in range(0, len(first), 2048):  # 2048 pairs: 13 MB of thumbnails at a time
+        a, b = first[start : start + 2048], second[start : start + 2048]
         thumbs, centre = features.thumbnails, features.centre
         one = np.einsum("nd,nkd->nk", thumbs[a, centre].astype(np.float32), thumbs[b].astype(np.float32))
         other = np.einsum("nd,nkd->nk", thumbs[b, centre].astype(np.float32), thumbs[a].astype(np.float32))
-        best[start : start + 8192] = np.maximum(one.max(axis=1), other.max(axis=1))
+        best[start : start + 2048] = np.maximum(one.max(axis=1), other.max(axis=1))
     return best
 
 
@@ -256,7 +269,7 @@ def auto_thresholds(features: CropFeatures, seed: int = 0) -> tuple[int, float]:
     return int(np.clip(bits, 2, 4)), round(float(np.clip(similarity, 0.90, 0.98)), 4)
 
 
-def query_pairs(features: CropFeatures, max_distance: int, block: int = 4_000_000) -> np.ndarray:
+def query_pairs(features: CropFeatures, max_distance: int, block: int = 1_000_000) -> np.ndarray:
     """Image pairs (i < j), as codes i * N + j, where one's query hash is within max_distance bits
     of one of the other's crop hashes.
 
@@ -295,6 +308,7 @@ def query_pairs(features: CropFeatures, max_distance: int, block: int = 4_000_00
                 first, second = first[other], second[other]
                 found.append(np.unique(np.minimum(first, second) * count + np.maximum(first, second)))
             start = stop
+        found = [np.unique(np.concatenate(found))] if found else []  # a pair found by several chunks, once
     return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
 
 
@@ -348,20 +362,13 @@ def clean_splits(
     pixel_max = int(arrays.get("pixel_max", 255))
     labels = np.concatenate([arrays[f"{split}_y"] for split in SPLIT_ORDER])
     ids = np.concatenate([arrays[f"{split}_id"] for split in SPLIT_ORDER])
-    digests, parts = [], []
-    for split in SPLIT_ORDER:  # split by split, batch by batch: no copy of all the pixels at once
-        pixels = stored_uint8(arrays[f"{split}_x"], pixel_max)
-        digests += content_hashes(pixels)
-        if settings["near_duplicates"]:
-            parts.append(crop_features(pixels, settings.get("near_duplicate_max_shift", 2), workers))
+    digests, pixels = [], []
+    for split in SPLIT_ORDER:  # split by split: stored uint8 splits are not copied
+        pixels.append(stored_uint8(arrays[f"{split}_x"], pixel_max))
+        digests += content_hashes(pixels[-1])
     near, features = None, None
     if settings["near_duplicates"] and len(labels):
-        features = CropFeatures(
-            np.concatenate([p.hashes for p in parts]),
-            np.concatenate([p.thumbnails for p in parts]),
-            parts[0].centre,
-            parts[0].shift,
-        )
+        features = crop_features(pixels, settings.get("near_duplicate_max_shift", 2), workers)
         auto_bits, auto_similarity = auto_thresholds(features)
         max_distance = settings.get("near_duplicate_max_distance", "auto")
         min_similarity = settings.get("near_duplicate_min_similarity", "auto")
