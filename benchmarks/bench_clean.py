@@ -1,9 +1,9 @@
 """Cleaning throughput on synthetic 32x32 RGB images, on one core.
 
 Target (issue #3): thousands of images per second per core. Prints images/s for the whole
-clean_splits call (content hash + pHash + near-duplicate search + grouping) and per step, and the
-ratio to the target. The images are smooth random textures with planted exact and near duplicates,
-so the grouping does real work.
+clean_splits call (content hash + crop pHashes and thumbnails + near-duplicate search + grouping)
+and per step, and the ratio to the target. The images are smooth random textures with planted
+exact and near duplicates, so the grouping does real work.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_clean.py [--images 20000]
 """
@@ -57,28 +57,35 @@ def timed(function, *args):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20000)
-    parser.add_argument("--max-distance", type=int, default=4)
+    parser.add_argument("--max-shift", type=int, default=2)
     args = parser.parse_args()
     arrays = synthetic_splits(args.images)
     names = [f"synthetic:{i}" for i in range(args.images)]
-    settings = {"enabled": True, "near_duplicates": True, "near_duplicate_max_distance": args.max_distance}
+    settings = {"enabled": True, "near_duplicates": True, "near_duplicate_max_shift": args.max_shift}
 
     pixels, t_uint8 = timed(clean.to_uint8, np.concatenate([arrays[f"{s}_x"] for s in clean.SPLIT_ORDER]))
     digests, t_content = timed(clean.content_hashes, pixels)
-    phashes, t_phash = timed(clean.perceptual_hashes, pixels)
-    _, t_groups = timed(clean.duplicate_groups, digests, phashes, args.max_distance)
+    features, t_features = timed(clean.crop_features, pixels, args.max_shift)
+    thresholds, t_auto = timed(clean.auto_thresholds, features)
+    (first, second, _, _), t_pairs = timed(clean.near_pairs, features, *thresholds)
+    _, t_groups = timed(clean.duplicate_groups, digests, (first, second))
     wall_started = time.perf_counter()
     (_, removed), t_total = timed(clean.clean_splits, arrays, names, settings)
     wall = time.perf_counter() - wall_started
 
     n = args.images
-    print(f"cleaning {n} synthetic 32x32 RGB images, one thread, max pHash distance {args.max_distance}")
+    print(
+        f"cleaning {n} synthetic 32x32 RGB images, one thread, max shift {args.max_shift} px, "
+        f"auto thresholds {thresholds} (bits, correlation)"
+    )
     print("(CPU seconds of this process; images/s = images per CPU-second, i.e. per core)")
     for step, seconds in (
         ("to uint8", t_uint8),
         ("content hash", t_content),
-        ("pHash", t_phash),
-        ("group (Hamming search)", t_groups),
+        ("crop pHashes+thumbnails", t_features),
+        ("auto thresholds", t_auto),
+        ("near pairs (search)", t_pairs),
+        ("group", t_groups),
     ):
         print(f"  {step:24s} {seconds:7.3f} s  {n / seconds:10.0f} images/s")
     print(f"  {'clean_splits total':24s} {t_total:7.3f} s  {n / t_total:10.0f} images/s")

@@ -65,14 +65,14 @@ def planted_tree(tmp_path_factory):
     (root / "boats/truncated.png").write_bytes(png[: len(png) // 2])
     (root / "flowers/truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
     (root / "roofs/garbage.png").write_bytes(np.random.default_rng(1).bytes(500))
+    # Another size: brought to 32x32 by dataset.image_size, it is then a near copy of boats/02.
     crops[2].resize((40, 40)).save(root / "boats/big.png")
     # A grey copy of a colour picture loads as RGB (grey in three channels): a near duplicate.
     crops[3].convert("L").save(root / "boats/grey.png")
     planted = {
         "unreadable": {"boats/truncated.png", "flowers/truncated.jpg", "roofs/garbage.png"},
-        "wrong_size": {"boats/big.png"},
         # Pairs of one picture: exactly one of each pair must go (which one depends on the split).
-        "pairs": [{"boats/03.png", "boats/grey.png"}],
+        "pairs": [{"boats/03.png", "boats/grey.png"}, {"boats/02.png", "boats/big.png"}],
         "conflicts": set(),
     }
     for i in (4, 5, 6):
@@ -89,7 +89,7 @@ def planted_tree(tmp_path_factory):
 
 def run_cleaning(root, tmp_path, settings=SETTINGS):
     dataset = {"name": "tree", "source": "imagefolder", "root": str(root)}
-    dataset |= {"val_fraction": 0.2, "test_fraction": 0.3, "split_seed": 0}
+    dataset |= {"val_fraction": 0.2, "test_fraction": 0.3, "split_seed": 0, "image_size": 32}
     raw = {
         name: tmp_path / f"raw_{name}" for name in ("splits.npz", "facts.json", "rejected.csv", "energy.json")
     }
@@ -110,20 +110,26 @@ def test_every_planted_item_is_found_and_no_clean_item_removed(planted_tree, tmp
     out = run_cleaning(root, tmp_path)
     removed = pd.read_csv(out["removed"])
     reason_of = dict(zip(removed["item"], removed["reason"], strict=True))
-    for reason in ("unreadable", "wrong_size"):
-        for item in planted[reason]:
-            assert reason_of.get(item) == reason, item
+    for item in planted["unreadable"]:
+        assert reason_of.get(item) == "unreadable", item
     for pair in planted["pairs"]:
         gone = pair & set(reason_of)
         assert len(gone) == 1, pair
         assert reason_of[gone.pop()] in ("exact_duplicate", "near_duplicate", "leakage")
     for item in planted["conflicts"]:
         assert reason_of.get(item) == "conflicting_labels", item
-    expected = set().union(planted["unreadable"], planted["wrong_size"], planted["conflicts"])
+    expected = set().union(planted["unreadable"], planted["conflicts"])
     assert len(reason_of) == len(expected) + len(planted["pairs"])  # nothing clean removed
 
+    # Integer columns stay integers although unreadable files leave them empty.
+    as_text = pd.read_csv(out["removed"], dtype=str)
+    for column in ("index", "label", "matched_index", "matched_label", "hash_distance"):
+        assert as_text[column].dropna().str.fullmatch(r"\d+").all(), column
     report = io.read_json(out["report"])
     assert report["removed_total"] == len(removed)
+    assert set(report["diversity"]) == {"raw", "cleaned"}
+    assert report["diversity"]["cleaned"]["images"] == report["after"]["train"]["count"]
+    assert report["near_duplicate_thresholds"]["max_distance"] == SETTINGS["near_duplicate_max_distance"]
     assert sum(report["removed_by_reason"].values()) == len(removed)
     assert report["removed_by_reason"]["unreadable"] == 3
     kept = io.load_arrays(out["splits"])
@@ -142,7 +148,7 @@ def test_every_planted_item_is_found_and_no_clean_item_removed(planted_tree, tmp
 def test_unreadable_file_is_an_error_naming_it_when_cleaning_is_off(planted_tree):
     root, _ = planted_tree
     with pytest.raises(data.DatasetError, match=r"cannot read image .*(truncated|garbage)"):
-        data.load_imagefolder_source(str(root), skip_unusable=False)
+        data.load_imagefolder_source(str(root), skip_unusable=False, image_size=32)
 
 
 def test_test_images_copying_train_images_are_leaks_and_train_keeps_its_copy():
@@ -200,3 +206,46 @@ def test_digits_default_cleaning_removes_few_and_never_a_whole_class():
     cleaned, removed = clean.clean_splits(arrays, [str(i) for i in range(len(labels))], settings)
     assert 0 < len(removed) < 0.05 * len(labels)
     assert np.bincount(cleaned["train_y"]).min() > 100
+
+
+def test_shifted_cropped_and_jpeg_copies_of_training_images_in_test_are_leaks():
+    """The edits that defeated the whole-image pHash: 1-2 pixel shifts, and JPEG on top."""
+    crops = photo_crops(12, seed=3)
+    base = np.stack([np.asarray(c) for c in crops])  # (12, 32, 32, 3)
+
+    def shifted(image, dy, dx):
+        padded = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="edge")
+        return padded[2 - dy : 34 - dy, 2 - dx : 34 - dx]
+
+    def jpeg(image):
+        buffer = bytes_io.BytesIO()
+        Image.fromarray(image).save(buffer, "JPEG", quality=75)
+        buffer.seek(0)
+        return np.asarray(Image.open(buffer).convert("RGB"))
+
+    copies = np.stack([shifted(base[0], 1, 0), shifted(base[1], -2, 1), jpeg(shifted(base[2], 0, 1))])
+    old = clean.perceptual_hashes(np.concatenate([base[:3], copies]).transpose(0, 3, 1, 2))
+    assert (np.bitwise_count(old[:3] ^ old[3:]) > SETTINGS["near_duplicate_max_distance"]).any()
+    labels = np.arange(12) % 3
+    arrays = {
+        "train_x": base.transpose(0, 3, 1, 2),
+        "train_y": labels,
+        "train_id": np.arange(12),
+        "val_x": base[:0].transpose(0, 3, 1, 2),
+        "val_y": labels[:0],
+        "val_id": np.arange(0),
+        "test_x": copies.transpose(0, 3, 1, 2),
+        "test_y": labels[:3],
+        "test_id": np.arange(12, 15),
+        "pixel_max": np.asarray(255),
+    }
+    settings = {"enabled": True, "near_duplicates": True}  # thresholds chosen from the data
+    chosen = {}
+    cleaned, removed = clean.clean_splits(arrays, [f"img{i}" for i in range(15)], settings, chosen=chosen)
+    assert sorted((r["item"], r["reason"], r["matched_item"]) for r in removed) == [
+        ("img12", "leakage", "img0"),
+        ("img13", "leakage", "img1"),
+        ("img14", "leakage", "img2"),
+    ]
+    assert len(cleaned["train_y"]) == 12 and len(cleaned["test_y"]) == 0
+    assert set(chosen) == {"max_distance", "min_similarity", "max_shift"} and chosen["max_shift"] == 2

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import make_image_tree
@@ -44,14 +45,29 @@ def test_imagefolder_loads_real_files(tmp_path):
     assert source.names[0] == "cat/0.png" and source.rejected == []
 
 
-def test_imagefolder_outliers_are_errors_or_rejected_items(tmp_path):
+def test_imagefolder_of_mixed_sizes_asks_for_image_size_and_is_never_dropped(tmp_path):
     make_image_tree(tmp_path)
     Image.fromarray(np.zeros((9, 9, 3), dtype=np.uint8)).save(tmp_path / "cat" / "big.png")
-    with pytest.raises(data.DatasetError, match=r"big.png has size \(9, 9\), expected \(6, 6\)"):
-        data.load_imagefolder_source(str(tmp_path))
-    source = data.load_imagefolder_source(str(tmp_path), skip_unusable=True)
-    assert len(source.labels) == 6
-    assert [(r["item"], r["reason"]) for r in source.rejected] == [("cat/big.png", "wrong_size")]
+    for skip in (False, True):
+        with pytest.raises(data.DatasetError, match=r"big.png is 9x9\); set dataset.image_size"):
+            data.load_imagefolder_source(str(tmp_path), skip_unusable=skip)
+
+
+@pytest.mark.parametrize("resize", data.RESIZE_METHODS)
+def test_imagefolder_of_mixed_sizes_and_formats_is_brought_to_image_size(tmp_path, resize):
+    make_image_tree(tmp_path)
+    Image.fromarray(np.full((9, 15, 3), 200, dtype=np.uint8)).save(tmp_path / "cat" / "wide.jpg")
+    Image.fromarray(np.full((40, 20), 90, dtype=np.uint8)).save(tmp_path / "dog" / "tall.bmp")
+    source = data.load_imagefolder_source(str(tmp_path), image_size=[8, 10], resize=resize, workers=2)
+    assert source.images.shape == (8, 3, 8, 10) and source.images.dtype == np.uint8
+    assert source.rejected == []
+    wide = source.images[source.names.index("cat/wide.jpg")]
+    tall = source.images[source.names.index("dog/tall.bmp")]
+    if resize == "pad":  # aspect kept: black borders on the short side
+        assert (wide[:, 0] == 0).all() and abs(int(wide[:, 4, 5].mean()) - 200) <= 3
+        assert (tall[:, :, 0] == 0).all() and (tall[:, 4, 5] == 90).all()
+    else:  # stretched or centre-cropped: no border
+        assert abs(int(wide.mean()) - 200) <= 3 and (tall == 90).all()
 
 
 def test_imagefolder_mixing_grey_rgb_and_rgba_loads_every_image_as_rgb(tmp_path):
@@ -64,9 +80,9 @@ def test_imagefolder_mixing_grey_rgb_and_rgba_loads_every_image_as_rgb(tmp_path)
     source = data.load_imagefolder_source(str(tmp_path))
     assert source.images.shape == (8, 3, 6, 6) and source.rejected == []
     converted = source.images[source.names.index("dog/grey.png")]
-    assert np.allclose(converted, grey[None].repeat(3, 0) / 255.0)  # grey copied, not changed
+    assert (converted == grey[None].repeat(3, 0)).all()  # grey copied, not changed
     red = source.images[source.names.index("cat/alpha.png")]
-    assert np.allclose(red[0], 200 / 255.0) and np.allclose(red[1:], 0.0)  # alpha dropped
+    assert (red[0] == 200).all() and (red[1:] == 0).all()  # alpha dropped
 
 
 def test_imagefolder_all_grey_stays_one_channel(tmp_path):
@@ -105,8 +121,11 @@ def test_too_few_images_per_class_to_split_says_which_class(tmp_path):
     for count in (1, 2):  # sklearn refuses to stratify 1; with 2, a split would miss the class
         labels = np.array([0] * (12 - count) + [1] * count)
         with pytest.raises(data.DatasetError) as err:
-            data.split_arrays(images, labels, 0.15, 0.2, seed=0)
-        assert str(err.value) == f"{message}{{0: {12 - count}, 1: {count}}}; add images to the small classes"
+            data.split_arrays(images, labels, 0.15, 0.2, seed=0, classes=["cat", "dog"])
+        assert str(err.value) == (
+            f"{message}{{'cat': {12 - count}, 'dog': {count}}}; add images to the small classes "
+            f"(smallest: 'dog', {count} images)"
+        )
 
 
 def test_imagefolder_without_class_folders_says_what_is_expected(tmp_path):
@@ -144,7 +163,7 @@ def test_torchvision_reads_a_local_mnist_root(tmp_path):
     write_mnist_root(tmp_path, [0, 1, 0, 1], [0, 1])
     images, labels, classes = data.load_torchvision_source("MNIST", str(tmp_path), download=False)
     assert images.shape == (6, 1, 28, 28)
-    assert images.max() == 1.0
+    assert images.dtype == np.uint8 and images.max() == 255
     assert list(labels) == [0, 1, 0, 1, 0, 1]
     assert len(classes) == 10
 
@@ -158,3 +177,113 @@ def test_labels_outside_the_classes_are_rejected(tmp_path):
         "dataset 'MNIST': 1 labels are outside the 10 classes 0..9 (first: label 12 of MNIST:2); "
         "fix the labels or the class list"
     )
+
+
+def write_cifar10_root(root, train_labels, test_labels):
+    """The CIFAR-10 python layout torchvision reads (cifar-10-batches-py: pickled batches of
+    uint8 rows, 3x32x32 each, and batches.meta), written by hand with a flat colour per class."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def batch(labels):
+        rows = np.stack([np.full(3 * 32 * 32, 20 * label + 10, dtype=np.uint8) for label in labels])
+        return {"data": rows, "labels": list(labels)}  # str keys, as the Python 2 originals load
+
+    per_batch = np.array_split(np.asarray(train_labels), 5)
+    for number, labels in enumerate(per_batch, start=1):
+        (folder / f"data_batch_{number}").write_bytes(pickle.dumps(batch(labels.tolist())))
+    (folder / "test_batch").write_bytes(pickle.dumps(batch(list(test_labels))))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+
+
+def test_cifar10_root_in_torchvision_format_is_prepared_as_uint8(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as cifar
+
+    from joulebench import io, stages
+
+    # torchvision checks the official files' md5 sums; these files are ours, in the same format.
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    labels = [label for label in range(3) for _ in range(10)]
+    write_cifar10_root(tmp_path / "cifar", labels, [0, 1, 2] * 3)
+    dataset = {"name": "CIFAR10", "source": "torchvision", "root": str(tmp_path / "cifar")}
+    dataset |= {"val_fraction": 0.2, "test_fraction": 0.2, "split_seed": 0}
+    out = [tmp_path / name for name in ("splits.npz", "dataset.json", "rejected.csv", "energy.json")]
+    energy = {"estimate": {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}}
+    stages.prepare_dataset(dataset, {"enabled": True}, energy, *out)
+    stored = io.open_arrays(out[0])
+    assert stored["train_x"].dtype == np.uint8 and stored["train_x"].shape[1:] == (3, 32, 32)
+    assert int(stored["pixel_max"]) == 255
+    facts = io.read_json(out[1])
+    assert facts["classes"][:3] == ["airplane", "automobile", "bird"] and facts["num_classes"] == 10
+    assert sum(facts[f"{s}_count"] for s in data.SPLITS) == 39
+    # Each image keeps its class colour: uint8 20 * label + 10, float (20 * label + 10) / 255.
+    floats = io.load_arrays(out[0])
+    expected = (20 * floats["train_y"] + 10).astype(np.float32) / np.float32(255)
+    assert np.array_equal(floats["train_x"][:, 0, 0, 0], expected)
+
+
+def test_uint8_loader_gives_the_float_batches_bit_for_bit(tmp_path, digits_arrays):
+    from joulebench import io
+
+    arrays, _ = digits_arrays
+    stored = {key: value for key, value in arrays.items()}
+    for split in data.SPLITS:
+        stored[f"{split}_x"] = np.rint(arrays[f"{split}_x"] * 16).astype(np.uint8)
+    io.save_arrays(tmp_path / "splits.npz", {**stored, "pixel_max": np.asarray(16)})
+    mapped = io.open_arrays(tmp_path / "splits.npz")
+    assert isinstance(mapped["train_x"], np.memmap) and mapped["train_x"].dtype == np.uint8
+    for shuffle in (False, True):
+        floats = data.loader(arrays, "train", 64, shuffle=shuffle, seed=3)
+        uint8s = data.loader(mapped, "train", 64, shuffle=shuffle, seed=3)
+        for (x_float, y_float), (x_uint8, y_uint8) in zip(floats, uint8s, strict=True):
+            assert x_uint8.dtype == torch.float32 and torch.equal(x_float, x_uint8)
+            assert torch.equal(y_float, y_uint8)
+    workers = data.loader(mapped, "val", 100, workers=2)
+    assert sum(len(y) for _, y in workers) == len(arrays["val_y"])
+
+
+def test_a_batch_larger_than_the_training_split_is_an_error_naming_the_key(digits_arrays):
+    from joulebench.models import build_model
+    from joulebench.train import TrainSettings, train
+
+    arrays, _ = digits_arrays
+    small = {**arrays, "train_x": arrays["train_x"][:40], "train_y": arrays["train_y"][:40]}
+    model = build_model({"arch": "small_cnn", "in_channels": 1, "num_classes": 10, "precision": "fp32"})
+    with pytest.raises(data.DatasetError) as err:
+        train(model, small, TrainSettings(epochs=1, batch_size=64, lr=0.003), meter=None)
+    assert str(err.value) == (
+        "training.batch_size 64 is larger than the training split (40 images after splitting, "
+        "cleaning and sampling); set training.batch_size to at most 40"
+    )
+
+
+def test_mixed_size_image_folder_runs_end_to_end(tmp_path):
+    """Real PNG, JPEG and BMP files of four sizes, grey and colour, through the whole workflow."""
+    from conftest import run_snakemake, tiny_config
+    from joulebench import io
+
+    root = tmp_path / "photos"
+    make_image_tree(root, {"cat": 12, "dog": 12})
+    rng = np.random.default_rng(1)
+    for name in ("cat", "dog"):
+        for index, (height, width) in enumerate([(9, 14), (20, 11), (7, 7), (30, 30)]):
+            pixels = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"mixed{index}.{['png', 'jpg', 'bmp', 'png'][index]}")
+        Image.fromarray(rng.integers(0, 255, size=(12, 5), dtype=np.uint8)).save(root / name / "grey.png")
+    base = tiny_config()
+    dataset = {**base["dataset"], "name": "photos", "source": "imagefolder", "root": str(root)}
+    config = tiny_config(
+        dataset=dataset | {"image_size": [8, 8], "resize": "pad"},
+        variants={},
+        training={**base["training"], "batch_size": 8},
+    )
+    run_snakemake(tmp_path / "run", config)
+    results = tmp_path / "run" / "results"
+    facts = io.read_json(results / "data" / "photos" / "dataset.json")
+    assert facts["image_size"] == [8, 8] and facts["channels"] == 3
+    raw = io.read_json(results / "data" / "photos" / "raw" / "dataset.json")
+    assert sum(raw[f"{s}_count"] for s in data.SPLITS) == 2 * (12 + 5)  # none dropped
+    assert list(results.rglob("metrics.json"))

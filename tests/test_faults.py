@@ -95,7 +95,7 @@ def _kill_when(process, condition, timeout=240):
         (
             {"cat": 20, "dog": 2},
             "cannot split 22 images into train/val/test with every class in each split; images per "
-            "class: {0: 20, 1: 2}; add images to the small classes",
+            "class: {'cat': 20, 'dog': 2}; add images to the small classes (smallest: 'dog', 2 images)",
         ),
     ],
     ids=["empty_class_folder", "single_class", "class_too_small_to_split"],

@@ -68,6 +68,9 @@ def test_sample_dataset_writes_subset_balance_and_energy(tmp_path, digits_arrays
         assert len(subset["train_y"]) == sample.subset_size(len(full["train_y"]), 0.5)
     for split in ("val", "test"):
         assert np.array_equal(subset[f"{split}_x"], full[f"{split}_x"])
+    kept = summary["diversity"]
+    assert kept["sampled"]["images"] == len(subset["train_y"]) == summary["after"]["count"]
+    assert kept["sampled"]["vendi_score"] > 1.0 and kept["cleaned"]["class_evenness"] > 0.99
     # Subset rows are real training rows (same image under the same source id).
     position = {int(i): k for k, i in enumerate(full["train_id"])}
     rows = [position[int(i)] for i in subset["train_id"]]

@@ -39,7 +39,8 @@ rule clean_dataset:
         "benchmarks/clean_dataset/{dataset}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 1
+    # Crop hashes are computed in this many threads.
+    threads: 2
     resources:
         measured=1,
     params:

@@ -79,14 +79,18 @@ def augment_image(pipeline, image: np.ndarray) -> np.ndarray:
 class AugmentedImages(Dataset):
     """A training split whose images are augmented afresh every time they are drawn."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, pipeline):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, pipeline, pixel_max: int = 255):
         self.images, self.labels, self.pipeline = images, labels, pipeline
+        self.pixel_max = pixel_max  # stored uint8 images become floats in [0, 1] here
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        image = augment_image(self.pipeline, self.images[index])
+        image = self.images[index]
+        if image.dtype == np.uint8:
+            image = image.astype(np.float32) / np.float32(self.pixel_max)
+        image = augment_image(self.pipeline, image)
         return torch.from_numpy(image), torch.tensor(self.labels[index])
 
 

@@ -1,22 +1,35 @@
 """Datasets as arrays: load a source, split it with a fixed seed, hand out tensors.
 
-A prepared dataset is one .npz of float32 images (N, C, H, W) in [0, 1] and int64 labels per
-split, plus a JSON of facts (classes, shape, counts). Every later rule reads only that file.
+A prepared dataset is one uncompressed .npz: uint8 images (N, C, H, W) and int64 labels per
+split, `pixel_max` (the pixel value that means 1.0: 255, or 16 for scikit-learn's digits) and a
+JSON of facts (classes, shape, counts). Images become float32 in [0, 1] (x / pixel_max, the
+values the decoder gave) only batch by batch in `loader`, so a split costs a quarter of the
+memory of floats and can be memory-mapped (io.open_arrays).
 """
 
 import logging
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 TORCHVISION_SOURCES = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "SVHN")
+# dataset.resize: how an image folder of mixed sizes is brought to dataset.image_size.
+RESIZE_METHODS = ("stretch", "pad", "crop")
 
 
 class DatasetError(ValueError):
@@ -32,13 +45,29 @@ def load_digits_source() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return images, digits.target.astype(np.int64), [str(c) for c in digits.target_names]
 
 
-def _pil_to_array(image) -> np.ndarray:
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+def as_float(images, pixel_max: int):
+    """Stored uint8 pixels as float32 in [0, 1]: the division the decoder's floats used, bit for bit."""
+    if isinstance(images, torch.Tensor):
+        return images.float() / float(pixel_max)
+    return images.astype(np.float32) / np.float32(pixel_max)
+
+
+def _torchvision_part_arrays(part) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, H, W) uint8 images and labels of a torchvision dataset, read from its decoded arrays."""
+    images = np.asarray(part.data)
+    labels = np.asarray(getattr(part, "targets", None) if hasattr(part, "targets") else part.labels)
+    if images.ndim == 3:  # MNIST family: (N, H, W)
+        images = images[:, None]
+    elif images.shape[-1] == 3:  # CIFAR: (N, H, W, 3); SVHN is already (N, 3, H, W)
+        images = images.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(images, dtype=np.uint8), labels.astype(np.int64)
 
 
 def load_torchvision_source(name: str, root: str, download: bool):
-    """A torchvision dataset from a local root; train and test parts are pooled, then re-split."""
+    """A torchvision dataset from a local root; train and test parts are pooled, then re-split.
+
+    Returns uint8 (N, C, H, W) images, labels and class names.
+    """
     import torchvision.datasets as tvd
 
     if name not in TORCHVISION_SOURCES:
@@ -48,64 +77,104 @@ def load_torchvision_source(name: str, root: str, download: bool):
             f"dataset root {root!r} does not exist; put the {name} files there or set dataset.download: true"
         )
     cls = getattr(tvd, name)
-    parts = []
+    images, labels = [], []
     for train in (True, False):
         kwargs = {"split": "train" if train else "test"} if name == "SVHN" else {"train": train}
         try:
-            parts.append(cls(root=root, download=download, **kwargs))
+            part = cls(root=root, download=download, **kwargs)
         except RuntimeError as err:
             raise DatasetError(f"could not read {name} under {root!r}: {err}") from err
-    images, labels = [], []
-    for part in parts:
-        for image, label in part:
-            images.append(_pil_to_array(image))
-            labels.append(label)
-    classes = [str(c) for c in getattr(parts[0], "classes", sorted(set(labels)))]
-    return np.stack(images), np.asarray(labels, dtype=np.int64), classes
+        part_images, part_labels = _torchvision_part_arrays(part)
+        images.append(part_images)
+        labels.append(part_labels)
+        if train:
+            classes = [str(c) for c in getattr(part, "classes", [])]
+    labels = np.concatenate(labels)
+    classes = classes or [str(c) for c in range(int(labels.max()) + 1)]
+    return np.concatenate(images), labels, classes
 
 
 @dataclass
 class Source:
-    """Decoded images of one dataset, a name per image and the files that could not be used."""
+    """Decoded uint8 images of one dataset, a name per image and the files that could not be used."""
 
     images: np.ndarray
     labels: np.ndarray
     classes: list[str]
     names: list[str]
     rejected: list[dict] = field(default_factory=list)
+    pixel_max: int = 255
 
 
 # PIL modes that decode to one grey channel; every other mode decodes to RGB (alpha dropped).
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
-def _open_image(path: Path):
-    """Decode a whole file (PIL is lazy: load() is what finds a truncated file) to L or RGB."""
+def _open_image(path: Path, mode: str | None = None):
+    """Decode a whole file (PIL is lazy: load() is what finds a truncated file) to L or RGB.
+
+    `mode` forces the result ("RGB": grey copied to three channels, nothing lost)."""
     from PIL import Image
 
     with Image.open(path) as image:
         image.load()
-        return image.convert("L" if image.mode in _GREY_MODES else "RGB")
+        return image.convert(mode or ("L" if image.mode in _GREY_MODES else "RGB"))
 
 
-def _common_mode(decoded: list) -> list:
-    """Grey images among colour ones become RGB (grey copied to three channels, nothing lost);
-    RGBA and palette images already decoded to RGB. Returns the list with every image converted."""
-    if all(image.mode == "L" for _, _, image in decoded):
-        return decoded
-    greys = sum(image.mode == "L" for _, _, image in decoded)
-    if greys:
-        log.info("%d grey images converted to RGB to match the colour ones", greys)
-    return [(name, label, image.convert("RGB")) for name, label, image in decoded]
-
-
-def load_imagefolder_source(root: str, skip_unusable: bool = False) -> Source:
-    """An ImageFolder tree: root/<class>/<image>, every image of one size and mode.
-
-    With `skip_unusable`, files that do not decode and images whose size or mode differs from
-    the majority are listed in `Source.rejected` (for the cleaning report) instead of raising.
-    """
+def _header(path: str):
+    """(width, height), mode from the file header only, or None where the header does not parse."""
     from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size, image.mode
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def resize_pipeline(image_size, method: str = "stretch"):
+    """The albumentations transform that brings any image to `image_size` (height, width).
+
+    stretch: Resize (aspect ratio not kept); pad: LongestMaxSize + PadIfNeeded with black borders
+    (nothing cut off); crop: SmallestMaxSize + CenterCrop (no borders, edges cut off).
+    Downscaling averages pixels (INTER_AREA), so small details do not alias.
+    """
+    import albumentations as A
+
+    height, width = image_size
+    resize = {"interpolation": 1, "area_for_downscale": "image"}  # cv2.INTER_LINEAR up, INTER_AREA down
+    if method == "stretch":
+        steps = [A.Resize(height, width, **resize)]
+    elif method == "pad":
+        steps = [
+            A.LongestMaxSize(max_size_hw=(height, width), **resize),
+            A.PadIfNeeded(height, width, border_mode=0, fill=0),
+        ]
+    elif method == "crop":
+        steps = [A.SmallestMaxSize(max_size_hw=(height, width), **resize), A.CenterCrop(height, width)]
+    else:
+        raise DatasetError(f"unknown dataset.resize {method!r}; choose one of {RESIZE_METHODS}")
+    return A.Compose(steps)
+
+
+def _size_hw(image_size) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    return (
+        (int(image_size), int(image_size)) if np.isscalar(image_size) else tuple(int(s) for s in image_size)
+    )
+
+
+def load_imagefolder_source(
+    root: str, skip_unusable: bool = False, image_size=None, resize: str = "stretch", workers: int = 1
+) -> Source:
+    """An ImageFolder tree root/<class>/<image>, decoded in `workers` threads into one uint8 array.
+
+    Images of any size and format are brought to `image_size` ((height, width) or one int) by
+    `resize_pipeline(image_size, resize)`; without `image_size` every image must have one size.
+    Grey images among colour ones become RGB. With `skip_unusable`, files that do not decode are
+    listed in `Source.rejected` (for the cleaning report) instead of raising.
+    """
     from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -124,50 +193,83 @@ def load_imagefolder_source(root: str, skip_unusable: bool = False) -> Source:
             f"class folders without image files under {root!r}: {', '.join(empty)}; add images "
             f"({', '.join(IMG_EXTENSIONS)}) or remove the folders"
         )
-    decoded, rejected = [], []
-    for path, label in folder.samples:
-        name = str(Path(path).relative_to(root_path))
-        try:
-            image = _open_image(Path(path))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            if not skip_unusable:
-                raise DatasetError(
-                    f"cannot read image {path}: {err}; remove or replace the file, or enable cleaning"
-                ) from err
-            rejected.append({"item": name, "reason": "unreadable", "detail": str(err)})
-            continue
-        decoded.append((name, label, image))
-    if not decoded:
+    paths = [path for path, _ in folder.samples]
+    names = [str(Path(path).relative_to(root_path)) for path in paths]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        headers = list(pool.map(_header, paths, chunksize=256))
+    readable = [header for header in headers if header is not None]
+    if not readable:
         raise DatasetError(f"image folder {root!r} has no readable image files")
-    decoded = _common_mode(decoded)
-    expected_size = Counter(image.size for _, _, image in decoded).most_common(1)[0][0]
-    images, labels, names = [], [], []
-    for name, label, image in decoded:
-        if image.size != expected_size:
-            detail = f"size {image.size}, expected {expected_size}"
-            if not skip_unusable:
-                raise DatasetError(
-                    f"image {root_path / name} has {detail}; every image under {root!r} must have "
-                    "one size: resize it, or enable cleaning to drop it"
-                )
-            rejected.append({"item": name, "reason": "wrong_size", "detail": detail})
+    channels = 1 if all(mode in _GREY_MODES for _, mode in readable) else 3
+    size_hw = _size_hw(image_size)
+    if size_hw is None:
+        sizes = Counter(size for size, _ in readable)
+        if len(sizes) > 1:
+            (common, count), (other, _) = sizes.most_common(2)
+            example = names[next(i for i, h in enumerate(headers) if h is not None and h[0] == other)]
+            raise DatasetError(
+                f"images under {root!r} have {len(sizes)} different sizes ({count} are {common[0]}x"
+                f"{common[1]}, {root_path / example} is {other[0]}x{other[1]}); set dataset.image_size "
+                "(and dataset.resize: stretch, pad or crop) to bring every image to one size"
+            )
+        size_hw = (readable[0][0][1], readable[0][0][0])
+    pipeline = resize_pipeline(size_hw, resize) if image_size is not None else None
+    images = np.zeros((len(paths), channels, *size_hw), dtype=np.uint8)
+    mode = "L" if channels == 1 else "RGB"
+
+    def decode(index: int) -> str | None:
+        """Decode file `index` into images[index]; the error text if it cannot be read."""
+        from PIL import Image
+
+        try:
+            pixels = np.asarray(_open_image(Path(paths[index]), mode))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            return str(err) or type(err).__name__
+        pixels = pixels.reshape(*pixels.shape[:2], channels)
+        if pipeline is not None:
+            pixels = pipeline(image=pixels)["image"].reshape(*size_hw, channels)
+        images[index] = pixels.transpose(2, 0, 1)
+        return None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        errors = list(pool.map(decode, range(len(paths)), chunksize=64))
+    rejected = []
+    for index, error in enumerate(errors):
+        if error is None:
             continue
-        images.append(_pil_to_array(image))
-        labels.append(label)
-        names.append(name)
+        if not skip_unusable:
+            raise DatasetError(
+                f"cannot read image {paths[index]}: {error}; remove or replace the file, or enable cleaning"
+            )
+        rejected.append({"item": names[index], "reason": "unreadable", "detail": error})
+    keep = np.array([error is None for error in errors])
+    if not keep.any():
+        raise DatasetError(f"image folder {root!r} has no readable image files")
     if rejected:
-        log.warning("%d unusable files under %s left out (see the cleaning report)", len(rejected), root)
-    return Source(np.stack(images), np.asarray(labels, dtype=np.int64), list(folder.classes), names, rejected)
+        log.warning("%d unreadable files under %s left out (see the cleaning report)", len(rejected), root)
+        images = images[keep]
+    labels = np.asarray([label for _, label in folder.samples], dtype=np.int64)[keep]
+    kept_names = [name for name, ok in zip(names, keep, strict=True) if ok]
+    return Source(images, labels, list(folder.classes), kept_names, rejected)
 
 
-def load_source(dataset: dict, skip_unusable: bool = False) -> Source:
+def load_source(dataset: dict, skip_unusable: bool = False, workers: int = 1) -> Source:
     """The configured dataset, with a name per image (file path or source:index) for reports."""
     kind = dataset["source"]
     if kind == "imagefolder":
-        source = load_imagefolder_source(dataset["root"], skip_unusable)
+        source = load_imagefolder_source(
+            dataset["root"],
+            skip_unusable,
+            dataset.get("image_size"),
+            dataset.get("resize", "stretch"),
+            workers,
+        )
     else:
+        pixel_max = 255
         if kind == "sklearn-digits":
             images, labels, classes = load_digits_source()
+            pixel_max = 16  # 17 grey levels 0..16, stored exactly
+            images = np.rint(images * pixel_max).astype(np.uint8)
         elif kind == "torchvision":
             images, labels, classes = load_torchvision_source(
                 dataset["name"], dataset["root"], dataset.get("download", False)
@@ -175,7 +277,7 @@ def load_source(dataset: dict, skip_unusable: bool = False) -> Source:
         else:
             raise DatasetError(f"unknown dataset source {kind!r}")
         names = [f"{dataset['name']}:{index}" for index in range(len(labels))]
-        source = Source(images, labels, classes, names)
+        source = Source(images, labels, classes, names, pixel_max=pixel_max)
     check_labels(source, f"dataset {dataset['name']!r}")
     return source
 
@@ -199,36 +301,38 @@ def check_labels(source: Source, where: str) -> None:
         )
 
 
-def split_arrays(images, labels, val_fraction: float, test_fraction: float, seed: int) -> dict:
+def split_arrays(images, labels, val_fraction: float, test_fraction: float, seed: int, classes=None) -> dict:
     """Stratified train/val/test split, identical for a given seed.
 
     `<split>_id` holds each image's index in the source, so any later step can name the file.
+    Only indices are shuffled; each split's images are gathered once. `classes` names the
+    classes in the error message.
     """
     from sklearn.model_selection import train_test_split  # imported here: costs 3 s per job
 
     ids = np.arange(len(labels), dtype=np.int64)
     val_share = val_fraction / (1.0 - test_fraction)
-    counts = dict(enumerate(np.bincount(labels).tolist()))
+    names = classes or [str(c) for c in range(int(labels.max()) + 1)]
+    counts = {names[c]: n for c, n in enumerate(np.bincount(labels).tolist()) if n}
+    smallest = min(counts, key=counts.get)
     unsplittable = DatasetError(
         f"cannot split {len(labels)} images into train/val/test with every class in each split; "
-        f"images per class: {counts}; add images to the small classes"
+        f"images per class: {counts}; add images to the small classes (smallest: {smallest!r}, "
+        f"{counts[smallest]} images)"
     )
     try:
-        rest_x, test_x, rest_y, test_y, rest_id, test_id = train_test_split(
-            images, labels, ids, test_size=test_fraction, random_state=seed, stratify=labels
-        )
-        train_x, val_x, train_y, val_y, train_id, val_id = train_test_split(
-            rest_x, rest_y, rest_id, test_size=val_share, random_state=seed, stratify=rest_y
+        rest_id, test_id = train_test_split(ids, test_size=test_fraction, random_state=seed, stratify=labels)
+        train_id, val_id = train_test_split(
+            rest_id, test_size=val_share, random_state=seed, stratify=labels[rest_id]
         )
     except ValueError as err:  # sklearn: a class too small to stratify
         raise unsplittable from err
-    if any(set(np.unique(part)) != set(np.unique(labels)) for part in (train_y, val_y, test_y)):
+    arrays = {}
+    for split, chosen in (("train", train_id), ("val", val_id), ("test", test_id)):
+        arrays |= {f"{split}_x": images[chosen], f"{split}_y": labels[chosen], f"{split}_id": chosen}
+    if any(set(np.unique(arrays[f"{s}_y"])) != set(np.unique(labels)) for s in SPLITS):
         raise unsplittable
-    return {
-        "train_x": train_x, "train_y": train_y, "train_id": train_id,
-        "val_x": val_x, "val_y": val_y, "val_id": val_id,
-        "test_x": test_x, "test_y": test_y, "test_id": test_id,
-    }  # fmt: skip
+    return arrays
 
 
 def describe(arrays: dict, classes: list[str]) -> dict:
@@ -246,17 +350,75 @@ def describe(arrays: dict, classes: list[str]) -> dict:
     return facts
 
 
-def loader(arrays: dict, split: str, batch_size: int, shuffle: bool = False, seed: int = 0, augment=None):
-    """A DataLoader over one split; in-process (num_workers=0) so energy windows see all work.
+def check_batch_size(train_count: int, batch_size: int) -> None:
+    """A batch larger than the training split would silently train on one short batch per epoch."""
+    if batch_size > train_count:
+        raise DatasetError(
+            f"training.batch_size {batch_size} is larger than the training split ({train_count} images "
+            f"after splitting, cleaning and sampling); set training.batch_size to at most {train_count}"
+        )
 
-    `augment`: albumentations transforms (config `augmentation.transforms`) applied online.
+
+class Uint8Batches(Dataset):
+    """A split of stored uint8 images (an array or a memory map) handed out a batch at a time:
+    one gather and one float conversion per batch (index with a list of indices)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, pixel_max: int):
+        self.images, self.labels, self.pixel_max = images, labels, int(pixel_max)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, indices):
+        indices = np.asarray(indices)
+        order = np.argsort(indices, kind="stable")  # a memory map is read front to back
+        gathered = self.images[indices[order]]
+        images = np.empty_like(gathered)
+        images[order] = gathered
+        return as_float(torch.from_numpy(images), self.pixel_max), torch.from_numpy(self.labels[indices])
+
+
+def loader(
+    arrays: dict,
+    split: str,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    augment=None,
+    workers: int = 0,
+):
+    """A DataLoader over one split, float32 images in [0, 1] and int64 labels per batch.
+
+    `arrays` holds uint8 images and `pixel_max` as stored (io.open_arrays) or float images
+    (io.load_arrays). `augment`: albumentations transforms (config `augmentation.transforms`)
+    applied online. `workers` (config `training.loader_workers`): 0 keeps loading in this process,
+    so the energy windows see all of its work; more start that many worker processes. Batches are
+    put in pinned memory when CUDA is available, so copies to the GPU can overlap compute.
     """
     images, labels = arrays[f"{split}_x"], arrays[f"{split}_y"]
+    pixel_max = int(arrays.get("pixel_max", 255))
+    generator = torch.Generator().manual_seed(seed)
+    options = {
+        "generator": generator,
+        "num_workers": workers,
+        "pin_memory": torch.cuda.is_available(),
+        "persistent_workers": workers > 0,
+    }
     if augment:
         from joulebench.augment import AugmentedImages, build_pipeline
 
-        dataset = AugmentedImages(images, labels, build_pipeline(list(augment), seed=seed))
-    else:
+        pipeline = build_pipeline(list(augment), seed=seed)
+        dataset = AugmentedImages(images, labels, pipeline, pixel_max)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **options)
+    if images.dtype != np.uint8:
+        # A read-only memory map of floats (an old or augmented file) is copied: tensors must be writable.
+        images, labels = np.require(images, requirements="W"), np.require(labels, requirements="W")
         dataset = TensorDataset(torch.from_numpy(images), torch.from_numpy(labels))
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **options)
+    # The sampler draws from the loader's own generator, as DataLoader(shuffle=True) does, so the
+    # batches (and a checkpoint's saved generator state) are the same as for float arrays.
+    dataset = Uint8Batches(images, np.asarray(labels), pixel_max)
+    order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    return DataLoader(
+        dataset, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None, **options
+    )

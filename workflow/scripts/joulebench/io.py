@@ -73,5 +73,54 @@ def save_arrays(path, arrays: dict) -> None:
 
 
 def load_arrays(path) -> dict:
+    """Every array of an .npz in memory; images stored as uint8 come back as float32 in [0, 1]."""
     with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+        return _as_float_images({key: data[key] for key in data.files})
+
+
+def _as_float_images(arrays: dict) -> dict:
+    """Stored uint8 `<split>_x` images as float32 in [0, 1] (x / pixel_max), as they were decoded."""
+    pixel_max = arrays.pop("pixel_max", None)
+    if pixel_max is None:
+        return arrays
+    scale = np.float32(int(pixel_max))
+    for key, value in arrays.items():
+        if key.endswith("_x") and value.dtype == np.uint8:
+            arrays[key] = value.astype(np.float32) / scale
+    return arrays
+
+
+def open_arrays(path) -> dict:
+    """The arrays of an uncompressed .npz as stored (uint8 images stay uint8), each memory-mapped
+    read-only where possible, so a split larger than memory is paged in as batches read it.
+
+    np.savez stores every array as a plain .npy member of a ZIP file: its bytes sit at a fixed
+    offset in the file, which np.memmap can map. Compressed or object members are read normally.
+    """
+    import zipfile
+
+    arrays = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
+        for info in archive.infolist():
+            key = info.filename.removesuffix(".npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                with archive.open(info) as member:
+                    arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+                continue
+            # The local header's name and extra fields may differ from the central directory's.
+            handle.seek(info.header_offset + 26)
+            name_length, extra_length = np.frombuffer(handle.read(4), dtype="<u2")
+            handle.seek(info.header_offset + 30 + int(name_length) + int(extra_length))
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else None
+            read_header = read_header or np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(handle)
+            if dtype.hasobject:
+                raise ValueError(f"{path}: array {key!r} holds Python objects; refusing to load it")
+            if not np.prod(shape):
+                arrays[key] = np.zeros(shape, dtype=dtype)
+                continue
+            arrays[key] = np.memmap(
+                path, dtype=dtype, mode="r", offset=handle.tell(), shape=shape, order="F" if fortran else "C"
+            )
+    return arrays

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from joulebench import compress, data, io, power_limit
+from joulebench import compress, data, diversity, io, power_limit
 from joulebench.checkpoint import Checkpointer, exit_on_sigterm, file_digest, fingerprint, merge_prior_energy
 from joulebench.devices import CPU, Placement, accelerator
 from joulebench.energy import EnergyMeter, EstimateModel, measure_idle_power
@@ -57,20 +57,25 @@ def _meter(rule: str, energy_config: dict, placement: Placement = CPU) -> Energy
 def prepare_dataset(
     dataset: dict, cleaning: dict, energy_config: dict, splits_path, facts_path, rejected_path, energy_path
 ) -> None:
-    """Load and split the source. With cleaning on, unusable files are listed instead of fatal."""
+    """Load and split the source. With cleaning on, unusable files are listed instead of fatal.
+
+    Image files are decoded in as many threads as the job was given (torch's thread count).
+    """
     with _meter("prepare_dataset", energy_config) as meter, meter.window("load_and_split"):
-        source = data.load_source(dataset, skip_unusable=cleaning["enabled"])
+        source = data.load_source(dataset, skip_unusable=cleaning["enabled"], workers=torch.get_num_threads())
         arrays = data.split_arrays(
             source.images,
             source.labels,
             dataset["val_fraction"],
             dataset["test_fraction"],
             dataset["split_seed"],
+            source.classes,
         )
     facts = data.describe(arrays, source.classes)
     log.info("dataset %s: %s", dataset["name"], {k: facts[f"{k}_count"] for k in data.SPLITS})
     # Names let the cleaning report point at the file (or source index) of every removed image.
-    io.save_arrays(splits_path, {**arrays, "item_names": np.asarray(source.names, dtype=str)})
+    names = np.asarray(source.names, dtype=str)
+    io.save_arrays(splits_path, {**arrays, "item_names": names, "pixel_max": np.asarray(source.pixel_max)})
     io.write_json(facts_path, facts)
     columns = ["item", "reason", "detail"]
     io.write_csv(rejected_path, pd.DataFrame(source.rejected, columns=columns))
@@ -86,19 +91,27 @@ def clean_dataset(
     """
     from joulebench import clean
 
-    raw = io.load_arrays(raw_splits_path)
+    raw = dict(io.open_arrays(raw_splits_path))
     names = [str(name) for name in raw.pop("item_names")]
     classes = io.read_json(raw_facts_path)["classes"]
-    settings = {k: cleaning[k] for k in ("enabled", "near_duplicates", "near_duplicate_max_distance")}
+    settings = {k: v for k, v in cleaning.items() if k != "examples_per_reason"}
+    chosen = {}
     with _meter("clean_dataset", energy_config) as meter, meter.window("find_duplicates"):
         if cleaning["enabled"]:
-            arrays, removed = clean.clean_splits(raw, names, settings)
+            arrays, removed = clean.clean_splits(raw, names, settings, torch.get_num_threads(), chosen)
         else:
             arrays, removed = raw, []
     # Files the loader could not use were left out before the split; they are removed items too.
     for rejected in pd.read_csv(rejected_path).to_dict("records"):
         removed.append({"split": "source", **rejected})
     report = clean.cleaning_report(raw, arrays, removed, settings, cleaning["examples_per_reason"])
+    report["near_duplicate_thresholds"] = chosen or None
+    # Diversity of the training split before and after cleaning (the seed's D1 >= D0).
+    num_classes = len(classes)
+    report["diversity"] = {
+        name: diversity.diversity(splits["train_x"], splits["train_y"], num_classes)
+        for name, splits in (("raw", raw), ("cleaned", arrays))
+    }
     report["throughput_images_per_s"] = sum(report["before"][s]["count"] for s in data.SPLITS) / max(
         meter.record()["wall_time_s"], 1e-9
     )
@@ -106,7 +119,7 @@ def clean_dataset(
     io.save_arrays(out["splits"], {**arrays, "item_names": np.asarray(names, dtype=str)})
     io.write_json(out["facts"], data.describe(arrays, classes))
     io.write_json(out["report"], report)
-    io.write_csv(out["removed"], pd.DataFrame(removed, columns=clean.REMOVED_COLUMNS))
+    io.write_csv(out["removed"], clean.removed_frame(removed))
     io.write_json(out["energy"], meter.record())
 
 
@@ -119,7 +132,7 @@ def sample_dataset(
     """
     from joulebench import sample
 
-    arrays, facts = io.load_arrays(splits_path), io.read_json(facts_path)
+    arrays, facts = io.open_arrays(splits_path), io.read_json(facts_path)
     labels, fraction, method = arrays["train_y"], variant["fraction"], variant["method"]
     summary = {"method": method, "fraction": fraction, "seed": seed}
     # A scoring method trains a proxy model: on the GPU where there is one.
@@ -148,6 +161,10 @@ def sample_dataset(
     subset = sample.take_train_subset(arrays, chosen)
     summary["before"] = sample.class_balance(labels, facts["num_classes"])
     summary["after"] = sample.class_balance(subset["train_y"], facts["num_classes"])
+    summary["diversity"] = {
+        "cleaned": diversity.diversity(arrays["train_x"], labels, facts["num_classes"]),
+        "sampled": diversity.diversity(subset["train_x"], subset["train_y"], facts["num_classes"]),
+    }
     log.info("subset %s: %d of %d training images", method, len(chosen), len(labels))
     io.save_arrays(out["splits"], subset)
     io.write_json(out["summary"], summary)
@@ -188,6 +205,7 @@ def _settings(training: dict, seed: int, precision: str = "fp32", epochs: int | 
         seed=seed,
         channels_last=training.get("channels_last", False),
         compile=training.get("compile", False),
+        loader_workers=training.get("loader_workers", 0),
     )
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from joulebench.checkpoint import Checkpointer, restore_rng_state, rng_state
-from joulebench.data import loader
+from joulebench.data import check_batch_size, loader
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ class TrainSettings:
     compile: bool = False
     # Albumentations transforms ({name, params}) applied online to training batches (joulebench.augment).
     augmentation: tuple = ()
+    # DataLoader worker processes (0: load in this process, inside the energy windows).
+    loader_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -179,8 +181,15 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     teacher = distillation.teacher.to(device, memory_format=memory_format).eval() if distillation else None
     forward = torch.compile(model) if settings.compile else model
+    check_batch_size(len(arrays["train_y"]), settings.batch_size)
     batches = loader(
-        arrays, "train", settings.batch_size, shuffle=True, seed=settings.seed, augment=settings.augmentation
+        arrays,
+        "train",
+        settings.batch_size,
+        shuffle=True,
+        seed=settings.seed,
+        augment=settings.augmentation,
+        workers=settings.loader_workers,
     )
     history = _resume(checkpointer, model, optimizer, scaler, batches)
     epoch_windows = list(checkpointer.prior_windows) if checkpointer else []
