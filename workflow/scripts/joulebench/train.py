@@ -172,6 +172,7 @@ def train(
     history returned then includes the earlier attempts' epochs). Training stops early after the
     first epoch whose validation accuracy reaches `settings.target_val_accuracy`.
     """
+    check_batch_size(len(arrays["train_y"]), settings.batch_size)
     # Training computes where its meter meters (joulebench.devices.Placement).
     device = meter.placement.torch_device
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
@@ -181,7 +182,6 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     teacher = distillation.teacher.to(device, memory_format=memory_format).eval() if distillation else None
     forward = torch.compile(model) if settings.compile else model
-    check_batch_size(len(arrays["train_y"]), settings.batch_size)
     batches = loader(
         arrays,
         "train",
