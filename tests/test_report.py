@@ -463,3 +463,29 @@ def test_accuracy_interval_stays_within_0_and_100_percent():
     mean, half_width, _ = mean_ci([0.97, 0.99, 1.0])
     assert mean + half_width > 1.0  # the plain Student-t interval runs past 100%
     assert proportion_ci([0.9]) == (None, None)
+
+
+def test_data_diversity_of_each_stage_in_the_report(tmp_path):
+    from joulebench.report import read_diversity
+    from joulebench.report_tables import diversity_markdown
+
+    values = {"class_entropy_nats": 2.3, "class_evenness": 0.99, "vendi_sample": 1000}
+    io.write_json(
+        tmp_path / "cleaning_report.json",
+        {"diversity": {"raw": {**values, "vendi_score": 40.0}, "cleaned": {**values, "vendi_score": 41.0}}},
+    )
+    subset = tmp_path / "subsets" / "subset50" / "seed0" / "subset.json"
+    io.write_json(
+        subset,
+        {"method": "el2n", "seed": 0, "diversity": {"cleaned": {**values, "vendi_score": 41.0},
+                                                     "sampled": {**values, "vendi_score": 35.5}}},
+    )  # fmt: skip
+    diversity = read_diversity([tmp_path / "cleaning_report.json", subset])
+    assert list(diversity["data"]) == ["raw", "cleaned", "cleaned", "sampled"]
+    assert list(diversity["variant"].fillna("")) == ["", "", "subset50", "subset50"]
+    text = "\n".join(diversity_markdown(diversity))
+    assert "## Data diversity" in text and "| sampled | subset50 | 0 | 2.300 | 0.990 | 35.5 |" in text
+    assert (
+        "subset50 (seed 0): the sample does **not** keep the diversity of the cleaned data "
+        "(Vendi 35.5 vs 41.0)" in text
+    )

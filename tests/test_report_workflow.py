@@ -31,6 +31,7 @@ TABLES = [
     "differences.csv",
     "decisions.json",
     "training_curves.csv",
+    "diversity.csv",
 ]
 
 
@@ -58,6 +59,10 @@ def test_report_has_every_figure_and_table(tiny_run):
     assert "no interval" in summary  # the tiny run has one seed: no CI, and it says so
     tex = (out / "table.tex").read_text()
     assert "\\toprule" in tex and "$^\\dagger$" in tex  # estimated energy is footnoted
+    diversity = pd.read_csv(out / "diversity.csv")
+    assert {"raw", "cleaned", "sampled"} <= set(diversity["data"]) and (diversity["vendi_score"] > 1).all()
+    assert "## Data diversity" in summary and "## Measurement protocol" in summary
+    assert "## Repeatability and resolution" in summary
     curves = pd.read_csv(out / "training_curves.csv")
     assert "int8_dynamic" not in set(curves["variant"]) and "baseline" in set(curves["variant"])
 

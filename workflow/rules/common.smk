@@ -141,6 +141,17 @@ def report_entries():
     return entries
 
 
+def diversity_inputs():
+    """The data reports whose diversity the report prints: cleaning (raw and cleaned training
+    data) and each subset variant's sampling (cleaned and sampled), per seed."""
+    paths = [f"results/data/{DATASET}/cleaning_report.json"]
+    for variant, settings in VARIANTS.items():
+        if settings["technique"] == "subset":
+            for seed in config["seeds"]:
+                paths.append(f"{SUBSET_DIR}/subset.json".format(dataset=DATASET, variant=variant, seed=seed))
+    return paths
+
+
 def report_inputs(kind):
     """The files of one kind the report reads, each once (a comparison serves every variant)."""
     return list(dict.fromkeys(entry[kind] for entry in report_entries()))

@@ -8,6 +8,7 @@ rule aggregate_report:
         compare_energy=report_inputs("compare_energy"),
         data_energy=f"results/data/{DATASET}/energy.json",
         data_records=data_energy_inputs(),
+        diversity=diversity_inputs(),
     output:
         table=f"{REPORT_DIR}/results.csv",
         parquet=f"{REPORT_DIR}/results.parquet",
@@ -15,6 +16,7 @@ rule aggregate_report:
         break_even=f"{REPORT_DIR}/break_even.csv",
         differences=f"{REPORT_DIR}/differences.csv",
         curves=f"{REPORT_DIR}/training_curves.csv",
+        diversity_table=f"{REPORT_DIR}/diversity.csv",
         decisions=f"{REPORT_DIR}/decisions.json",
         summary=report(
             f"{REPORT_DIR}/summary.md",

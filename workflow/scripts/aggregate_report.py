@@ -13,4 +13,5 @@ if __name__ == "__main__":
         snakemake.params.energy,
         snakemake.input.get("idle"),
         snakemake.params.report,
+        snakemake.input.diversity,
     )

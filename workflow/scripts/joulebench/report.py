@@ -158,6 +158,34 @@ def read_rounds(entries: list[dict]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+DATA_STAGES = ["raw", "cleaned", "sampled"]
+DIVERSITY_COLUMNS = [
+    "data",
+    "variant",
+    "seed",
+    "class_entropy_nats",
+    "class_evenness",
+    "vendi_score",
+    "vendi_sample",
+]
+
+
+def read_diversity(paths) -> pd.DataFrame:
+    """Diversity of the training data at each data stage: raw and cleaned (cleaning_report.json),
+    and for each subset variant and seed the cleaned data it chose from and its sample
+    (subset.json); joulebench.diversity made the numbers."""
+    rows = []
+    for path in paths:
+        report = io.read_json(path)
+        variant, seed = None, None
+        if "method" in report:  # a subset variant's summary
+            variant, seed = Path(path).parent.parent.name, report["seed"]
+        stages = report.get("diversity", {})
+        for data in sorted(stages, key=DATA_STAGES.index):
+            rows.append({"data": data, "variant": variant, "seed": seed, **stages[data]})
+    return pd.DataFrame(rows, columns=DIVERSITY_COLUMNS)
+
+
 def interleaved_inference(rounds: pd.DataFrame, entry: dict, metrics: dict) -> dict:
     """The row's inference energy from the interleaved comparison: the median over its rounds and
     their interquartile range; the evaluation's own single window is kept beside it."""
@@ -225,14 +253,17 @@ def write_report(
     rounds: pd.DataFrame | None = None,
     protocol: dict | None = None,
     skipped: list[dict] | None = None,
+    diversity: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Every report file under out_dir; `settings` is config `report` (targets, budgets,
     constraints, the time-energy cost).
 
     `rounds`: the interleaved comparisons' windows (read_rounds), on which the inference
     differences rest; `protocol`: the measurement protocol, printed in summary.md; `skipped`: the
-    runs this host could not make (split_skipped).
+    runs this host could not make (split_skipped); `diversity`: the data stages' diversity
+    (read_diversity), in diversity.csv and summary.md.
     """
+    diversity = diversity if diversity is not None else pd.DataFrame(columns=DIVERSITY_COLUMNS)
     out_dir = Path(out_dir)
     summary = report_stats.summarize(table)
     decisions = report_decisions.decide(summary, settings)
@@ -246,6 +277,7 @@ def write_report(
     io.write_csv(out_dir / "break_even.csv", break_even)
     io.write_csv(out_dir / "differences.csv", differences)
     io.write_csv(out_dir / "training_curves.csv", histories)
+    io.write_csv(out_dir / "diversity.csv", diversity)
     io.write_json(out_dir / "decisions.json", decisions)
     report_figures.write_figures(summary, histories, out_dir)
     header, rows, footnotes = report_tables.paper_table(summary)
@@ -253,6 +285,6 @@ def write_report(
     io.write_text(out_dir / "table.tex", report_tables.latex_table(header, rows, footnotes))
     io.write_text(
         out_dir / "summary.md",
-        report_tables.summary_markdown(summary, decisions, break_even, differences, protocol),
+        report_tables.summary_markdown(summary, decisions, break_even, differences, protocol, diversity),
     )
     return summary

@@ -432,12 +432,50 @@ def resolution_markdown(summary: pd.DataFrame, differences: pd.DataFrame) -> lis
     ]
 
 
+def diversity_markdown(diversity: pd.DataFrame | None) -> list[str]:
+    """The training data's diversity at each data stage, and whether sampling kept it (D1 >= D0)."""
+    if diversity is None or diversity.empty:
+        return []
+    header = ["Data", "Variant", "Seed", "Class entropy (nats)", "Evenness", "Vendi score"]
+    rows = [
+        [
+            row["data"],
+            "" if pd.isna(row["variant"]) else row["variant"],
+            "" if pd.isna(row["seed"]) else str(int(row["seed"])),
+            f"{row['class_entropy_nats']:.3f}",
+            f"{row['class_evenness']:.3f}",
+            f"{row['vendi_score']:.1f}",
+        ]
+        for _, row in diversity.iterrows()
+    ]
+    lines = [
+        "## Data diversity",
+        "",
+        "Diversity of the training data at each stage (the seed asks that data optimisation keep it: "
+        "D1 >= D0): class entropy and its evenness (Pielou), and the Vendi score (Friedman & Dieng, "
+        "TMLR 2023) of a fixed-size sample, the effective number of distinct images.",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
+    for (variant, seed), group in diversity.dropna(subset=["variant"]).groupby(["variant", "seed"]):
+        scores = dict(zip(group["data"], group["vendi_score"], strict=True))
+        if {"cleaned", "sampled"} <= set(scores):
+            kept = scores["sampled"] >= scores["cleaned"]
+            lines.append(
+                f"- {variant} (seed {int(seed)}): the sample {'keeps' if kept else 'does **not** keep'} the "
+                f"diversity of the cleaned data (Vendi {scores['sampled']:.1f} vs {scores['cleaned']:.1f})."
+            )
+    return [*lines, ""] if len(lines) > 6 else lines
+
+
 def summary_markdown(
     summary: pd.DataFrame,
     decisions: dict,
     break_even: pd.DataFrame,
     differences: pd.DataFrame,
     protocol: dict | None = None,
+    diversity: pd.DataFrame | None = None,
 ) -> str:
     header, rows, footnotes = paper_table(summary)
     measured = summary["pipeline_energy_measured"].all()
@@ -459,6 +497,7 @@ def summary_markdown(
         markdown_with_notes(header, rows, footnotes),
         *protocol_paragraph(protocol),
         *resolution_markdown(summary, differences),
+        *diversity_markdown(diversity),
         "## Verdicts",
         "",
         "Each variant against the baseline, seed by seed (its seed s is made from or trained beside "

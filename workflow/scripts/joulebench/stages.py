@@ -515,9 +515,23 @@ def measure_idle_baseline(seconds: float, energy_config: dict, idle_path) -> Non
 
 
 def aggregate_results(
-    entries, variants, data_energy_path, out_dir, energy_config=None, idle_path=None, report_settings=None
+    entries,
+    variants,
+    data_energy_path,
+    out_dir,
+    energy_config=None,
+    idle_path=None,
+    report_settings=None,
+    diversity_paths=(),
 ) -> None:
-    from joulebench.report import build_table, read_histories, read_rounds, split_skipped, write_report
+    from joulebench.report import (
+        build_table,
+        read_diversity,
+        read_histories,
+        read_rounds,
+        split_skipped,
+        write_report,
+    )
 
     idle = io.read_json(idle_path) if idle_path else None
     entries, skipped = split_skipped(entries)
@@ -526,5 +540,14 @@ def aggregate_results(
     compare_records = [io.read_json(e["compare_energy"]) for e in entries if "compare_energy" in e]
     protocol = compare_records[0]["protocol"] if compare_records else None
     rounds = read_rounds(entries)
-    summary = write_report(table, histories, report_settings or {}, out_dir, rounds, protocol, skipped)
+    summary = write_report(
+        table,
+        histories,
+        report_settings or {},
+        out_dir,
+        rounds,
+        protocol,
+        skipped,
+        read_diversity(diversity_paths),
+    )
     log.info("summary:\n%s", summary.to_string())
