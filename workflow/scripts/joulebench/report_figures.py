@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from cycler import cycler  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from joulebench import io  # noqa: E402
 from joulebench.report_stats import energy_unit, pareto_mask  # noqa: E402
@@ -149,6 +150,9 @@ def plot_accuracy_vs(summary, x: str, x_ci: str | None, measured, xlabel: str, b
         )  # fmt: skip
         if log_x:
             ax.set_xscale("log")
+            # Plain numbers (0.2, 0.5, 50, 200), not powers of ten.
+            for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+                axis(FuncFormatter(lambda value, _: f"{value:g}"))
         else:
             # Costs are positive; the t-interval of two seeds can reach below 0: cut it at the axis.
             ax.set_xlim(left=max(ax.get_xlim()[0], 0.0))
@@ -156,7 +160,7 @@ def plot_accuracy_vs(summary, x: str, x_ci: str | None, measured, xlabel: str, b
         handles, _ = ax.get_legend_handles_labels()
         front_handle = Line2D([], [], color=FRONT_COLOUR, ls="--", lw=1.1, label="Pareto front")
         provenance = _provenance_handles(summary[measured]) if measured else []
-        ax.set_ylabel("Test accuracy (%), 95% CI on the logit scale")
+        ax.set_ylabel("Test accuracy (%)")
         _legend_below(fig, [*handles, front_handle, *provenance])
         return save_figure(fig, base)
 
