@@ -190,29 +190,16 @@ def test_a_package_counter_is_read_once_per_node(tmp_path, monkeypatch):
         PACKAGE_BUSY_W,
         PACKAGE_IDLE_W,
         RAPL_WRITER_PERIOD_S,
-        SIMULATED_HOST,
         expected_package_joules,
+        simulated_host,
     )
 
     host = tmp_path / "host"
     host.mkdir()
-    writer = subprocess.Popen(
-        [sys.executable, str(SIMULATED_HOST / "rapl_writer.py"), str(host),
-         str(PACKAGE_IDLE_W), str(PACKAGE_BUSY_W), str(DRAM_W), "262143"]
-    )  # fmt: skip
-    try:
-        while not (host / "ready").exists():
-            time.sleep(0.05)
-        monkeypatch.setenv(
-            "PYTHONPATH", os.pathsep.join([str(SIMULATED_HOST), os.environ.get("PYTHONPATH", "")])
-        )
-        monkeypatch.setenv("JOULEBENCH_SIMULATED_HOST", str(host))
-        monkeypatch.setenv("SIMULATED_GPU_IDLE_W", "60")
-        monkeypatch.setenv("SIMULATED_GPU_BUSY_W", "240")
+    with simulated_host(host) as variables:
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
         out, _ = _train_two_processes(tmp_path / "run")
-    finally:
-        writer.terminate()
-        writer.wait()
     record = io.read_json(out / "energy.json")
     assert record["source"] == "rapl+rapl-dram" and record["measured"] is True
     assert sorted(record["devices"]) == ["cpu0", "dram0"]

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -41,9 +42,10 @@ def expected_package_joules(record: dict) -> float:
     return PACKAGE_IDLE_W * record["wall_time_s"] + PACKAGE_BUSY_W * host_busy / cores
 
 
-@pytest.fixture(scope="module")
-def simulated_run(tmp_path_factory):
-    host = tmp_path_factory.mktemp("simulated_host")
+@contextmanager
+def simulated_host(host: Path):
+    """The RAPL writer running over `host` (a new folder); yields the environment variables that
+    make a Python process started with them see the simulated GPU + RAPL host."""
     writer = subprocess.Popen(
         [sys.executable, str(SIMULATED_HOST / "rapl_writer.py"), str(host),
          str(PACKAGE_IDLE_W), str(PACKAGE_BUSY_W), str(DRAM_W), "262143"]
@@ -51,23 +53,31 @@ def simulated_run(tmp_path_factory):
     try:
         while not (host / "ready").exists():
             time.sleep(0.05)
-        config = tiny_config()
-        config["variants"] = {k: v for k, v in config["variants"].items() if k in ("bf16", "int8_dynamic")}
-        config["evaluation"]["inference_min_seconds"] = 1.0
-        workdir = tmp_path_factory.mktemp("simulated_run")
-        env = {
-            **os.environ,
+        yield {
             "PYTHONPATH": os.pathsep.join([str(SIMULATED_HOST), os.environ.get("PYTHONPATH", "")]),
             "JOULEBENCH_SIMULATED_HOST": str(host),
             "SIMULATED_GPU_IDLE_W": str(GPU_IDLE_W),
             "SIMULATED_GPU_BUSY_W": str(GPU_BUSY_W),
         }
-        result = subprocess.run(
-            snakemake_command(workdir, config), capture_output=True, text=True, cwd=workdir, env=env
-        )
     finally:
         writer.terminate()
         writer.wait()
+
+
+@pytest.fixture(scope="module")
+def simulated_run(tmp_path_factory):
+    config = tiny_config()
+    config["variants"] = {k: v for k, v in config["variants"].items() if k in ("bf16", "int8_dynamic")}
+    config["evaluation"]["inference_min_seconds"] = 1.0
+    workdir = tmp_path_factory.mktemp("simulated_run")
+    with simulated_host(tmp_path_factory.mktemp("simulated_host")) as variables:
+        result = subprocess.run(
+            snakemake_command(workdir, config),
+            capture_output=True,
+            text=True,
+            cwd=workdir,
+            env={**os.environ, **variables},
+        )
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     records = {path: json.loads(path.read_text()) for path in (workdir / "results").rglob("energy.json")}
     return workdir, records
