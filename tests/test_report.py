@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from joulebench import io
-from joulebench.report import build_table, lineage, read_histories, stage_joules, write_report
+from joulebench.report import build_table, read_histories, stage_joules, write_report
 from joulebench.report_decisions import (
     break_even,
     break_even_table,
@@ -17,6 +17,7 @@ from joulebench.report_decisions import (
 )
 from joulebench.report_stats import mean_ci, paired_differences, pareto_mask, summarize
 from joulebench.report_tables import latex_escape, latex_table, paper_table, summary_markdown, verdict
+from joulebench.variants import lineage
 
 VARIANTS = {
     "prune80": {"technique": "prune", "sparsity": 0.8, "finetune_epochs": 1},
@@ -80,16 +81,15 @@ def test_mean_ci_gives_no_interval_for_one_value_and_ignores_missing():
     assert mean_ci([5.0, 5.0, 5.0]) == (5.0, 0.0, 3)
 
 
-def test_lineage_follows_the_rule_that_made_each_model():
-    assert lineage("int8_of_prune", VARIANTS, RULES.get) == ["int8_of_prune", "prune80", "baseline"]
-    assert lineage("fp16", VARIANTS, RULES.get) == ["fp16"]  # trained from scratch
-    assert lineage("baseline", VARIANTS, RULES.get) == ["baseline"]
+def test_lineage_follows_each_variant_back_to_a_model_trained_from_scratch():
+    assert lineage(VARIANTS, "int8_of_prune") == ["int8_of_prune", "prune80", "baseline"]
+    assert lineage(VARIANTS, "fp16") == ["fp16"]  # trained from scratch
+    assert lineage(VARIANTS, "baseline") == ["baseline"]
 
 
-def test_stage_joules_attributes_each_record_to_its_rule():
-    chain = [{"rule": "quantize_model", "joules": 2.0}, {"rule": "prune_model", "joules": 30.0}]
-    chain.append({"rule": "train_model", "joules": 100.0})
-    stages = stage_joules([{"rule": "prepare_dataset", "joules": 5.0}], chain, {"joules": 7.0})
+def test_stage_joules_attributes_each_record_to_its_stage():
+    chain = {"int8_of_prune": {"joules": 2.0}, "prune80": {"joules": 30.0}, "baseline": {"joules": 100.0}}
+    stages = stage_joules([{"rule": "prepare_dataset", "joules": 5.0}], chain, {"joules": 7.0}, VARIANTS)
     assert stages == {
         "energy_data_j": 5.0,
         "energy_train_j": 100.0,

@@ -7,6 +7,7 @@ min_version("9.0")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
+from joulebench import variants  # noqa: E402
 from joulebench.config import check_config, idle_baseline_seconds, model_entries  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -23,11 +24,8 @@ SUBSET_DIR = "results/data/{dataset}/subsets/{variant}/seed{seed}"
 
 
 def variant_names(*techniques):
-    """Regex alternation of the configured variants made by these techniques."""
-    names = [name for name, v in VARIANTS.items() if v["technique"] in techniques]
-    if "train" in techniques:
-        names.append("baseline")
-    return "|".join(names) if names else "(?!)"
+    """Regex alternation of the variants made by these techniques ("train" is the baseline's)."""
+    return "|".join(variants.made_by(VARIANTS, *techniques)) or "(?!)"
 
 
 wildcard_constraints:
@@ -37,15 +35,14 @@ wildcard_constraints:
 
 
 def parent_model(wildcards):
-    """Model files of the variant this one starts from."""
-    parent = VARIANTS[wildcards.variant].get("from", "baseline")
-    directory = MODEL_DIR.format(**{**wildcards, "variant": parent})
+    """Model files of the variant this one is made from."""
+    directory = MODEL_DIR.format(**{**wildcards, "variant": variants.parent(VARIANTS, wildcards.variant)})
     return {"model": f"{directory}/model.pt", "recipe": f"{directory}/model.json"}
 
 
 def training_splits(wildcards):
     """The splits a from-scratch training reads: a subset variant's own, else the cleaned ones."""
-    if VARIANTS.get(wildcards.variant, {}).get("technique") == "subset":
+    if variants.technique(VARIANTS, wildcards.variant) == "subset":
         return f"{SUBSET_DIR}/splits.npz".format(**wildcards)
     return f"results/data/{wildcards.dataset}/splits.npz"
 
@@ -57,11 +54,9 @@ def data_energy_records(variant, seed):
         f"results/data/{DATASET}/raw/energy.json",
         f"results/data/{DATASET}/energy.json",
     ]
-    root = variant
-    while root in VARIANTS and "from" in VARIANTS[root]:
-        root = VARIANTS[root]["from"]
-    if VARIANTS.get(root, {}).get("technique") == "subset":
-        keys = dict(dataset=DATASET, variant=root, seed=seed)
+    subset = variants.subset_source(VARIANTS, variant)
+    if subset:
+        keys = dict(dataset=DATASET, variant=subset, seed=seed)
         records.append(f"{SUBSET_DIR}/energy.json".format(**keys))
     return records
 
@@ -69,7 +64,9 @@ def data_energy_records(variant, seed):
 def compared_models(wildcards):
     """Every variant's model of one model and seed, for the interleaved inference comparison."""
     keys = dict(dataset=wildcards.dataset, model=wildcards.model, seed=wildcards.seed)
-    return {f"model_{v}": f"{MODEL_DIR}/model.pt".format(**keys, variant=v) for v in all_variants()}
+    return {
+        f"model_{v}": f"{MODEL_DIR}/model.pt".format(**keys, variant=v) for v in variants.names(VARIANTS)
+    }
 
 
 def variant_settings(wildcards):
@@ -78,22 +75,9 @@ def variant_settings(wildcards):
 
 def pretrained_weights(wildcards):
     """The model's weights settings, for a finetune variant only (changing them reruns just those)."""
-    if VARIANTS.get(wildcards.variant, {}).get("technique") == "finetune":
+    if variants.technique(VARIANTS, wildcards.variant) == "finetune":
         return MODELS[wildcards.model]
     return {}
-
-
-# Techniques train_model trains from scratch ("train" is the baseline).
-FROM_SCRATCH_TECHNIQUES = (
-    "train",
-    "precision",
-    "subset",
-    "finetune",
-    "batch_size",
-    "power_limit",
-    "threads",
-    "data_parallel",
-)
 
 
 def training_threads(wildcards):
@@ -116,15 +100,11 @@ def training_cpus_per_task(wildcards, threads):
     return max(1, threads // tasks) if tasks else None
 
 
-def all_variants():
-    return ["baseline", *VARIANTS]
-
-
 def report_entries():
     """Every (model, variant, seed) with the files the report reads for it."""
     entries = []
     for model in MODELS:
-        for variant in all_variants():
+        for variant in variants.names(VARIANTS):
             for seed in config["seeds"]:
                 keys = dict(dataset=DATASET, model=model, variant=variant, seed=seed)
                 entries.append(
@@ -145,10 +125,9 @@ def diversity_inputs():
     """The data reports whose diversity the report prints: cleaning (raw and cleaned training
     data) and each subset variant's sampling (cleaned and sampled), per seed."""
     paths = [f"results/data/{DATASET}/cleaning_report.json"]
-    for variant, settings in VARIANTS.items():
-        if settings["technique"] == "subset":
-            for seed in config["seeds"]:
-                paths.append(f"{SUBSET_DIR}/subset.json".format(dataset=DATASET, variant=variant, seed=seed))
+    for variant in variants.made_by(VARIANTS, "subset"):
+        for seed in config["seeds"]:
+            paths.append(f"{SUBSET_DIR}/subset.json".format(dataset=DATASET, variant=variant, seed=seed))
     return paths
 
 

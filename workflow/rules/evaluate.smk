@@ -41,6 +41,6 @@ rule compare_inference:
     params:
         evaluation=config["evaluation"],
         energy=config["energy"],
-        variants=all_variants(),
+        variants=variants.names(VARIANTS),
     script:
         "../scripts/compare_inference.py"

@@ -18,7 +18,7 @@ rule train_model:
     benchmark:
         "benchmarks/train_model/{dataset}/{model}/{variant}/seed{seed}.tsv"
     wildcard_constraints:
-        variant=variant_names(*FROM_SCRATCH_TECHNIQUES),
+        variant=variant_names(*variants.FROM_SCRATCH),
     conda:
         "../../envs/torch.yaml"
     threads: training_threads

@@ -1,8 +1,7 @@
 """Checks a JSON schema cannot express; run right after schema validation, before any job."""
 
 from joulebench.carbon import CarbonSettingsError, carbon_model
-
-BASELINE = "baseline"
+from joulebench.variants import lineage_error, made_by
 
 
 class ConfigError(ValueError):
@@ -12,24 +11,9 @@ class ConfigError(ValueError):
 def check_config(config: dict) -> None:
     variants = config["variants"]
     for name, variant in variants.items():
-        parent = variant.get("from", BASELINE)
-        if parent != BASELINE and parent not in variants:
-            raise ConfigError(
-                f"variants.{name}.from: unknown variant {parent!r}; use baseline or one of {sorted(variants)}"
-            )
-        if parent != BASELINE and variants[parent]["technique"] == "power_limit":
-            raise ConfigError(
-                f"variants.{name}.from: {parent} is a power_limit variant, which is skipped on hosts "
-                "without a GPU, so nothing can start from it; start from baseline"
-            )
-        seen = [name]
-        while parent != BASELINE:
-            if parent in seen:
-                raise ConfigError(
-                    f"variants.{name}.from: the chain {' -> '.join([*seen, parent])} is a cycle"
-                )
-            seen.append(parent)
-            parent = variants[parent].get("from", BASELINE)
+        error = lineage_error(variants, name)
+        if error:
+            raise ConfigError(error)
         if (
             variant["technique"] == "data_parallel"
             and config["training"]["batch_size"] % variant["processes"]
@@ -82,7 +66,7 @@ def check_models(models: list, variants: dict, shape: tuple[int, int, int] | Non
     """Every model exists, takes the dataset's input size, and has usable weights where a finetune
     variant needs them; a local weights file must match its model."""
     entries = model_entries(models)
-    finetunes = [name for name, v in variants.items() if v["technique"] == "finetune"]
+    finetunes = made_by(variants, "finetune")
     for name, entry in entries.items():
         if finetunes and "weights" not in entry:
             raise ConfigError(

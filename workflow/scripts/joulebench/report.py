@@ -12,41 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from joulebench import io, report_decisions, report_figures, report_stats, report_tables
+from joulebench import io, report_decisions, report_figures, report_stats, report_tables, variants
 from joulebench.energy_columns import EnergyColumns
 from joulebench.protocol import median_and_spread
 
 log = logging.getLogger(__name__)
 
-BASELINE = "baseline"
-
-
-# Rules that train a model from scratch: its lineage stops there (the baseline, precision variants
-# and any other variant train_model makes). Every other producing rule starts from a parent model.
-FROM_SCRATCH_RULES = {"train_model"}
 STAGES = ("data", "train", "compress", "evaluate")
-
-
-def producing_stage(rule: str) -> str:
-    return "train" if rule in FROM_SCRATCH_RULES else "compress"
-
-
-def parent(variant: str, variants: dict, rule: str) -> str | None:
-    """The variant this one is made from; None for a model that `rule` trained from scratch."""
-    if variant == BASELINE or rule in FROM_SCRATCH_RULES:
-        return None
-    return variants[variant].get("from", BASELINE)
-
-
-def lineage(variant: str, variants: dict, rule_of) -> list[str]:
-    """The variant and every variant it was made from, back to one trained from scratch.
-
-    `rule_of(variant)` names the rule that produced that variant's model (its record's `rule`).
-    """
-    chain = [variant]
-    while (step := parent(chain[-1], variants, rule_of(chain[-1]))) is not None:
-        chain.append(step)
-    return chain
 
 
 def split_skipped(entries: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -63,24 +35,29 @@ def split_skipped(entries: list[dict]) -> tuple[list[dict], list[dict]]:
     return kept, skipped
 
 
-def stage_joules(data_records: list[dict], chain_records: list[dict], evaluation: dict | None) -> dict:
-    """Joules per pipeline stage for one model: `energy_<stage>_j` columns.
+def stage_joules(
+    data_records: list[dict], chain_records: dict, evaluation: dict | None, variant_settings
+) -> dict:
+    """Joules per pipeline stage for one model: `energy_<stage>_j` columns. `chain_records`: the
+    energy record of each variant of the model's lineage, by name.
 
     A pruned model cannot exist without the baseline it was pruned from, so its train stage is the
-    baseline's training; its compress stage is the pruning and fine-tuning.
+    baseline's training (the lineage's from-scratch model); its compress stage is the pruning and
+    fine-tuning (every model made from another).
     """
     joules = {stage: 0.0 for stage in STAGES}
     for record in data_records:
         joules["data"] += record["joules"]
-    for record in chain_records:
-        joules[producing_stage(record["rule"])] += record["joules"]
+    for step, record in chain_records.items():
+        stage = "train" if variants.from_scratch(variant_settings, step) else "compress"
+        joules[stage] += record["joules"]
     joules["evaluate"] = evaluation["joules"] if evaluation else None
     return {f"energy_{stage}_j": value for stage, value in joules.items()}
 
 
 def build_table(
     entries: list[dict],
-    variants: dict,
+    variant_settings: dict,
     data_energy: dict,
     energy_config: dict | None = None,
     idle: dict | None = None,
@@ -109,13 +86,13 @@ def build_table(
         model, variant, seed = entry["model"], entry["variant"], entry["seed"]
         metrics = io.read_json(entry["metrics"])
         record = own[(model, variant, seed)]
-        chain = lineage(variant, variants, lambda step, m=model, s=seed: own[(m, step, s)]["rule"])
-        lineage_records = [own[(model, step, seed)] for step in chain]
+        chain = variants.lineage(variant_settings, variant)
+        lineage_records = {step: own[(model, step, seed)] for step in chain}
         data_labels = entry.get("data_energy", ["data"])
         data_records = [run_records[label] for label in data_labels]
-        chain_records = [*lineage_records, *data_records]
+        chain_records = [*lineage_records.values(), *data_records]
         evaluation = run_records.get(entry.get("eval_energy"))
-        stages = stage_joules(data_records, lineage_records, evaluation)
+        stages = stage_joules(data_records, lineage_records, evaluation, variant_settings)
         pipeline = stages["energy_data_j"] + stages["energy_train_j"] + stages["energy_compress_j"]
         chain_labels = [labels[(model, step, seed)] for step in chain] + data_labels
         rows.append(
@@ -123,7 +100,7 @@ def build_table(
                 "dataset": entry["dataset"],
                 "model": entry["model"],
                 "variant": variant,
-                "technique": variants.get(variant, {}).get("technique", "train"),
+                "technique": variants.technique(variant_settings, variant),
                 "parent": chain[1] if len(chain) > 1 else None,
                 "producing_rule": record["rule"],
                 "seed": seed,

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from joulebench.report_stats import BASELINE, device_pair
+from joulebench.report_stats import device_pair
+from joulebench.variants import BASELINE
 
 ACCURACY = "test_accuracy"
 ENERGY = "pipeline_energy_j"

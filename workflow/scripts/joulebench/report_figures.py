@@ -18,6 +18,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from joulebench import io  # noqa: E402
 from joulebench.report_stats import energy_unit, pareto_mask  # noqa: E402
+from joulebench.variants import BASELINE  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design"; black first for the baseline, yellow last
 # because it is faint on white.
@@ -78,7 +79,7 @@ def _looks(summary):
     Marker shape tells models apart; past eight variants the colours repeat, so the marker shifts
     too and no two variants of one model look the same.
     """
-    variants = sorted(summary["variant"].unique(), key=lambda v: (v != "baseline", v))
+    variants = sorted(summary["variant"].unique(), key=lambda v: (v != BASELINE, v))
     models = sorted(summary["model"].unique())
     colours = {v: OKABE_ITO[i % len(OKABE_ITO)] for i, v in enumerate(variants)}
     markers = {}

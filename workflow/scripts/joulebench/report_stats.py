@@ -8,9 +8,10 @@ import math
 import pandas as pd
 from scipy import stats
 
+from joulebench.variants import BASELINE
+
 CONFIDENCE = 0.95
 GROUP = ["dataset", "model", "variant"]
-BASELINE = "baseline"
 
 # Columns averaged over seeds with a confidence interval (the quantities a reader compares).
 WITH_CI = [

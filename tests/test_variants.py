@@ -1,0 +1,62 @@
+"""The one module that knows how variants are made: names, parents, lineage, config errors."""
+
+from joulebench.variants import (
+    BASELINE,
+    from_scratch,
+    lineage,
+    lineage_error,
+    made_by,
+    names,
+    parent,
+    subset_source,
+)
+
+VARIANTS = {
+    "half": {"technique": "subset", "fraction": 0.5, "method": "random"},
+    "pruned_half": {"technique": "prune", "from": "half", "sparsity": 0.5, "finetune_epochs": 1},
+    "int8": {"technique": "quantize", "method": "int8_dynamic", "from": "pruned_half"},
+    "bf16": {"technique": "precision", "precision": "bf16"},
+    "student": {"technique": "distill", "student_width": 8},
+}
+
+
+def test_names_and_techniques():
+    assert names(VARIANTS) == [BASELINE, "half", "pruned_half", "int8", "bf16", "student"]
+    assert made_by(VARIANTS, "train", "precision") == [BASELINE, "bf16"]
+    assert made_by(VARIANTS, "finetune") == []
+    assert [from_scratch(VARIANTS, name) for name in names(VARIANTS)] == [
+        True,
+        True,
+        False,
+        False,
+        True,
+        False,
+    ]
+
+
+def test_parent_and_lineage_end_at_a_model_trained_from_scratch():
+    assert parent(VARIANTS, "student") == BASELINE  # `from` defaults to the baseline
+    assert parent(VARIANTS, "bf16") is None and parent(VARIANTS, BASELINE) is None
+    assert lineage(VARIANTS, "int8") == ["int8", "pruned_half", "half"]
+    assert lineage(VARIANTS, "student") == ["student", BASELINE]
+
+
+def test_subset_source_is_the_subset_at_the_root_of_the_lineage():
+    assert subset_source(VARIANTS, "int8") == "half"
+    assert subset_source(VARIANTS, "half") == "half"
+    assert subset_source(VARIANTS, "student") is None and subset_source(VARIANTS, BASELINE) is None
+
+
+def test_lineage_errors_name_the_key_and_what_to_do():
+    assert all(lineage_error(VARIANTS, name) is None for name in VARIANTS)
+    unknown = {"a": {"technique": "prune", "from": "gone"}}
+    assert (
+        lineage_error(unknown, "a") == "variants.a.from: unknown variant 'gone'; use baseline or one of ['a']"
+    )
+    cycle = {"a": {"technique": "prune", "from": "b"}, "b": {"technique": "quantize", "from": "a"}}
+    assert lineage_error(cycle, "a") == "variants.a.from: the chain a -> b -> a is a cycle"
+    capped = {
+        "capped": {"technique": "power_limit", "power_limit_w": 200},
+        "a": {"technique": "prune", "from": "capped"},
+    }
+    assert "power_limit variant, which is skipped on hosts without a GPU" in lineage_error(capped, "a")

@@ -1,0 +1,84 @@
+"""The experiment's variants and how each one is made: the one place that knows the baseline's
+name, which techniques train from scratch, a variant's parent and its lineage.
+
+The rules (workflow/rules/common.smk), the config checks (joulebench.config) and the report
+(joulebench.report) all ask here. `variants` is config `variants`: name -> settings, each with a
+`technique` and, for a model made from another, `from` (default: the baseline). Torch-free.
+"""
+
+BASELINE = "baseline"
+
+# Techniques whose models the train_model rule trains from scratch; the baseline's is "train".
+# A variant of any other technique (prune, quantize, distill) is made from a parent model.
+FROM_SCRATCH = (
+    "train",
+    "precision",
+    "subset",
+    "finetune",
+    "batch_size",
+    "power_limit",
+    "threads",
+    "data_parallel",
+)
+
+
+def names(variants: dict) -> list[str]:
+    """Every variant of the experiment, the baseline first."""
+    return [BASELINE, *variants]
+
+
+def technique(variants: dict, name: str) -> str:
+    return "train" if name == BASELINE else variants[name]["technique"]
+
+
+def made_by(variants: dict, *techniques: str) -> list[str]:
+    """The variants made by these techniques ("train" is the baseline's)."""
+    return [name for name in names(variants) if technique(variants, name) in techniques]
+
+
+def from_scratch(variants: dict, name: str) -> bool:
+    return technique(variants, name) in FROM_SCRATCH
+
+
+def parent(variants: dict, name: str) -> str | None:
+    """The variant this one is made from; None for a model trained from scratch."""
+    if from_scratch(variants, name):
+        return None
+    return variants[name].get("from", BASELINE)
+
+
+def lineage(variants: dict, name: str) -> list[str]:
+    """The variant and every variant it is made from, back to one trained from scratch."""
+    chain = [name]
+    while (step := parent(variants, chain[-1])) is not None:
+        chain.append(step)
+    return chain
+
+
+def subset_source(variants: dict, name: str) -> str | None:
+    """The subset variant whose sampled training split this variant's lineage starts from, if any."""
+    root = lineage(variants, name)[-1]
+    return root if technique(variants, root) == "subset" else None
+
+
+def lineage_error(variants: dict, name: str) -> str | None:
+    """Why `name`'s `from` chain cannot be built (unknown parent, a cycle, a parent skipped on
+    hosts without a GPU), or None. The message names the key and what to do."""
+    seen = [name]
+    step = parent(variants, name)
+    while step is not None and step != BASELINE:
+        if step not in variants:
+            return (
+                f"variants.{seen[-1]}.from: unknown variant {step!r}; "
+                f"use baseline or one of {sorted(variants)}"
+            )
+        if technique(variants, step) == "power_limit":
+            return (
+                f"variants.{seen[-1]}.from: {step} is a power_limit variant, which is skipped on hosts "
+                "without a GPU, so nothing can start from it; start from baseline"
+            )
+        if step in seen:
+            return f"variants.{name}.from: the chain {' -> '.join([*seen, step])} is a cycle"
+        seen.append(step)
+        step = parent(variants, step)
+    return None
