@@ -28,8 +28,10 @@ sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 
 import numpy as np  # noqa: E402
 
-ENERGY = {"estimate": {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}}
-CLEANING = {"enabled": True, "near_duplicates": True, "examples_per_reason": 3}
+from joulebench.config import resolved_config  # noqa: E402
+
+ENERGY = {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}
+CLEANING = {**resolved_config()["cleaning"], "examples_per_reason": 3}
 IMAGE_SIZE = 32
 
 
@@ -59,15 +61,21 @@ def run_stage(stage: str, folder: Path, work: Path, threads: int) -> None:
     from joulebench import stages
 
     torch.set_num_threads(threads)
-    raw = [work / name for name in ("raw.npz", "raw.json", "rejected.csv", "raw_energy.json")]
+    names = {
+        "splits": "raw.npz",
+        "facts": "raw.json",
+        "rejected": "rejected.csv",
+        "energy": "raw_energy.json",
+    }
+    raw = {key: work / name for key, name in names.items()}
     if stage == "prepare":
         dataset = {"name": "scale", "source": "imagefolder", "root": str(folder), "image_size": IMAGE_SIZE}
         dataset |= {"val_fraction": 0.15, "test_fraction": 0.2, "split_seed": 0}
-        stages.prepare_dataset(dataset, CLEANING, ENERGY, *raw)
+        stages.prepare_dataset({}, raw, dataset, CLEANING["enabled"], ENERGY)
     else:
         out = {key: work / f"{key}.out" for key in ("splits", "facts", "report", "removed", "energy")}
         out["splits"] = work / "splits.npz"
-        stages.clean_dataset(raw[0], raw[1], raw[2], CLEANING, ENERGY, out)
+        stages.clean_dataset(raw, out, CLEANING, ENERGY)
 
 
 def measure(stage: str, folder: Path, work: Path, threads: int, images: int) -> None:

@@ -13,6 +13,54 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+def artifact(directory) -> tuple[Path, Path]:
+    """The weights and recipe files of a model saved under `directory`, named as the rules declare them."""
+    return Path(directory) / "model.pt", Path(directory) / "model.json"
+
+
+def model_files(directory) -> dict:
+    """Every file a training rule declares for one model (workflow/rules/train.smk), under `directory`."""
+    weights, recipe = artifact(directory)
+    directory = Path(directory)
+    files = {"history": "history.csv", "energy": "energy.json", "training": "training.json"}
+    return {"model": weights, "recipe": recipe, **{key: directory / name for key, name in files.items()}}
+
+
+# The figures of the report, as workflow/rules/common.smk declares them (REPORT_FIGURES).
+REPORT_FIGURES = (
+    "accuracy_vs_training_energy",
+    "accuracy_vs_inference_energy",
+    "accuracy_vs_size",
+    "accuracy_vs_macs",
+    "energy_by_stage",
+    "training_curves",
+    "time_vs_energy",
+)
+
+
+def report_files(directory) -> dict:
+    """The aggregate_report rule's declared outputs (workflow/rules/report.smk), under `directory`."""
+    directory = Path(directory)
+    names = {
+        "table": "results.csv",
+        "parquet": "results.parquet",
+        "summary_table": "summary.csv",
+        "break_even": "break_even.csv",
+        "differences": "differences.csv",
+        "curves": "training_curves.csv",
+        "diversity_table": "diversity.csv",
+        "decisions": "decisions.json",
+        "summary": "summary.md",
+        "markdown": "table.md",
+        "latex": "table.tex",
+        "config": "config.yaml",
+    }
+    files = {key: directory / name for key, name in names.items()}
+    files["figures"] = [directory / f"{name}.png" for name in REPORT_FIGURES]
+    files["pdf"] = [directory / f"{name}.pdf" for name in REPORT_FIGURES]
+    return files
+
+
 def tiny_config(**overrides) -> dict:
     """The shipped config shrunk to seconds: one seed, one epoch, every variant kind."""
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())

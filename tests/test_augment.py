@@ -6,7 +6,7 @@ from PIL import Image
 
 from conftest import run_snakemake, tiny_config
 from joulebench import augment, data
-from joulebench.config import ConfigError, check_config
+from joulebench.config import ConfigError, check_config, resolved_config
 
 SHIFT = [{"name": "Affine", "params": {"translate_px": [-1, 1], "p": 1.0}}]
 
@@ -32,7 +32,7 @@ SHIFT = [{"name": "Affine", "params": {"translate_px": [-1, 1], "p": 1.0}}]
 def test_bad_transforms_are_config_errors_naming_the_key(transforms, message):
     config = tiny_config(augmentation={"transforms": transforms})
     with pytest.raises(ConfigError, match=message):
-        check_config(config)
+        check_config(resolved_config(config))
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ def test_bad_transforms_are_config_errors_naming_the_key(transforms, message):
 def test_a_transform_that_cannot_work_on_8x8_grey_digits_fails_at_config_time(transform, why):
     config = tiny_config(augmentation={"transforms": [transform]})
     with pytest.raises(ConfigError, match=rf"fails on a \(1, 8, 8\) .*{why}"):
-        check_config(config)
+        check_config(resolved_config(config))
 
 
 def test_online_augmentation_changes_training_batches_only(digits_arrays):

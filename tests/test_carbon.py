@@ -2,7 +2,15 @@
 
 import pytest
 
-from joulebench.carbon import DEFAULT_PUE, CarbonSettingsError, carbon_model, read_intensity_table
+from joulebench.carbon import CarbonSettingsError, carbon_model, read_intensity_table
+from joulebench.config import resolved_config
+
+
+def with_defaults(carbon: dict) -> dict:
+    """energy.carbon as the rules see it: the schema's defaults (pue, currency) filled in."""
+    config = resolved_config()
+    config["energy"]["carbon"] = carbon
+    return resolved_config(config)["energy"]["carbon"]
 
 
 def test_arithmetic_from_joules():
@@ -16,8 +24,8 @@ def test_arithmetic_from_joules():
 
 
 def test_defaults_are_world_average_and_uptime_pue():
-    model = carbon_model({})
-    assert model.intensity_g_per_kwh == 475.0 and model.pue == DEFAULT_PUE == 1.67
+    model = carbon_model(with_defaults({}))
+    assert model.intensity_g_per_kwh == 475.0 and model.pue == 1.67
     assert model.intensity_source.startswith("WORLD (World average, 2019): IEA")
     assert model.cost(3.6e6) is None  # no price configured, no cost
     # 1 kWh of IT energy in the default facility: 1.67 kWh x 475 g/kWh.
@@ -27,14 +35,16 @@ def test_defaults_are_world_average_and_uptime_pue():
 def test_region_from_the_shipped_table_with_its_source():
     table = read_intensity_table()
     assert len(table) >= 30 and all(row["source"] for row in table.values())
-    model = carbon_model({"region": "FR", "pue": 1.0})
+    model = carbon_model(with_defaults({"region": "FR", "pue": 1.0}))
     assert model.intensity_g_per_kwh == 51.28
     assert "AIB 2021" in model.intensity_source
     assert model.grams_co2e(3.6e6) == pytest.approx(51.28)
 
 
 def test_own_intensity_can_cite_its_source():
-    model = carbon_model({"intensity_g_per_kwh": 120.0, "intensity_source": "Ember 2023, Ontario"})
+    model = carbon_model(
+        with_defaults({"intensity_g_per_kwh": 120.0, "intensity_source": "Ember 2023, Ontario"})
+    )
     assert model.intensity_source == "Ember 2023, Ontario"
 
 
@@ -48,4 +58,4 @@ def test_own_intensity_can_cite_its_source():
 )
 def test_bad_settings_name_the_key(settings, message):
     with pytest.raises(CarbonSettingsError, match=message):
-        carbon_model(settings)
+        carbon_model({**with_defaults({}), **settings})  # past the schema, which rejects some too

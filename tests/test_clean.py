@@ -11,16 +11,12 @@ from PIL import Image, ImageEnhance
 from sklearn.datasets import load_sample_images
 
 from joulebench import clean, data, io, stages
+from joulebench.config import resolved_config
 
 CLASSES = ("boats", "flowers", "roofs")
 PER_CLASS = 20
-SETTINGS = {
-    "enabled": True,
-    "near_duplicates": True,
-    "near_duplicate_max_distance": 6,
-    "examples_per_reason": 3,
-}
-ENERGY = {"estimate": {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}}
+SETTINGS = {**resolved_config()["cleaning"], "near_duplicate_max_distance": 6, "examples_per_reason": 3}
+ENERGY = {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}
 
 
 def photo_crops(count: int, seed: int = 0) -> list[Image.Image]:
@@ -91,9 +87,15 @@ def run_cleaning(root, tmp_path, settings=SETTINGS):
     dataset = {"name": "tree", "source": "imagefolder", "root": str(root)}
     dataset |= {"val_fraction": 0.2, "test_fraction": 0.3, "split_seed": 0, "image_size": 32}
     raw = {
-        name: tmp_path / f"raw_{name}" for name in ("splits.npz", "facts.json", "rejected.csv", "energy.json")
+        key: tmp_path / f"raw_{name}"
+        for key, name in (
+            ("splits", "s.npz"),
+            ("facts", "f.json"),
+            ("rejected", "r.csv"),
+            ("energy", "e.json"),
+        )
     }
-    stages.prepare_dataset(dataset, settings, ENERGY, *raw.values())
+    stages.prepare_dataset({}, raw, dataset, settings["enabled"], ENERGY)
     out = {
         "splits": tmp_path / "splits.npz",
         "facts": tmp_path / "dataset.json",
@@ -101,7 +103,7 @@ def run_cleaning(root, tmp_path, settings=SETTINGS):
         "removed": tmp_path / "removed.csv",
         "energy": tmp_path / "energy.json",
     }
-    stages.clean_dataset(raw["splits.npz"], raw["facts.json"], raw["rejected.csv"], settings, ENERGY, out)
+    stages.clean_dataset(raw, out, settings, ENERGY)
     return out
 
 

@@ -8,7 +8,7 @@ import torch
 import yaml
 from torch import nn
 
-from conftest import ROOT
+from conftest import ROOT, artifact
 from joulebench import compress, prune, quantize
 from joulebench.energy import EnergyMeter, EstimateModel
 from joulebench.evaluate import count_macs, parameter_counts
@@ -87,16 +87,16 @@ def test_channel_pruning_removes_channels_and_reloads(tmp_path, arch, channels, 
     params, _ = count_parameters(model)
     assert params < 0.45 * before_params  # ~quarter: both in and out channels halve
     assert count_macs(model, example[:1]) < 0.45 * before_macs
-    save_model(model, recipe, tmp_path)
-    loaded, _ = load_model(tmp_path)
+    save_model(model, recipe, *artifact(tmp_path))
+    loaded, _ = load_model(*artifact(tmp_path))
     with torch.no_grad():
         assert torch.equal(loaded(example), model(example))
 
 
 def test_loader_resizes_layers_to_saved_shapes(tmp_path):
     narrow = build_model({**RECIPE, "width": 12}).eval()
-    save_model(narrow, RECIPE, tmp_path)
-    loaded, _ = load_model(tmp_path)
+    save_model(narrow, RECIPE, *artifact(tmp_path))
+    loaded, _ = load_model(*artifact(tmp_path))
     x = torch.rand(2, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(loaded(x), narrow(x))
@@ -117,14 +117,14 @@ def test_int8_dynamic_quantizes_every_linear_layer_and_keeps_outputs():
 
 def test_int8_dynamic_artifact_round_trips_with_weights_only(tmp_path):
     quantized = quantize.dynamic_int8(small_model())
-    save_model(quantized, {**RECIPE, "quantization": "int8_dynamic"}, tmp_path)
-    loaded, recipe = load_model(tmp_path)
+    save_model(quantized, {**RECIPE, "quantization": "int8_dynamic"}, *artifact(tmp_path))
+    loaded, recipe = load_model(*artifact(tmp_path))
     assert recipe["quantization"] == "int8_dynamic" and quantize.int8_linear_count(loaded) == 2
     x = torch.rand(2, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(loaded(x), quantized(x))
     float_dir = tmp_path / "float"
-    save_model(small_model(), RECIPE, float_dir)
+    save_model(small_model(), RECIPE, *artifact(float_dir))
     assert (tmp_path / "model.pt").stat().st_size < 0.5 * (float_dir / "model.pt").stat().st_size
     # int8 matrix products count as the float ones they replace.
     assert count_macs(loaded, x[:1]) == count_macs(small_model(), x[:1])
@@ -144,8 +144,10 @@ def static_artifact(tmp_path_factory, digits_arrays_module):
         TrainSettings(epochs=1, batch_size=64, lr=0.003),
         meter(),
     )
-    compress.save_quantized(converted, {**RECIPE, "quantization": "int8_static"}, arrays, directory)
-    save_model(model, RECIPE, directory / "float")
+    compress.save_quantized(
+        converted, {**RECIPE, "quantization": "int8_static"}, arrays, *artifact(directory)
+    )
+    save_model(model, RECIPE, *artifact(directory / "float"))
     return model.eval(), directory, arrays
 
 
@@ -159,7 +161,7 @@ def digits_arrays_module():
 
 def test_int8_static_runs_int8_kernels_and_keeps_accuracy(static_artifact):
     model, directory, arrays = static_artifact
-    lowered, recipe = load_model(directory)
+    lowered, recipe = load_model(*artifact(directory))
     assert recipe["format"] == "torch.export"
     kernels = quantize.int8_kernel_ops(lowered)
     assert kernels.count("onednn.qconv_pointwise.default") == 2
@@ -216,10 +218,10 @@ def test_qat_trains_fake_quantized_graph_then_converts_to_int8(digits_arrays_mod
 
 
 def test_foreign_pickle_is_refused(tmp_path):
-    save_model(small_model(), RECIPE, tmp_path)
+    save_model(small_model(), RECIPE, *artifact(tmp_path))
     torch.save({"evil": nn.Module()}, tmp_path / "model.pt")  # needs pickle of an arbitrary class
     with pytest.raises(Exception, match="[Ww]eights only load failed"):
-        load_model(tmp_path)
+        load_model(*artifact(tmp_path))
 
 
 def test_student_is_smaller():
@@ -287,7 +289,7 @@ def test_multi_step_pruning_history_accumulates_across_steps(digits_arrays):
     settings = TrainSettings(epochs=1, batch_size=128, lr=0.003)
     with meter() as rule_meter:
         _, history, _ = compress.prune_model(
-            small_model(), {"sparsity": 0.8, "steps": 2}, arrays, settings, rule_meter
+            small_model(), {"method": "magnitude", "sparsity": 0.8, "steps": 2}, arrays, settings, rule_meter
         )
     assert [row["prune_step"] for row in history] == [1, 2]
     assert history[1]["cumulative_joules"] == pytest.approx(history[0]["joules"] + history[1]["joules"])

@@ -109,7 +109,7 @@ def test_report_table_flags_contention_and_adds_provenance_carbon_and_dynamic_en
         io.write_json(paths["metrics"], {"test_accuracy": 0.9})
         entries.append({"dataset": "d", "model": "m", "variant": "baseline", "seed": seed, **paths})
     idle = {**measured_record(0, 1, 40.0), "idle_power_w": {"gpu:GPU-MOCK-1": 40.0}}
-    carbon = {"carbon": {"intensity_g_per_kwh": 400.0, "pue": 1.5, "price_per_kwh": 0.2, "currency": "EUR"}}
+    carbon = {"intensity_g_per_kwh": 400.0, "pue": 1.5, "price_per_kwh": 0.2, "currency": "EUR"}
 
     table = build_table(entries, {}, data, carbon, idle).set_index("seed")
 

@@ -210,17 +210,22 @@ def test_cifar10_root_in_torchvision_format_is_prepared_as_uint8(tmp_path, monke
     write_cifar10_root(tmp_path / "cifar", labels, [0, 1, 2] * 3)
     dataset = {"name": "CIFAR10", "source": "torchvision", "root": str(tmp_path / "cifar")}
     dataset |= {"val_fraction": 0.2, "test_fraction": 0.2, "split_seed": 0}
-    out = [tmp_path / name for name in ("splits.npz", "dataset.json", "rejected.csv", "energy.json")]
-    energy = {"estimate": {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}}
-    stages.prepare_dataset(dataset, {"enabled": True}, energy, *out)
-    stored = io.open_arrays(out[0])
+    names = {
+        "splits": "splits.npz",
+        "facts": "dataset.json",
+        "rejected": "rejected.csv",
+        "energy": "energy.json",
+    }
+    out = {key: tmp_path / name for key, name in names.items()}
+    stages.prepare_dataset({}, out, dataset, True, {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725})
+    stored = io.open_arrays(out["splits"])
     assert stored["train_x"].dtype == np.uint8 and stored["train_x"].shape[1:] == (3, 32, 32)
     assert int(stored["pixel_max"]) == 255
-    facts = io.read_json(out[1])
+    facts = io.read_json(out["facts"])
     assert facts["classes"][:3] == ["airplane", "automobile", "bird"] and facts["num_classes"] == 10
     assert sum(facts[f"{s}_count"] for s in data.SPLITS) == 39
     # Each image keeps its class colour: uint8 20 * label + 10, float (20 * label + 10) / 255.
-    floats = io.load_arrays(out[0])
+    floats = io.load_arrays(out["splits"])
     expected = (20 * floats["train_y"] + 10).astype(np.float32) / np.float32(255)
     assert np.array_equal(floats["train_x"][:, 0, 0, 0], expected)
 

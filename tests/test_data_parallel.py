@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, run_snakemake, tiny_config
+from conftest import ROOT, artifact, model_files, run_snakemake, tiny_config
 from joulebench import data, io
-from joulebench.config import ConfigError, check_config
+from joulebench.config import ConfigError, check_config, resolved_config
 from joulebench.data_parallel import combine_windows, launch_training, shard_arrays
 from joulebench.distributed import launch_command
 from joulebench.models import build_model, load_model
@@ -88,7 +88,21 @@ def test_batch_size_must_split_over_the_processes():
     config = tiny_config()
     config["variants"] = {"ddp3": {"technique": "data_parallel", "processes": 3}}
     with pytest.raises(ConfigError, match="variants.ddp3.processes"):
-        check_config(config)
+        check_config(resolved_config(config))
+
+
+def run_spec(folder, out, epochs: int) -> dict:
+    """What train_model hands its workers: the declared files, the resolved settings."""
+    training = {**resolved_config()["training"], "epochs": epochs, "batch_size": 64}
+    return {
+        "inputs": {"splits": str(folder / "splits.npz"), "facts": str(folder / "dataset.json")},
+        "outputs": {key: str(path) for key, path in model_files(out).items()},
+        "model": "small_cnn",
+        "training": training,
+        "seed": 0,
+        "estimate": {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725},
+        "transforms": [],
+    }
 
 
 def _train_two_processes(folder):
@@ -96,17 +110,7 @@ def _train_two_processes(folder):
     arrays = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
     io.save_arrays(folder / "splits.npz", arrays)
     io.write_json(folder / "dataset.json", data.describe(arrays, classes))
-    spec = {
-        "splits": str(folder / "splits.npz"),
-        "facts": str(folder / "dataset.json"),
-        "model": "small_cnn",
-        "variant": {"technique": "data_parallel", "processes": PROCESSES},
-        "training": {"epochs": 2, "batch_size": 64, "lr": 0.003, "weight_decay": 0.0},
-        "seed": 0,
-        "energy": {"estimate": {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}},
-        "augmentation": {},
-        "out_dir": str(folder / "out"),
-    }
+    spec = run_spec(folder, folder / "out", epochs=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(PROCESSES)  # the job's threads: one per process
     try:
@@ -124,7 +128,7 @@ def two_process_run(tmp_path_factory):
 
 def test_two_processes_train_a_model_a_single_process_can_load(two_process_run):
     out, _ = two_process_run
-    model, recipe = load_model(out)  # the unwrapped module's state dict: no "module." prefix
+    model, recipe = load_model(*artifact(out))  # the unwrapped module's state dict: no "module." prefix
     assert io.load_tensors(out / "model.pt").keys() == build_model(recipe).state_dict().keys()
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == [1, 2]
@@ -232,17 +236,7 @@ def test_a_terminated_job_stops_its_workers_and_leaves_no_outputs(tmp_path, two_
 
     out, _ = two_process_run
     folder = out.parent
-    spec = {
-        "splits": str(folder / "splits.npz"),
-        "facts": str(folder / "dataset.json"),
-        "model": "small_cnn",
-        "variant": {"technique": "data_parallel", "processes": PROCESSES},
-        "training": {"epochs": 200, "batch_size": 64, "lr": 0.003, "weight_decay": 0.0},
-        "seed": 0,
-        "energy": {"estimate": {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}},
-        "augmentation": {},
-        "out_dir": str(tmp_path / "out"),
-    }
+    spec = run_spec(folder, tmp_path / "out", epochs=200)
     log = tmp_path / "train.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
     job = subprocess.Popen([sys.executable, "-c", LAUNCH, json.dumps(spec), str(log)], env=env)

@@ -30,9 +30,9 @@ from joulebench.energy import (
     ESTIMATE_MODEL,
     EnergyMeter,
     EstimateModel,
-    dynamic_joules,
     measure_idle_power,
 )
+from joulebench.energy_columns import dynamic_joules
 from simulated_host.nvml import autospec_pynvml
 
 # A rule whose work runs on GPU 0. No CUDA here: torch's tensors stay on the CPU, its stand-in.

@@ -30,7 +30,8 @@ def test_every_conda_env_pins_what_requirements_pin():
         assert env_pins, env.name
         for package, pin in env_pins.items():
             assert required.get(package) == pin, f"{env.name}: {package}{pin} vs requirements.txt"
-        assert "zeus" in env_pins and "psutil" in env_pins, f"{env.name}: every rule family measures energy"
+        if env.name != "report.yaml":  # the report measures nothing (and imports neither)
+            assert "zeus" in env_pins and "psutil" in env_pins, f"{env.name}: every measuring rule family"
 
 
 def test_every_rule_names_an_existing_conda_env():

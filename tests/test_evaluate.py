@@ -4,6 +4,7 @@ import pytest
 import torch
 import torchvision
 
+from conftest import artifact
 from joulebench.energy import EnergyMeter, EstimateModel
 from joulebench.evaluate import count_macs, evaluate, parameter_counts, percentile
 from joulebench.models import build_model, save_model
@@ -74,7 +75,7 @@ def test_evaluate_reports_every_metric(tmp_path, digits_arrays):
     recipe = {"arch": "small_cnn", "in_channels": 1, "num_classes": 10}
     torch.manual_seed(0)
     model = build_model(recipe).eval()
-    save_model(model, recipe, tmp_path)
+    save_model(model, recipe, *artifact(tmp_path))
     settings = {
         "batch_size": 64,
         "warmup": 2,

@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import tiny_config
 from joulebench import io, report_figures
-from joulebench.config import ConfigError, check_config
+from joulebench.config import ConfigError, check_config, resolved_config
 from joulebench.recipes import cpu_threads, scaled_lr, training_overrides
 from joulebench.report import split_skipped
 from joulebench.report_decisions import hardware_decisions, time_energy_cost
@@ -46,7 +46,7 @@ def test_nothing_can_start_from_a_power_limit_variant():
     }
     config = tiny_config(variants=variants, augmentation={"transforms": []})
     with pytest.raises(ConfigError, match="variants.prune_pl.from: pl250 is a power_limit variant"):
-        check_config(config)
+        check_config(resolved_config(config))
 
 
 # (variant) -> (energy to produce J, wall time to produce s, accuracy, latency p95 ms)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from conftest import artifact
 from joulebench.models import ModelError, build_model, load_model, save_model
 
 # Ours, the two torchvision models the project started with, and others that take 8x8 input.
@@ -38,8 +39,8 @@ def test_large_images_keep_the_torchvision_stem_small_images_get_stride_one():
 def test_saved_model_reloads_with_the_same_weights_and_recipe(tmp_path):
     recipe = {"arch": "small_cnn", "in_channels": 1, "num_classes": 10, "width": 4, "precision": "fp32"}
     model = build_model(recipe)
-    save_model(model, recipe, tmp_path)
-    loaded, loaded_recipe = load_model(tmp_path)
+    save_model(model, recipe, *artifact(tmp_path))
+    loaded, loaded_recipe = load_model(*artifact(tmp_path))
     assert loaded_recipe == recipe
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)

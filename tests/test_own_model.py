@@ -10,9 +10,9 @@ import yaml
 from snakemake.utils import validate
 from torchvision.models import get_model
 
-from conftest import ROOT, run_snakemake, tiny_config
+from conftest import ROOT, artifact, run_snakemake, tiny_config
 from joulebench import io
-from joulebench.config import ConfigError, check_config
+from joulebench.config import ConfigError, check_config, resolved_config
 from joulebench.models import ModelError, SmallCNN, build_model, freeze_pretrained, load_model, save_model
 from joulebench.pretrained import cache_path, load_weights, locate_weights, torchvision_weights
 
@@ -50,8 +50,8 @@ def test_pretrained_weights_load_then_the_head_and_stem_adapt(tmp_path):
     trainable = freeze_pretrained(model, state_dict)
     assert trainable == ["conv1.0.weight", "fc.weight", "fc.bias"]
     # A saved fine-tune reloads from its own files: the recipe never needs the weights again.
-    save_model(model, {**recipe, "pretrained": {"path": "gone.pt"}}, tmp_path)
-    loaded, _ = load_model(tmp_path)
+    save_model(model, {**recipe, "pretrained": {"path": "gone.pt"}}, *artifact(tmp_path))
+    loaded, _ = load_model(*artifact(tmp_path))
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
 
@@ -95,7 +95,7 @@ def test_torchvision_weights_come_from_the_cache_or_name_where_to_put_them(tmp_p
 
 def check(config: dict) -> None:
     validate(config, schema=str(ROOT / "workflow/schemas/config.schema.yaml"))
-    check_config(config)
+    check_config(resolved_config(config))
 
 
 @pytest.mark.parametrize(
@@ -182,8 +182,10 @@ def test_pretrained_finetunes_and_a_new_architecture_run_end_to_end(tmp_path):
             assert io.read_json(directory / "model.json")["pretrained"]["sha256"] == pretrained["sha256"]
         source = torch.load(path, weights_only=True)
         path.unlink()  # a fine-tuned model reloads from its own files
-        frozen, recipe = load_model(workdir / f"results/models/digits/{name}/finetune_frozen/seed0")
-        tuned, _ = load_model(workdir / f"results/models/digits/{name}/finetune/seed0")
+        frozen, recipe = load_model(
+            *artifact(workdir / f"results/models/digits/{name}/finetune_frozen/seed0")
+        )
+        tuned, _ = load_model(*artifact(workdir / f"results/models/digits/{name}/finetune/seed0"))
         trainable = set(recipe["pretrained"]["trainable_parameters"])
         backbone = [key for key, _ in frozen.named_parameters() if key not in trainable]
         assert backbone and all(torch.equal(frozen.state_dict()[key], source[key]) for key in backbone)

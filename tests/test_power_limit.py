@@ -20,7 +20,9 @@ import zeus.device.gpu
 import zeus.monitor.energy
 from zeus.device.gpu import nvidia
 
-from joulebench import checkpoint, io, stages
+from conftest import model_files
+from joulebench import checkpoint, io, resume, stages
+from joulebench.config import resolved_config
 from joulebench.devices import CPU, Placement
 from joulebench.power_limit import PowerLimitError, held_power_limit, requested_mw
 from simulated_host.nvml import autospec_pynvml
@@ -140,9 +142,18 @@ def _tiny_inputs(tmp_path, digits_arrays):
     splits, facts = tmp_path / "splits.npz", tmp_path / "dataset.json"
     io.save_arrays(splits, arrays)
     io.write_json(facts, data.describe(arrays, classes))
-    training = {"epochs": 1, "batch_size": 64, "lr": 0.003, "weight_decay": 0.0}
-    energy = {"estimate": {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}}
+    training = {**resolved_config()["training"], "epochs": 1}
+    energy = {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}
     return splits, facts, training, energy
+
+
+def train_into(out, splits, facts, variant, training, energy) -> dict:
+    """train_model's stage on these inputs, its declared outputs under `out`; returns them."""
+    outputs = model_files(out)
+    stages.train_variant(
+        {"splits": splits, "facts": facts}, outputs, "small_cnn", variant, training, 0, energy
+    )
+    return outputs
 
 
 def test_without_permission_it_fails_before_training_and_says_what_to_do(
@@ -151,11 +162,11 @@ def test_without_permission_it_fails_before_training_and_says_what_to_do(
     nvml = gpu(permitted=False)
     monkeypatch.setattr(stages, "accelerator", lambda: ON_GPU0)
     train = mock.MagicMock()
-    monkeypatch.setattr(stages, "train", train)
+    monkeypatch.setattr(resume, "train", train)
     splits, facts, training, energy = _tiny_inputs(tmp_path, digits_arrays)
     variant = {"technique": "power_limit", "power_limit_w": 250}
     with pytest.raises(PowerLimitError) as error:
-        stages.train_variant(splits, facts, "small_cnn", variant, training, 0, energy, tmp_path / "out")
+        train_into(tmp_path / "out", splits, facts, variant, training, energy)
     message = str(error.value)
     assert "run the job as root" in message and "ZEUSD_SOCK_PATH" in message
     train.assert_not_called()
@@ -167,16 +178,16 @@ def test_training_under_a_limit_records_it_and_resets_it(gpu, monkeypatch, tmp_p
     nvml = gpu()
     monkeypatch.setattr(stages, "accelerator", lambda: ON_GPU0)
     limits_during_training = []
-    real_train = stages.train
+    real_train = resume.train
 
     def train(*args, **kwargs):
         limits_during_training.append(nvml.limit_mw)
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(stages, "train", train)
+    monkeypatch.setattr(resume, "train", train)
     splits, facts, training, energy = _tiny_inputs(tmp_path, digits_arrays)
     variant = {"technique": "power_limit", "power_limit_fraction": 0.5}
-    stages.train_variant(splits, facts, "small_cnn", variant, training, 0, energy, tmp_path / "out")
+    train_into(tmp_path / "out", splits, facts, variant, training, energy)
     assert limits_during_training == [350_000]
     assert nvml.set_calls == [("handle0", 350_000), ("handle0", DEFAULT_MW)]
     for name in ("training.json", "energy.json"):
@@ -191,11 +202,14 @@ def test_without_a_gpu_the_variant_writes_a_skipped_marker_that_evaluation_passe
     out = tmp_path / "out"
     variant = {"technique": "power_limit", "power_limit_w": 250}
     with mock.patch.object(stages, "accelerator", lambda: CPU):
-        stages.train_variant(splits, facts, "small_cnn", variant, training, 0, energy, out)
+        train_into(out, splits, facts, variant, training, energy)
     for name in ("model.json", "training.json", "energy.json"):
         assert io.read_json(out / name)["skipped"] == "no GPU on this host"
     assert (out / "model.pt").stat().st_size == 0
-    stages.evaluate_variant(splits, out, {}, energy, tmp_path / "metrics.json", tmp_path / "eval.json")
+    files = model_files(out)
+    inputs = {"splits": splits, "model": files["model"], "recipe": files["recipe"]}
+    metrics = {"metrics": tmp_path / "metrics.json", "energy": tmp_path / "eval.json"}
+    stages.evaluate_variant(inputs, metrics, resolved_config()["evaluation"], energy)
     assert io.read_json(tmp_path / "metrics.json")["skipped"] == "no GPU on this host"
 
 
@@ -225,7 +239,7 @@ def test_global_search_profiles_the_limits_records_the_choice_and_resets(
     nvml = search_host()
     splits, facts, training, energy = _tiny_inputs(tmp_path, digits_arrays)
     with mock.patch("zeus.device.common.has_sys_admin", return_value=True):
-        stages.train_variant(splits, facts, "small_cnn", SEARCH, training, 0, energy, tmp_path / "out")
+        train_into(tmp_path / "out", splits, facts, SEARCH, training, energy)
     # Zeus starts at the largest limit (already set: no NVML call), then steps down 250 W at a time.
     assert nvml.set_calls[:2] == [("handle0", 450_000), ("handle0", 200_000)]
     assert nvml.limit_mw == DEFAULT_MW  # reset to the default at the end
@@ -242,12 +256,12 @@ def test_global_search_without_privileges_fails_before_training(
 ):
     nvml = search_host()
     train = mock.MagicMock()
-    monkeypatch.setattr(stages, "train", train)
+    monkeypatch.setattr(resume, "train", train)
     splits, facts, training, energy = _tiny_inputs(tmp_path, digits_arrays)
     with (
         mock.patch("zeus.device.common.has_sys_admin", return_value=False),
         pytest.raises(PowerLimitError, match="run the job as root.*ZEUSD_SOCK_PATH"),
     ):
-        stages.train_variant(splits, facts, "small_cnn", SEARCH, training, 0, energy, tmp_path / "out")
+        train_into(tmp_path / "out", splits, facts, SEARCH, training, energy)
     train.assert_not_called()
     assert nvml.set_calls == []

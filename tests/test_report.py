@@ -1,12 +1,17 @@
 """The report's logic on hand-made records: table, statistics, Pareto sets, decisions, outputs."""
 
 import math
+import os
 import random
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 
+from conftest import ROOT, report_files
 from joulebench import io
+from joulebench.config import resolved_config
 from joulebench.report import build_table, read_histories, stage_joules, write_report
 from joulebench.report_decisions import (
     break_even,
@@ -19,6 +24,7 @@ from joulebench.report_stats import mean_ci, paired_differences, pareto_mask, su
 from joulebench.report_tables import latex_escape, latex_table, paper_table, summary_markdown, verdict
 from joulebench.variants import lineage
 
+CARBON = resolved_config()["energy"]["carbon"]
 VARIANTS = {
     "prune80": {"technique": "prune", "sparsity": 0.8, "finetune_epochs": 1},
     "int8_of_prune": {"technique": "quantize", "method": "int8_dynamic", "from": "prune80"},
@@ -165,16 +171,16 @@ def hand_made_run(tmp_path):
         io.write_json(eval_dir / "metrics.json", metrics)
         io.write_json(eval_dir / "energy.json", energy_record("evaluate_model", 3.0, start + 0.5))
         io.write_json(model_dir / "energy.json", energy_record(RULES[variant], joules, start))
-        if variant != "int8_of_prune":
-            history = pd.DataFrame(
-                {
-                    "epoch": [1, 2],
-                    "val_accuracy": [acc - 0.1, acc],
-                    "cumulative_joules": [joules / 2, joules],
-                    "energy_source": ["estimate:green-algorithms"] * 2,
-                }
-            )
-            io.write_csv(model_dir / "history.csv", history)
+        history = pd.DataFrame(
+            {
+                "epoch": [1, 2],
+                "val_accuracy": [acc - 0.1, acc],
+                "cumulative_joules": [joules / 2, joules],
+                "energy_source": ["estimate:green-algorithms"] * 2,
+            }
+        )
+        # Post-training quantization trains no epochs: its history has none.
+        io.write_csv(model_dir / "history.csv", history.iloc[:0] if variant == "int8_of_prune" else history)
         start += 10.0
         entries.append(
             {
@@ -184,6 +190,7 @@ def hand_made_run(tmp_path):
                 "seed": seed,
                 "metrics": str(eval_dir / "metrics.json"),
                 "energy": str(model_dir / "energy.json"),
+                "history": str(model_dir / "history.csv"),
                 "eval_energy": str(eval_dir / "energy.json"),
             }
         )
@@ -193,7 +200,7 @@ def hand_made_run(tmp_path):
 
 def test_build_table_has_stage_energy_and_lineage(hand_made_run):
     entries, data_energy = hand_made_run
-    table = build_table(entries, VARIANTS, data_energy).set_index(["variant", "seed"])
+    table = build_table(entries, VARIANTS, data_energy, CARBON).set_index(["variant", "seed"])
     assert len(table) == len(RUN)
     row = table.loc[("int8_of_prune", 1)]
     # quantization (2) + pruning (34) + baseline training (110) + data (5), all of seed 1
@@ -212,7 +219,7 @@ def test_build_table_has_stage_energy_and_lineage(hand_made_run):
 
 def test_read_histories_starts_each_curve_where_its_lineage_ended(hand_made_run):
     entries, data_energy = hand_made_run
-    table = build_table(entries, VARIANTS, data_energy)
+    table = build_table(entries, VARIANTS, data_energy, CARBON)
     curves = read_histories(entries, table)
     assert "int8_of_prune" not in set(curves["variant"])  # post-training: no curve
     prune = curves[(curves["variant"] == "prune80") & (curves["seed"] == 0)]
@@ -223,7 +230,7 @@ def test_read_histories_starts_each_curve_where_its_lineage_ended(hand_made_run)
 
 def test_summarize_gives_means_intervals_and_fronts(hand_made_run):
     entries, data_energy = hand_made_run
-    summary = summarize(build_table(entries, VARIANTS, data_energy)).set_index("variant")
+    summary = summarize(build_table(entries, VARIANTS, data_energy, CARBON)).set_index("variant")
     base = summary.loc["baseline"]
     assert base["n"] == 2
     assert base["test_accuracy"] == pytest.approx(0.96)
@@ -303,7 +310,7 @@ def test_break_even_arithmetic():
 
 def test_break_even_table_uses_the_same_models_baseline(hand_made_run):
     entries, data_energy = hand_made_run
-    summary = summarize(build_table(entries, VARIANTS, data_energy))
+    summary = summarize(build_table(entries, VARIANTS, data_energy, CARBON))
     table = break_even_table(summary).set_index("variant")
     # prune80: 105 + 32 vs 105 J to produce (mean), 2.1 vs 4.1 J/1k inference
     assert table.loc["prune80", "extra_produce_j"] == pytest.approx(32.0)
@@ -318,7 +325,7 @@ def by_variant(frame: pd.DataFrame) -> dict:
 
 def test_paired_differences_compare_seed_by_seed_and_say_when_noise_wins(hand_made_run):
     entries, data_energy = hand_made_run
-    pairs = by_variant(paired_differences(build_table(entries, VARIANTS, data_energy)))
+    pairs = by_variant(paired_differences(build_table(entries, VARIANTS, data_energy, CARBON)))
     assert sorted(pairs) == ["fp16", "int8_of_prune", "prune80"]
     fp16 = pairs["fp16"]
     # Energy to produce: 65 vs 105 J (seed 0), 75 vs 115 J (seed 1): -40 J both times.
@@ -334,7 +341,7 @@ def test_paired_differences_compare_seed_by_seed_and_say_when_noise_wins(hand_ma
         "energy (-2%, but the 95% interval includes 0), accuracy -1.00 ± 0.00 points."
     )
     assert pairs["prune80"]["inference_joules_per_1k_clear"]
-    one_seed = by_variant(paired_differences(build_table(entries[::2], VARIANTS, data_energy)))
+    one_seed = by_variant(paired_differences(build_table(entries[::2], VARIANTS, data_energy, CARBON)))
     assert verdict(one_seed["prune80"]) == (
         "- **prune80** (small_cnn) does **not** save the energy to produce (+29%) (one seed, no interval), "
         "saves 50% of inference energy (one seed, no interval), accuracy -2.00 points."
@@ -346,14 +353,14 @@ def test_paired_differences_compare_seed_by_seed_and_say_when_noise_wins(hand_ma
 
 def test_paper_table_marks_intervals_and_estimates(hand_made_run):
     entries, data_energy = hand_made_run
-    summary = summarize(build_table(entries, VARIANTS, data_energy))
+    summary = summarize(build_table(entries, VARIANTS, data_energy, CARBON))
     header, rows, footnotes = paper_table(summary)
     assert "Accuracy (%)" in header and "Energy to produce (J)" in header
     baseline = rows[list(summary["variant"]).index("baseline")]
     assert baseline[2] == f"96.00 ± {12.706204736174707:.2f}"
     assert baseline[3].endswith("†")  # estimated energy
     assert any("Estimated, wholly or in part" in note for note in footnotes)
-    one_seed = summarize(build_table(entries[::2], VARIANTS, data_energy))
+    one_seed = summarize(build_table(entries[::2], VARIANTS, data_energy, CARBON))
     _, rows, footnotes = paper_table(one_seed)
     assert rows[0][2].endswith("‡")  # n = 1: no interval, said so
     assert "‡ one seed, no interval" in footnotes[0]
@@ -369,9 +376,9 @@ def test_latex_table_is_booktabs_and_escaped():
 
 def test_summary_says_when_nothing_meets_the_target(hand_made_run):
     entries, data_energy = hand_made_run
-    summary = summarize(build_table(entries, VARIANTS, data_energy))
+    summary = summarize(build_table(entries, VARIANTS, data_energy, CARBON))
     settings = {"accuracy_target": 0.99, "energy_budget_j": 1.0}
-    differences = paired_differences(build_table(entries, VARIANTS, data_energy))
+    differences = paired_differences(build_table(entries, VARIANTS, data_energy, CARBON))
     text = summary_markdown(summary, decide(summary, settings), break_even_table(summary), differences)
     assert "**No variant reaches 99.0% accuracy**" in text
     assert "**No variant can be produced within 1.0 J**" in text
@@ -385,7 +392,7 @@ def test_summary_says_when_nothing_meets_the_target(hand_made_run):
 def test_summary_names_variants_measured_on_a_busy_host(hand_made_run):
     entries, data_energy = hand_made_run
     settings = {"accuracy_target": 0.95}
-    table = build_table(entries, VARIANTS, data_energy)
+    table = build_table(entries, VARIANTS, data_energy, CARBON)
     quiet = summary_markdown(
         summarize(table),
         decide(summarize(table), settings),
@@ -395,7 +402,7 @@ def test_summary_names_variants_measured_on_a_busy_host(hand_made_run):
     assert "Busy host" not in quiet
     prune80 = next(e for e in entries if e["variant"] == "prune80" and e["seed"] == 1)
     io.write_json(prune80["energy"], energy_record("prune_model", 34.0, 1050.0, busy=True))
-    table = build_table(entries, VARIANTS, data_energy)
+    table = build_table(entries, VARIANTS, data_energy, CARBON)
     assert table.loc[table["variant"] == "prune80", "pipeline_busy_host"].tolist() == [False, True]
     summary = summarize(table)
     text = summary_markdown(
@@ -410,11 +417,11 @@ def test_summary_names_variants_measured_on_a_busy_host(hand_made_run):
 
 def test_write_report_is_byte_identical_on_a_rerun(hand_made_run, tmp_path):
     entries, data_energy = hand_made_run
-    table = build_table(entries, VARIANTS, data_energy)
+    table = build_table(entries, VARIANTS, data_energy, CARBON)
     histories = read_histories(entries, table)
     settings = {"accuracy_target": 0.95, "energy_budget_j": 120.0}
-    write_report(table, histories, settings, tmp_path / "first")
-    write_report(table, histories, settings, tmp_path / "second")
+    write_report(table, histories, settings, report_files(tmp_path / "first"))
+    write_report(table, histories, settings, report_files(tmp_path / "second"))
     first = sorted(p.name for p in (tmp_path / "first").iterdir())
     for name in ("accuracy_vs_training_energy.pdf", "training_curves.png", "table.tex", "results.parquet"):
         assert name in first
@@ -446,7 +453,7 @@ def test_break_even_flags_noise_in_the_production_difference_and_crossed_devices
 def test_verdicts_say_when_inference_crosses_devices(hand_made_run):
     # On a GPU host a float variant infers on the GPU, an int8 one on the CPU: not like for like.
     entries, data_energy = hand_made_run
-    table = build_table(entries, VARIANTS, data_energy)
+    table = build_table(entries, VARIANTS, data_energy, CARBON)
     table["inference_device"] = ["cpu" if "int8" in v else "cuda" for v in table["variant"]]
     pairs = by_variant(paired_differences(table))
     crossing = [name for name, pair in pairs.items() if " vs " in pair["inference_devices"]]
@@ -489,3 +496,14 @@ def test_data_diversity_of_each_stage_in_the_report(tmp_path):
         "subset50 (seed 0): the sample does **not** keep the diversity of the cleaned data "
         "(Vendi 35.5 vs 41.0)" in text
     )
+
+
+def test_the_report_imports_neither_torch_nor_zeus():
+    """aggregate_report runs in envs/report.yaml, which has neither: its modules import them not
+    even lazily at import time."""
+    code = (
+        "import sys, joulebench.report, joulebench.logs; print(sorted({'torch', 'zeus'} & set(sys.modules)))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from joulebench import io, sample, stages
+from joulebench.config import resolved_config
 
-ENERGY = {"estimate": {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}}
-TRAINING = {"epochs": 1, "batch_size": 64, "lr": 0.003, "weight_decay": 0.0}
+ENERGY = {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}
+TRAINING = {**resolved_config()["training"], "epochs": 1}
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 0.73])
@@ -37,7 +38,7 @@ def write_digits_splits(tmp_path, digits_arrays):
     arrays, classes = digits_arrays
     splits, facts = tmp_path / "splits.npz", tmp_path / "dataset.json"
     io.save_arrays(splits, arrays)
-    io.write_json(facts, {"channels": 1, "num_classes": len(classes)})
+    io.write_json(facts, {"channels": 1, "num_classes": len(classes), "image_size": [8, 8]})
     return splits, facts
 
 
@@ -55,7 +56,7 @@ def test_sample_dataset_writes_subset_balance_and_energy(tmp_path, digits_arrays
         key: tmp_path / name
         for key, name in (("splits", "s.npz"), ("summary", "s.json"), ("energy", "e.json"))
     }
-    stages.sample_dataset(splits, facts, variant, TRAINING, 0, ENERGY, out)
+    stages.sample_dataset({"splits": splits, "facts": facts}, out, variant, TRAINING, 0, ENERGY)
     full, subset, summary = (
         io.load_arrays(splits),
         io.load_arrays(out["splits"]),

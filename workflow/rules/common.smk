@@ -64,9 +64,11 @@ def data_energy_records(variant, seed):
 def compared_models(wildcards):
     """Every variant's model of one model and seed, for the interleaved inference comparison."""
     keys = dict(dataset=wildcards.dataset, model=wildcards.model, seed=wildcards.seed)
-    return {
-        f"model_{v}": f"{MODEL_DIR}/model.pt".format(**keys, variant=v) for v in variants.names(VARIANTS)
-    }
+    files = {}
+    for variant in variants.names(VARIANTS):
+        directory = MODEL_DIR.format(**keys, variant=variant)
+        files |= {f"model_{variant}": f"{directory}/model.pt", f"recipe_{variant}": f"{directory}/model.json"}
+    return files
 
 
 def variant_settings(wildcards):
@@ -112,6 +114,7 @@ def report_entries():
                         **keys,
                         "metrics": f"{EVAL_DIR}/metrics.json".format(**keys),
                         "energy": f"{MODEL_DIR}/energy.json".format(**keys),
+                        "history": f"{MODEL_DIR}/history.csv".format(**keys),
                         "eval_energy": f"{EVAL_DIR}/energy.json".format(**keys),
                         "compare": f"{COMPARE_DIR}/rounds.csv".format(**keys),
                         "compare_energy": f"{COMPARE_DIR}/energy.json".format(**keys),

@@ -21,7 +21,7 @@ rule prune_model:
     params:
         variant=variant_settings,
         training=config["training"],
-        energy=config["energy"],
+        estimate=config["energy"]["estimate"],
     script:
         "../scripts/prune_model.py"
 
@@ -33,6 +33,7 @@ rule quantize_model:
     output:
         model=f"{MODEL_DIR}/model.pt",
         recipe=f"{MODEL_DIR}/model.json",
+        history=f"{MODEL_DIR}/history.csv",
         energy=f"{MODEL_DIR}/energy.json",
     log:
         "logs/quantize_model/{dataset}/{model}/{variant}/seed{seed}.log",
@@ -48,6 +49,6 @@ rule quantize_model:
     params:
         variant=variant_settings,
         training=config["training"],
-        energy=config["energy"],
+        estimate=config["energy"]["estimate"],
     script:
         "../scripts/quantize_model.py"

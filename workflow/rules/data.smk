@@ -15,8 +15,8 @@ rule prepare_dataset:
         measured=1,
     params:
         dataset=config["dataset"],
-        cleaning=config["cleaning"],
-        energy=config["energy"],
+        skip_unusable=config["cleaning"]["enabled"],
+        estimate=config["energy"]["estimate"],
     script:
         "../scripts/prepare_dataset.py"
 
@@ -45,7 +45,7 @@ rule clean_dataset:
         measured=1,
     params:
         cleaning=config["cleaning"],
-        energy=config["energy"],
+        estimate=config["energy"]["estimate"],
     script:
         "../scripts/clean_dataset.py"
 
@@ -72,7 +72,7 @@ rule sample_dataset:
     params:
         variant=variant_settings,
         training=config["training"],
-        energy=config["energy"],
+        estimate=config["energy"]["estimate"],
     script:
         "../scripts/sample_dataset.py"
 
@@ -91,7 +91,8 @@ rule plot_augmentation:
     conda:
         "../../envs/torch.yaml"
     params:
-        augmentation=config["augmentation"],
+        transforms=config["augmentation"]["transforms"],
+        samples=config["augmentation"]["figure_samples"],
     script:
         "../scripts/plot_augmentation.py"
 
@@ -112,8 +113,9 @@ rule augment_dataset:
     resources:
         measured=1,
     params:
-        augmentation=config["augmentation"],
+        transforms=config["augmentation"]["transforms"],
+        copies=config["augmentation"]["materialize_copies"],
         seed=config["dataset"]["split_seed"],
-        energy=config["energy"],
+        estimate=config["energy"]["estimate"],
     script:
         "../scripts/augment_dataset.py"

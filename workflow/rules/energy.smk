@@ -16,6 +16,6 @@ rule measure_idle_power:
         measured=1,
     params:
         seconds=IDLE_SECONDS,
-        energy=config["energy"],
+        estimate=config["energy"]["estimate"],
     script:
         "../scripts/measure_idle_power.py"

@@ -17,7 +17,7 @@ rule evaluate_model:
         measured=1,
     params:
         evaluation=config["evaluation"],
-        energy=config["energy"],
+        estimate=config["energy"]["estimate"],
     script:
         "../scripts/evaluate_model.py"
 
@@ -40,7 +40,7 @@ rule compare_inference:
         measured=1,
     params:
         evaluation=config["evaluation"],
-        energy=config["energy"],
+        estimate=config["energy"]["estimate"],
         variants=variants.names(VARIANTS),
     script:
         "../scripts/compare_inference.py"

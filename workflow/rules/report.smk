@@ -3,6 +3,7 @@ rule aggregate_report:
         unpack(idle_baseline),
         metrics=report_inputs("metrics"),
         energy=report_inputs("energy"),
+        history=report_inputs("history"),
         eval_energy=report_inputs("eval_energy"),
         compare=report_inputs("compare"),
         compare_energy=report_inputs("compare_energy"),
@@ -18,6 +19,7 @@ rule aggregate_report:
         curves=f"{REPORT_DIR}/training_curves.csv",
         diversity_table=f"{REPORT_DIR}/diversity.csv",
         decisions=f"{REPORT_DIR}/decisions.json",
+        config=f"{REPORT_DIR}/config.yaml",
         summary=report(
             f"{REPORT_DIR}/summary.md",
             category="Tables",
@@ -37,8 +39,10 @@ rule aggregate_report:
         "../../envs/report.yaml"
     params:
         entries=report_entries(),
-        variants=VARIANTS,
-        energy=config["energy"],
-        report=config.get("report", {}),
+        variant_settings=VARIANTS,
+        carbon=config["energy"]["carbon"],
+        report_settings=config["report"],
+        # The resolved config (schema defaults filled in), saved beside the report.
+        config=config,
     script:
         "../scripts/aggregate_report.py"

@@ -30,9 +30,9 @@ rule train_model:
     params:
         variant=variant_settings,
         training=config["training"],
-        energy=config["energy"],
+        estimate=config["energy"]["estimate"],
         checkpoint=CHECKPOINT,
-        augmentation=config["augmentation"],
+        transforms=config["augmentation"]["transforms"],
         pretrained=pretrained_weights,
     script:
         "../scripts/train_model.py"
@@ -62,7 +62,7 @@ rule distill_model:
     params:
         variant=variant_settings,
         training=config["training"],
-        energy=config["energy"],
+        estimate=config["energy"]["estimate"],
         checkpoint=CHECKPOINT,
     script:
         "../scripts/distill_model.py"

@@ -1,16 +1,12 @@
 # Zeus starts helper processes with `spawn`, which re-imports this file: nothing runs unless it is main.
 if __name__ == "__main__":
-    from pathlib import Path
-
-    from joulebench.stages import quantize_variant, start_rule_logging
+    from joulebench.logs import start_rule_logging
+    from joulebench.stages import quantize_variant
 
     start_rule_logging(snakemake.log[0], snakemake.threads)
     quantize_variant(
-        snakemake.input.splits,
-        Path(snakemake.input.model).parent,
-        snakemake.params.variant,
-        snakemake.params.training,
-        int(snakemake.wildcards.seed),
-        snakemake.params.energy,
-        Path(snakemake.output.model).parent,
+        dict(snakemake.input.items()),
+        dict(snakemake.output.items()),
+        seed=int(snakemake.wildcards.seed),
+        **dict(snakemake.params.items()),
     )

@@ -18,9 +18,9 @@ from pathlib import Path
 
 JOULES_PER_KWH = 3.6e6
 TABLE = Path(__file__).resolve().parents[2] / "resources" / "carbon_intensity.csv"
+# Where neither energy.carbon.region nor intensity_g_per_kwh is set (they exclude each other, so
+# the schema cannot default either).
 DEFAULT_REGION = "WORLD"
-# Green Algorithms' default PUE: the 2019 Uptime Institute survey average of data centres.
-DEFAULT_PUE = 1.67
 
 
 class CarbonSettingsError(ValueError):
@@ -60,8 +60,8 @@ def read_intensity_table(path=TABLE) -> dict[str, dict]:
 
 
 def carbon_model(settings: dict, table_path=TABLE) -> CarbonModel:
-    """The carbon model of `energy.carbon` (an empty dict gives the world average and PUE 1.67)."""
-    pue = settings.get("pue", DEFAULT_PUE)
+    """The carbon model of config `energy.carbon`, its schema defaults filled in (pue, currency)."""
+    pue = settings["pue"]
     if pue < 1.0:
         raise CarbonSettingsError(f"energy.carbon.pue: {pue} is below 1; PUE is facility energy / IT energy")
     if "intensity_g_per_kwh" in settings and "region" in settings:
@@ -86,5 +86,5 @@ def carbon_model(settings: dict, table_path=TABLE) -> CarbonModel:
         pue=pue,
         intensity_source=source,
         price_per_kwh=settings.get("price_per_kwh"),
-        currency=settings.get("currency"),
+        currency=settings["currency"],
     )

@@ -368,10 +368,10 @@ def clean_splits(
         digests += content_hashes(pixels[-1])
     near, features = None, None
     if settings["near_duplicates"] and len(labels):
-        features = crop_features(pixels, settings.get("near_duplicate_max_shift", 2), workers)
+        features = crop_features(pixels, settings["near_duplicate_max_shift"], workers)
         auto_bits, auto_similarity = auto_thresholds(features)
-        max_distance = settings.get("near_duplicate_max_distance", "auto")
-        min_similarity = settings.get("near_duplicate_min_similarity", "auto")
+        max_distance = settings["near_duplicate_max_distance"]
+        min_similarity = settings["near_duplicate_min_similarity"]
         max_distance = auto_bits if max_distance == "auto" else int(max_distance)
         min_similarity = auto_similarity if min_similarity == "auto" else float(min_similarity)
         first, second, _, _ = near_pairs(features, max_distance, min_similarity)

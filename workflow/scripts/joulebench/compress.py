@@ -5,7 +5,6 @@ variant's config, runs its steps under named energy windows, and says what it di
 """
 
 import logging
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -38,14 +37,14 @@ def prune_model(model: nn.Module, variant: dict, arrays: dict, settings: TrainSe
     model.cpu().eval()
     params_before = count_parameters(model)[0]
     history = []
-    if variant.get("method", "magnitude") == "channel":
+    if variant["method"] == "channel":
         channels_before = prune.channel_counts(model)
         with meter.window("prune"):
             prune.channel_prune(model, variant["channel_ratio"], example_batch(arrays))
         history = train(model, arrays, settings, meter)
         facts = {"channels_before": channels_before, "channels_after": prune.channel_counts(model)}
     else:
-        steps = variant.get("steps", 1)
+        steps = variant["steps"]
         for step, amount in enumerate(prune.step_amounts(variant["sparsity"], steps), start=1):
             with meter.window(f"prune{step}"):
                 prune.global_magnitude_prune(model.cpu(), amount)
@@ -73,7 +72,7 @@ def quantize_model(model: nn.Module, variant: dict, arrays: dict, settings: Trai
         return model, history, {"int8_linear_layers": quantize.int8_linear_count(model)}
     if method == "int8_static":
         with meter.window("quantize"):
-            calibration = training_batches(arrays, settings.batch_size, variant.get("calibration_batches", 8))
+            calibration = training_batches(arrays, settings.batch_size, variant["calibration_batches"])
             converted = quantize.static_int8(model, calibration)
     elif method == "int8_qat":
         with meter.window("prepare_qat"):
@@ -86,11 +85,10 @@ def quantize_model(model: nn.Module, variant: dict, arrays: dict, settings: Trai
     return converted, history, {"quantized_graph_nodes": len(converted.graph.nodes)}
 
 
-def save_quantized(model, recipe: dict, arrays: dict, out_dir) -> None:
+def save_quantized(model, recipe: dict, arrays: dict, model_path, recipe_path) -> None:
     """A state dict for eager (torchao) models; a torch.export archive for converted PT2E graphs."""
-    out_dir = Path(out_dir)
     if recipe["quantization"] in quantize.EXPORTED_METHODS:
-        quantize.save_exported(model, example_batch(arrays), out_dir / "model.pt")
-        io.write_json(out_dir / "model.json", {**recipe, "format": "torch.export"})
+        quantize.save_exported(model, example_batch(arrays), model_path)
+        io.write_json(recipe_path, {**recipe, "format": "torch.export"})
     else:
-        save_model(model, recipe, out_dir)
+        save_model(model, recipe, model_path, recipe_path)

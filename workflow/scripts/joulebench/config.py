@@ -1,7 +1,25 @@
 """Checks a JSON schema cannot express; run right after schema validation, before any job."""
 
+import copy
+from pathlib import Path
+
 from joulebench.carbon import CarbonSettingsError, carbon_model
 from joulebench.variants import lineage_error, made_by
+
+ROOT = Path(__file__).resolve().parents[3]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SHIPPED = ROOT / "config" / "config.yaml"
+
+
+def resolved_config(config: dict | None = None) -> dict:
+    """`config` (default: the shipped config/config.yaml) validated, with the schema's defaults
+    filled in: what the rules see. Every default lives in the schema only."""
+    import yaml
+    from snakemake.utils import validate
+
+    config = copy.deepcopy(config) if config is not None else yaml.safe_load(SHIPPED.read_text())
+    validate(config, str(SCHEMA))
+    return config
 
 
 class ConfigError(ValueError):
@@ -24,7 +42,7 @@ def check_config(config: dict) -> None:
                 "share of every batch, so choose a divisor of the batch size"
             )
     try:
-        carbon_model(config["energy"].get("carbon", {}))
+        carbon_model(config["energy"]["carbon"])
     except CarbonSettingsError as error:
         raise ConfigError(str(error)) from None
     dataset = config["dataset"]
@@ -32,7 +50,7 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"dataset.root: required for source {dataset['source']!r}; set the local directory")
     if dataset["val_fraction"] + dataset["test_fraction"] >= 0.9:
         raise ConfigError("dataset.val_fraction + dataset.test_fraction must leave at least 10% for training")
-    check_augmentation(config.get("augmentation", {}), dataset["source"])
+    check_augmentation(config["augmentation"], dataset["source"])
     check_models(config["models"], variants, input_shape(dataset))
 
 
@@ -109,7 +127,7 @@ def check_model(name: str, entry: dict, shape: tuple[int, int, int] | None) -> N
 
 def check_augmentation(augmentation: dict, source: str) -> None:
     """Build the albumentations pipeline now, so a wrong transform name or parameter fails first."""
-    transforms = augmentation.get("transforms", [])
+    transforms = augmentation["transforms"]
     if not transforms:
         return  # albumentations takes seconds to import: only when it is used
     from joulebench.augment import AugmentationError, check_transforms

@@ -10,6 +10,12 @@ Estimated records have no device (the estimate charges the process's own CPU tim
 jobs do not inflate), so they are never contended.
 """
 
+# Share of the host's CPU capacity used by other processes above which a window is `busy_host`,
+# provided they used at least BUSY_HOST_MIN_CPU_S: the kernel counts CPU time in 10 ms ticks, so
+# in a 50 ms window one tick of a background daemon would otherwise read as 10% of two cores.
+BUSY_HOST_SHARE = 0.10
+BUSY_HOST_MIN_CPU_S = 0.1
+
 
 def device_keys(record: dict) -> set[tuple[str, str]]:
     """(host, physical device) of every device the record measured."""

@@ -34,7 +34,6 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 
@@ -241,9 +240,9 @@ def train_worker(spec: dict) -> None:
 
     from joulebench.checkpoint import exit_on_sigterm
     from joulebench.distributed import init_process_group, rank_from_env
-    from joulebench.models import build_model, check_input, save_model
-    from joulebench.stages import _settings, training_recipe
-    from joulebench.train import seed_everything, train, training_summary
+    from joulebench.models import build_model, check_input, model_recipe
+    from joulebench.resume import write_trained
+    from joulebench.train import seed_everything, train, training_settings, training_summary
 
     rank = rank_from_env()
     logging.basicConfig(
@@ -257,17 +256,18 @@ def train_worker(spec: dict) -> None:
     with exit_on_sigterm():
         init_process_group(rank)
         placement = placement_of(rank)
-        arrays, facts = io.load_arrays(spec["splits"]), io.read_json(spec["facts"])
+        arrays, facts = io.load_arrays(spec["inputs"]["splits"]), io.read_json(spec["inputs"]["facts"])
         training = spec["training"]
         seed_everything(spec["seed"])
-        recipe = training_recipe(spec["model"], facts, "fp32", "fp32")
+        shape = (facts["channels"], facts["num_classes"], facts["image_size"])
+        recipe = model_recipe(spec["model"], *shape, precision_requested="fp32")
         model = build_model(recipe)
         check_input(model, spec["model"], (facts["channels"], *facts["image_size"]), facts["num_classes"])
         settings = replace(
-            _settings(training, spec["seed"]),
+            training_settings(training, spec["seed"]),
             batch_size=training["batch_size"] // rank.world_size,
             target_val_accuracy=training.get("target_val_accuracy"),
-            augmentation=tuple(spec["augmentation"].get("transforms", [])),
+            augmentation=tuple(spec["transforms"]),
         )
         shard = shard_arrays(arrays, rank.rank, rank.world_size)
         log.info(
@@ -275,7 +275,7 @@ def train_worker(spec: dict) -> None:
             rank.rank, rank.world_size, rank.host, placement.torch_device, len(shard["train_y"]),
             settings.batch_size,
         )  # fmt: skip
-        estimate = EstimateModel(**spec["energy"]["estimate"])
+        estimate = EstimateModel(**spec["estimate"])
         with DataParallelMeter("train_model", estimate, rank, placement) as meter:
             model.to(placement.torch_device)
             device_ids = [placement.gpu] if placement.gpu is not None else None
@@ -298,12 +298,8 @@ def train_worker(spec: dict) -> None:
                 "cpu_threads": torch.get_num_threads(),
                 "data_parallel": parallel,
             }
-            save_model(model.cpu(), recipe, spec["out_dir"])
-            io.write_csv(f"{spec['out_dir']}/history.csv", pd.DataFrame(history))
-            io.write_json(
-                f"{spec['out_dir']}/energy.json", {**record, "cpu_threads": torch.get_num_threads()}
-            )
-            io.write_json(f"{spec['out_dir']}/training.json", summary)
+            record = {**record, "cpu_threads": torch.get_num_threads()}
+            write_trained(spec["outputs"], model, recipe, history, record, summary)
         dist.barrier()
         dist.destroy_process_group()
 

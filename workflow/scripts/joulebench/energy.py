@@ -51,6 +51,7 @@ import psutil
 from zeus.device.gpu import nvidia
 from zeus.monitor import ZeusMonitor
 
+from joulebench.contention import BUSY_HOST_MIN_CPU_S, BUSY_HOST_SHARE
 from joulebench.devices import CPU, GpuAccess, Placement, board_power_w, gpu_name, mig_share, probe_gpu
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,6 @@ ESTIMATE_MODEL = "green-algorithms"
 # approx_instant_energy exists because windows shorter than it can read 0 J). Windows shorter
 # than this are flagged even where the counter happened to tick.
 NVML_COUNTER_PERIOD_S = 0.1
-# Share of the host's CPU capacity used by other processes above which a window is `busy_host`,
-# provided they used at least BUSY_HOST_MIN_CPU_S: the kernel counts CPU time in 10 ms ticks, so
-# in a 50 ms window one tick of a background daemon would otherwise read as 10% of two cores.
-BUSY_HOST_SHARE = 0.10
-BUSY_HOST_MIN_CPU_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -449,19 +445,7 @@ def measure_idle_power(
     return record
 
 
-def dynamic_joules(record: dict, idle: dict | None) -> float | None:
-    """Energy above the idle baseline: each metered device's joules - its idle power x wall time,
-    plus the estimated parts (an estimate charges the work only: it has no idle share).
-
-    None where it cannot be known: nothing was metered, there is no idle record, it was taken on
-    another host, or it lacks one of the record's devices.
-    """
-    if idle is None or not record["devices"] or idle.get("host") != record["host"]:
-        return None
-    idle_power = idle.get("idle_power_w", {})
-    total = record.get("estimated_joules", 0.0)
-    for device in record["devices"].values():
-        if device["device_id"] not in idle_power:
-            return None
-        total += device["joules"] - idle_power[device["device_id"]] * record["wall_time_s"]
-    return total
+def rule_meter(rule: str, estimate: dict, placement: Placement = CPU) -> EnergyMeter:
+    """A rule's meter over the devices it computes on (the CPU unless `placement` names a GPU);
+    `estimate` is config energy.estimate, the model for what no counter covers."""
+    return EnergyMeter(rule, EstimateModel(**estimate), placement)

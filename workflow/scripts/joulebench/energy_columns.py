@@ -6,7 +6,6 @@ from the raw joules of the records, so the records stay the single source of tru
 
 from joulebench.carbon import carbon_model
 from joulebench.contention import find_contention
-from joulebench.energy import dynamic_joules
 
 
 def hardware_summary(record: dict) -> str:
@@ -31,10 +30,10 @@ class EnergyColumns:
     Labels are how the report names records (their paths); contention compares all of them.
     """
 
-    def __init__(self, records: dict[str, dict], energy_config: dict | None, idle: dict | None):
+    def __init__(self, records: dict[str, dict], carbon: dict, idle: dict | None):
         self.records = records
         self.contended_with = find_contention(records)
-        self.carbon = carbon_model((energy_config or {}).get("carbon", {}))
+        self.carbon = carbon_model(carbon)
         self.idle = idle
 
     def row(self, own: str, chain: list[str], pipeline_joules: float, evaluation: str | None = None) -> dict:
@@ -67,3 +66,21 @@ class EnergyColumns:
                 "busy_host_windows", []
             )
         return columns
+
+
+def dynamic_joules(record: dict, idle: dict | None) -> float | None:
+    """Energy above the idle baseline: each metered device's joules - its idle power x wall time,
+    plus the estimated parts (an estimate charges the work only: it has no idle share).
+
+    None where it cannot be known: nothing was metered, there is no idle record, it was taken on
+    another host, or it lacks one of the record's devices.
+    """
+    if idle is None or not record["devices"] or idle.get("host") != record["host"]:
+        return None
+    idle_power = idle.get("idle_power_w", {})
+    total = record.get("estimated_joules", 0.0)
+    for device in record["devices"].values():
+        if device["device_id"] not in idle_power:
+            return None
+        total += device["joules"] - idle_power[device["device_id"]] * record["wall_time_s"]
+    return total

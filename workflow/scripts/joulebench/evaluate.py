@@ -172,7 +172,7 @@ def evaluate(
         "test_accuracy": test_accuracy,
         "params": params,
         "nonzero_params": nonzero,
-        "size_bytes": artifact.stat().st_size,
+        "size_bytes": Path(artifact).stat().st_size,
         "macs": macs,
         "flops": 2 * macs,
         "latency_p50_ms": percentile(latencies, 50),

@@ -1,4 +1,7 @@
-"""Atomic writes and safe loads: a reader never sees a half-written result file."""
+"""Atomic writes and safe loads: a reader never sees a half-written result file.
+
+torch is imported where tensors are saved or loaded only: the report's environment has none.
+"""
 
 import json
 import os
@@ -7,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -47,6 +49,7 @@ def write_csv(path, frame) -> None:
 def save_tensors(path, tensors: dict) -> None:
     """torch.save through an open handle: given a path, torch names the archive's records after
     the (random) temp file, so the same tensors would give different bytes on every rerun."""
+    import torch
 
     def write(tmp):
         with open(tmp, "wb") as handle:
@@ -60,6 +63,8 @@ def load_tensors(path, allow: tuple = ()) -> dict:
 
     `allow` names extra tensor classes (quantized tensor subclasses) the file may contain.
     """
+    import torch
+
     with torch.serialization.safe_globals(list(allow)):
         return torch.load(path, map_location="cpu", weights_only=True)
 

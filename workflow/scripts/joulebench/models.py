@@ -3,16 +3,15 @@
 A name is small_cnn (ours) or any torchvision classification model, built in torchvision's layout,
 optionally loaded with pretrained weights, then adapted to the dataset (head, channels, stem).
 
-An artifact is two files: `model.pt`, a plain state dict loaded with `weights_only=True`, and
-`model.json`, the recipe to rebuild the module (architecture, width, quantization). Structured
-pruning changes layer shapes, so loading first resizes each layer to the saved tensors. We do
-that by hand because Torch-Pruning's own serializer pickles module dicts, which weights_only
-loading refuses.
+An artifact is two files, named by the rule that writes them: the weights (`model.pt`), a plain
+state dict loaded with `weights_only=True`, and the recipe (`model.json`) to rebuild the module
+(architecture, width, quantization). Structured pruning changes layer shapes, so loading first
+resizes each layer to the saved tensors. We do that by hand because Torch-Pruning's own serializer
+pickles module dicts, which weights_only loading refuses.
 """
 
 import copy
 import difflib
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -256,29 +255,35 @@ def _resize_to(model: nn.Module, state_dict: dict) -> None:
                 module.register_buffer(key, torch.empty_like(state_dict[f"{name}.{key}"]))
 
 
-def save_model(model: nn.Module, recipe: dict, directory) -> None:
-    directory = Path(directory)
-    io.save_tensors(directory / "model.pt", model.state_dict())
-    io.write_json(directory / "model.json", recipe)
+def model_recipe(arch: str, channels: int, num_classes: int, image_size, precision="fp32", **extra) -> dict:
+    """What build_model needs to rebuild a model: architecture, input shape, classes, precision;
+    `extra` adds a technique's own entries (a student's width, the precision asked for)."""
+    recipe = {"arch": arch, "in_channels": channels, "num_classes": num_classes, "image_size": image_size}
+    return {**recipe, "precision": precision, **extra}
 
 
-def load_model(directory) -> tuple[nn.Module, dict]:
+def save_model(model: nn.Module, recipe: dict, model_path, recipe_path) -> None:
+    """The weights (`model_path`, a state dict) and the recipe to rebuild the module (`recipe_path`)."""
+    io.save_tensors(model_path, model.state_dict())
+    io.write_json(recipe_path, recipe)
+
+
+def load_model(model_path, recipe_path) -> tuple[nn.Module, dict]:
     """Rebuild a saved model: architecture, then shapes, then quantization, then weights."""
-    directory = Path(directory)
-    recipe = io.read_json(directory / "model.json")
+    recipe = io.read_json(recipe_path)
     model = build_model(recipe)
     quantization = recipe.get("quantization")
     if quantization in ("int8_static", "int8_qat"):
         from joulebench.quantize import load_exported
 
         # A torch.export archive (see joulebench.quantize); run through oneDNN int8 kernels.
-        return load_exported(directory / "model.pt")[0], recipe
+        return load_exported(model_path)[0], recipe
     if quantization:
         from joulebench.quantize import dynamic_int8, quantized_tensor_types
 
-        state_dict = io.load_tensors(directory / "model.pt", allow=quantized_tensor_types())
+        state_dict = io.load_tensors(model_path, allow=quantized_tensor_types())
     else:
-        state_dict = io.load_tensors(directory / "model.pt")
+        state_dict = io.load_tensors(model_path)
     _resize_to(model, state_dict)
     if quantization:
         model = dynamic_int8(model)

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from joulebench import io, report_decisions, report_figures, report_stats, report_tables, variants
 from joulebench.energy_columns import EnergyColumns
@@ -59,12 +60,13 @@ def build_table(
     entries: list[dict],
     variant_settings: dict,
     data_energy: dict,
-    energy_config: dict | None = None,
+    carbon: dict,
     idle: dict | None = None,
 ) -> pd.DataFrame:
     """One row per (model, variant, seed): metrics, energy and where each energy figure came from.
 
-    `idle` is the optional idle-power record (config energy.idle_baseline_seconds).
+    `carbon` is config energy.carbon; `idle` the optional idle-power record (config
+    energy.idle_baseline_seconds).
     """
     own = {_key(e): io.read_json(e["energy"]) for e in entries}
     # Every energy record of the run by label, so contention is checked across all of them.
@@ -80,7 +82,7 @@ def build_table(
         e["compare_energy"]: io.read_json(e["compare_energy"]) for e in entries if "compare_energy" in e
     }
     rounds = read_rounds(entries)
-    energy_columns = EnergyColumns(run_records, energy_config, idle)
+    energy_columns = EnergyColumns(run_records, carbon, idle)
     rows = []
     for entry in entries:
         model, variant, seed = entry["model"], entry["variant"], entry["seed"]
@@ -193,18 +195,17 @@ def _key(entry: dict) -> tuple:
 def read_histories(entries: list[dict], table: pd.DataFrame) -> pd.DataFrame:
     """Per-epoch validation accuracy of every trained model, on an energy axis from raw data.
 
-    history.csv is written by the same job as the model's energy.json (a rule input), so it exists
-    exactly when that job trains; post-training rules (quantization) have none. Each curve is
-    shifted by the energy spent before its rule started (data + its lineage), so a fine-tuned
-    model's curve starts where its parent's ended.
+    Each entry's `history` is written by the job that made its model; post-training rules
+    (quantization without fine-tuning) write one without epochs. Each curve is shifted by the
+    energy spent before its rule started (data + its lineage), so a fine-tuned model's curve starts
+    where its parent's ended.
     """
     rows = table.set_index(["model", "variant", "seed"])
     curves = []
     for entry in entries:
-        path = Path(entry["energy"]).with_name("history.csv")
-        if not path.exists():
+        history = pd.read_csv(entry["history"])
+        if history.empty:
             continue
-        history = pd.read_csv(path)
         row = rows.loc[_key(entry)]
         before = row["pipeline_energy_j"] - row["own_energy_j"]
         curves.append(
@@ -226,14 +227,14 @@ def write_report(
     table: pd.DataFrame,
     histories: pd.DataFrame,
     settings: dict,
-    out_dir,
+    outputs: dict,
     rounds: pd.DataFrame | None = None,
     protocol: dict | None = None,
     skipped: list[dict] | None = None,
     diversity: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Every report file under out_dir; `settings` is config `report` (targets, budgets,
-    constraints, the time-energy cost).
+    """Every report file, at the aggregate_report rule's declared `outputs`; `settings` is config
+    `report` (targets, budgets, constraints, the time-energy cost).
 
     `rounds`: the interleaved comparisons' windows (read_rounds), on which the inference
     differences rest; `protocol`: the measurement protocol, printed in summary.md; `skipped`: the
@@ -241,27 +242,58 @@ def write_report(
     (read_diversity), in diversity.csv and summary.md.
     """
     diversity = diversity if diversity is not None else pd.DataFrame(columns=DIVERSITY_COLUMNS)
-    out_dir = Path(out_dir)
     summary = report_stats.summarize(table)
     decisions = report_decisions.decide(summary, settings)
     decisions |= report_decisions.hardware_decisions(summary, settings)
     decisions["skipped"] = skipped or []
     break_even = report_decisions.break_even_table(summary)
     differences = report_stats.paired_differences(table, rounds)
-    io.write_csv(out_dir / "results.csv", table)
-    io.write_atomic(out_dir / "results.parquet", lambda tmp: table.to_parquet(tmp, index=False))
-    io.write_csv(out_dir / "summary.csv", summary)
-    io.write_csv(out_dir / "break_even.csv", break_even)
-    io.write_csv(out_dir / "differences.csv", differences)
-    io.write_csv(out_dir / "training_curves.csv", histories)
-    io.write_csv(out_dir / "diversity.csv", diversity)
-    io.write_json(out_dir / "decisions.json", decisions)
-    report_figures.write_figures(summary, histories, out_dir)
+    io.write_csv(outputs["table"], table)
+    io.write_atomic(outputs["parquet"], lambda tmp: table.to_parquet(tmp, index=False))
+    io.write_csv(outputs["summary_table"], summary)
+    io.write_csv(outputs["break_even"], break_even)
+    io.write_csv(outputs["differences"], differences)
+    io.write_csv(outputs["curves"], histories)
+    io.write_csv(outputs["diversity_table"], diversity)
+    io.write_json(outputs["decisions"], decisions)
+    stems = {Path(path).stem: Path(path).with_suffix("") for path in outputs["pdf"]}
+    report_figures.write_figures(summary, histories, stems)
     header, rows, footnotes = report_tables.paper_table(summary)
-    io.write_text(out_dir / "table.md", report_tables.markdown_with_notes(header, rows, footnotes))
-    io.write_text(out_dir / "table.tex", report_tables.latex_table(header, rows, footnotes))
+    io.write_text(outputs["markdown"], report_tables.markdown_with_notes(header, rows, footnotes))
+    io.write_text(outputs["latex"], report_tables.latex_table(header, rows, footnotes))
     io.write_text(
-        out_dir / "summary.md",
+        outputs["summary"],
         report_tables.summary_markdown(summary, decisions, break_even, differences, protocol, diversity),
     )
     return summary
+
+
+def aggregate_report(
+    inputs: dict,
+    outputs: dict,
+    entries: list[dict],
+    variant_settings: dict,
+    carbon: dict,
+    report_settings: dict,
+    config: dict,
+) -> None:
+    """The aggregate_report rule: every entry's records into the report's declared `outputs`, and
+    the resolved `config` (schema defaults filled in) saved beside them."""
+    idle = io.read_json(inputs["idle"]) if "idle" in inputs else None
+    entries, skipped = split_skipped(entries)
+    table = build_table(entries, variant_settings, io.read_json(inputs["data_energy"]), carbon, idle)
+    histories = read_histories(entries, table)
+    compare_records = [io.read_json(e["compare_energy"]) for e in entries if "compare_energy" in e]
+    protocol = compare_records[0]["protocol"] if compare_records else None
+    summary = write_report(
+        table,
+        histories,
+        report_settings,
+        outputs,
+        read_rounds(entries),
+        protocol,
+        skipped,
+        read_diversity(inputs["diversity"]),
+    )
+    io.write_text(outputs["config"], yaml.safe_dump(config, sort_keys=False))
+    log.info("summary:\n%s", summary.to_string())

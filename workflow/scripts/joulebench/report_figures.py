@@ -253,35 +253,33 @@ def plot_time_vs_energy(summary, base: Path):
         return save_figure(fig, base)
 
 
-def write_figures(summary, histories, out_dir: Path) -> list[Path]:
-    """Every figure of the report under out_dir, as <name>.pdf and <name>.png.
-
-    The names are declared as rule outputs in common.smk (REPORT_FIGURES), with their captions.
+def write_figures(summary, histories, stems: dict) -> list[Path]:
+    """Every figure of the report, as <stem>.pdf and <stem>.png; `stems`: figure name -> the
+    declared path without its extension (REPORT_FIGURES in common.smk names them, with captions).
     """
-    out_dir = Path(out_dir)
     summary = summary.assign(size_kb=summary["size_bytes"] / 1000, mmacs=summary["macs"] / 1e6)
     paths = []
     paths += plot_accuracy_vs(
         summary, "pipeline_energy_j", "pipeline_energy_j_ci95", "pipeline_energy_measured",
-        "Energy to produce the model ({unit})", out_dir / "accuracy_vs_training_energy",
+        "Energy to produce the model ({unit})", stems["accuracy_vs_training_energy"],
         log_x=_spans(summary["pipeline_energy_j"], SPREAD_FOR_LOG_ENERGY),
     )  # fmt: skip
     paths += plot_accuracy_vs(
         summary, "inference_joules_per_1k", "inference_joules_per_1k_ci95", "inference_energy_measured",
-        "Inference energy per 1,000 samples ({unit})", out_dir / "accuracy_vs_inference_energy",
+        "Inference energy per 1,000 samples ({unit})", stems["accuracy_vs_inference_energy"],
         log_x=_spans(summary["inference_joules_per_1k"], SPREAD_FOR_LOG_ENERGY),
     )  # fmt: skip
     paths += plot_accuracy_vs(
         summary, "size_kb", None, None, "Model size on disk (kB)",
-        out_dir / "accuracy_vs_size", log_x=_spans(summary["size_kb"], 10),
+        stems["accuracy_vs_size"], log_x=_spans(summary["size_kb"], 10),
     )  # fmt: skip
     paths += plot_accuracy_vs(
         summary, "mmacs", None, None, "MACs per sample (millions)",
-        out_dir / "accuracy_vs_macs", log_x=_spans(summary["mmacs"], 10),
+        stems["accuracy_vs_macs"], log_x=_spans(summary["mmacs"], 10),
     )  # fmt: skip
-    paths += plot_energy_by_stage(summary, out_dir / "energy_by_stage")
-    paths += plot_training_curves(histories, summary, out_dir / "training_curves")
-    paths += plot_time_vs_energy(summary, out_dir / "time_vs_energy")
+    paths += plot_energy_by_stage(summary, stems["energy_by_stage"])
+    paths += plot_training_curves(histories, summary, stems["training_curves"])
+    paths += plot_time_vs_energy(summary, stems["time_vs_energy"])
     return paths
 
 

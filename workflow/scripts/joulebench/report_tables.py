@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 
-from joulebench.energy import BUSY_HOST_SHARE
+from joulebench.contention import BUSY_HOST_SHARE
 from joulebench.report_stats import energy_unit
 
 ESTIMATED_MARK = "†"

@@ -71,3 +71,31 @@ def take_train_subset(arrays: dict, indices: np.ndarray) -> dict:
 def class_balance(labels: np.ndarray, num_classes: int) -> dict:
     counts = np.bincount(labels, minlength=num_classes)
     return {"count": int(counts.sum()), "class_counts": [int(c) for c in counts]}
+
+
+def select_subset(arrays: dict, facts: dict, variant: dict, training: dict, seed: int, meter) -> tuple:
+    """The training examples `variant` keeps (method random, stratified or el2n) and what the
+    choice rests on; an el2n proxy run trains and scores under `meter`. Returns (indices, facts)."""
+    from joulebench.models import build_model, model_recipe
+    from joulebench.train import seed_everything, train, training_settings
+
+    labels, fraction, method = arrays["train_y"], variant["fraction"], variant["method"]
+    if method == "random":
+        return random_subset(labels, fraction, seed), {}
+    if method == "stratified":
+        return stratified_subset(labels, fraction, seed), {}
+    seed_everything(seed)
+    recipe = model_recipe(
+        variant["proxy_model"], facts["channels"], facts["num_classes"], facts["image_size"]
+    )
+    proxy = build_model(recipe)
+    settings = training_settings(training, seed, epochs=variant["proxy_epochs"])
+    history = train(proxy, arrays, settings, meter)
+    with meter.window("score"):
+        scores = el2n_scores(proxy, arrays)
+    chosen = highest_scores(scores, fraction)
+    return chosen, {
+        "proxy": {**recipe, "epochs": variant["proxy_epochs"], "history": history},
+        "score_kept_min": float(scores[chosen].min()),
+        "score_all_median": float(np.median(scores)),
+    }

@@ -36,6 +36,24 @@ class TrainSettings:
     loader_workers: int = 0
 
 
+def training_settings(
+    training: dict, seed: int, precision: str = "fp32", epochs: int | None = None
+) -> TrainSettings:
+    """The settings of config `training` for one run: `epochs` for a technique's own count (a
+    fine-tune, a proxy run), else training.epochs."""
+    return TrainSettings(
+        epochs=epochs or training["epochs"],
+        batch_size=training["batch_size"],
+        lr=training["lr"],
+        weight_decay=training["weight_decay"],
+        precision=precision,
+        seed=seed,
+        channels_last=training["channels_last"],
+        compile=training["compile"],
+        loader_workers=training["loader_workers"],
+    )
+
+
 @dataclass(frozen=True)
 class Distillation:
     """Hinton et al. (2015) knowledge distillation: soft targets at a temperature, mixed by alpha."""

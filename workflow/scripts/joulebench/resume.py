@@ -1,0 +1,78 @@
+"""Training that survives a killed job: per-epoch checkpoints, the energy of earlier attempts
+merged into the record, and the outputs written before the checkpoint is removed.
+
+Used by the rules that train (train_model, distill_model); `outputs` are the rule's declared
+files (model, recipe, history, energy, training).
+"""
+
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import pandas as pd
+import torch
+
+from joulebench import io
+from joulebench.checkpoint import Checkpointer, exit_on_sigterm, fingerprint, merge_prior_energy
+from joulebench.energy import rule_meter
+from joulebench.models import save_model
+from joulebench.train import train, training_summary
+
+
+def write_trained(
+    outputs: dict, model, recipe: dict, history: list[dict], record: dict, summary=None
+) -> None:
+    """A trained model's declared files: weights, recipe, per-epoch history, energy record and,
+    where the rule declares one, the training summary."""
+    save_model(model.cpu(), recipe, outputs["model"], outputs["recipe"])
+    io.write_csv(outputs["history"], pd.DataFrame(history))
+    io.write_json(outputs["energy"], record)
+    if summary is not None:
+        io.write_json(outputs["training"], summary)
+
+
+def train_resumably(
+    rule: str,
+    model,
+    recipe: dict,
+    arrays: dict,
+    settings,
+    placement,
+    estimate: dict,
+    outputs: dict,
+    checkpoint_path,
+    facts: dict,
+    distillation=None,
+    conditions=None,
+) -> None:
+    """Train with per-epoch checkpoints under `rule`'s meter over `placement` (where it computes).
+
+    `facts` (data and teacher digests) and the recipe and settings make the checkpoint's
+    fingerprint. The energy record sums this attempt and the checkpointed epochs of earlier ones.
+    `conditions`: a context manager holding a hardware setting for the whole run (a GPU power
+    limit, joulebench.power_limit), entered inside the SIGTERM handler so it is undone on
+    preemption too; the facts of what it held go into the energy record and the training summary,
+    as does the CPU thread count.
+    """
+    run_facts = {**facts, "recipe": recipe, "settings": asdict(settings)}
+    checkpointer = Checkpointer(checkpoint_path, fingerprint(run_facts)) if checkpoint_path else None
+    with exit_on_sigterm():
+        with conditions or nullcontext() as limit:
+            with rule_meter(rule, estimate, placement) as meter:
+                callback = limit.callback(meter) if limit else None
+                history = train(model, arrays, settings, meter, distillation, checkpointer, callback)
+            held = {**(limit.facts() if limit else {}), "cpu_threads": torch.get_num_threads()}
+        resumed_after = checkpointer.resumed_after_epoch if checkpointer else 0
+        prior = checkpointer.prior_windows if checkpointer else []
+        record = merge_prior_energy(meter.record(), prior, resumed_after) | held
+        summary = {
+            **training_summary(history, settings),
+            "precision_requested": recipe.get("precision_requested", settings.precision),
+            "resumed_after_epoch": resumed_after or None,
+            "pretrained": recipe.get("pretrained"),
+            "batch_size": settings.batch_size,
+            "lr": settings.lr,
+            **held,
+        }
+        write_trained(outputs, model, recipe, history, record, summary)
+    if checkpointer:
+        checkpointer.remove()
