@@ -93,6 +93,7 @@ FROM_SCRATCH_TECHNIQUES = (
     "power_limit",
     "threads",
     "data_parallel",
+    "device",
 )
 
 

@@ -1,6 +1,7 @@
 """Checks a JSON schema cannot express; run right after schema validation, before any job."""
 
 from joulebench.carbon import CarbonSettingsError, carbon_model
+from joulebench.recipes import needs_gpu
 
 BASELINE = "baseline"
 
@@ -17,10 +18,11 @@ def check_config(config: dict) -> None:
             raise ConfigError(
                 f"variants.{name}.from: unknown variant {parent!r}; use baseline or one of {sorted(variants)}"
             )
-        if parent != BASELINE and variants[parent]["technique"] == "power_limit":
+        if parent != BASELINE and needs_gpu(variants[parent]):
             raise ConfigError(
-                f"variants.{name}.from: {parent} is a power_limit variant, which is skipped on hosts "
-                "without a GPU, so nothing can start from it; start from baseline"
+                f"variants.{name}.from: {parent} needs a GPU ({variants[parent]['technique']}"
+                f"{', device: cuda' if variants[parent].get('device') else ''}), so it is skipped on "
+                "hosts without one and nothing can start from it; start from baseline"
             )
         seen = [name]
         while parent != BASELINE:

@@ -15,14 +15,14 @@ import torch
 
 from joulebench import compress, data, diversity, io, power_limit
 from joulebench.checkpoint import Checkpointer, exit_on_sigterm, file_digest, fingerprint, merge_prior_energy
-from joulebench.devices import CPU, Placement, accelerator
+from joulebench.devices import CPU, Placement, accelerator, placement_on
 from joulebench.energy import EnergyMeter, EstimateModel, measure_idle_power
 from joulebench.evaluate import evaluate
 from joulebench.models import build_model, check_input, freeze_pretrained, load_model, save_model
 from joulebench.pretrained import load_weights
 from joulebench.protocol import Protocol
 from joulebench.quantize import load_reference
-from joulebench.recipes import cpu_threads, training_overrides
+from joulebench.recipes import cpu_threads, needs_gpu, pinned_device, training_overrides
 from joulebench.train import (
     Distillation,
     TrainSettings,
@@ -227,6 +227,7 @@ def _train_resumably(
     facts,
     distillation=None,
     conditions=None,
+    placement=None,
 ):
     """Train with per-epoch checkpoints; write model, history.csv, energy.json and training.json.
 
@@ -235,17 +236,23 @@ def _train_resumably(
     `conditions`: a context manager holding a hardware setting for the whole run (a GPU power
     limit, joulebench.power_limit), entered inside the SIGTERM handler so it is undone on
     preemption too; the facts of what it held go into energy.json and training.json, as does the
-    CPU thread count.
+    CPU thread count. `placement`: where it trains (default the accelerator); the records say
+    which devices were metered (`device`), so a CPU-pinned run shows that no GPU was charged.
     """
+    placement = placement or accelerator()
     out_dir = Path(out_dir)
     run_facts = {**facts, "recipe": recipe, "settings": asdict(settings)}
     checkpointer = Checkpointer(checkpoint_path, fingerprint(run_facts)) if checkpoint_path else None
     with exit_on_sigterm():
         with conditions or nullcontext() as limit:
-            with _meter(rule, energy_config, accelerator()) as meter:
+            with _meter(rule, energy_config, placement) as meter:
                 callback = limit.callback(meter) if limit else None
                 history = train(model, arrays, settings, meter, distillation, checkpointer, callback)
-            held = {**(limit.facts() if limit else {}), "cpu_threads": torch.get_num_threads()}
+            held = {
+                **(limit.facts() if limit else {}),
+                "cpu_threads": torch.get_num_threads(),
+                "device": device_facts(recipe.get("device"), meter),
+            }
         resumed_after = checkpointer.resumed_after_epoch if checkpointer else 0
         record = merge_prior_energy(
             meter.record(), checkpointer.prior_windows if checkpointer else [], resumed_after
@@ -305,8 +312,8 @@ def train_variant(
         }
         launch_training(spec, variant["processes"])
         return
-    placement = accelerator()
-    if variant.get("technique") == "power_limit" and placement.gpu is None:
+    placement = placement_on(pinned_device(variant))
+    if needs_gpu(variant) and placement.gpu is None:
         write_skipped(out_dir, "train_model", power_limit.NO_GPU)
         return
     threads = cpu_threads(variant)
@@ -319,6 +326,8 @@ def train_variant(
         log.warning("%s is not supported here; training in %s instead", requested, precision)
     seed_everything(seed)
     recipe = training_recipe(model_name, facts, requested, precision)
+    if pinned_device(variant):  # evaluation and every model made from this one run there too
+        recipe["device"] = pinned_device(variant)
     model = _initial_model(recipe, variant, pretrained)
     check_input(model, model_name, (facts["channels"], *facts["image_size"]), facts["num_classes"])
     settings = replace(
@@ -344,6 +353,7 @@ def train_variant(
         checkpoint_path,
         data_facts,
         conditions=conditions,
+        placement=placement,
     )
 
 
@@ -405,6 +415,8 @@ def distill_variant(
         "width": variant["student_width"],
         "precision": "fp32",
     }
+    if teacher_recipe.get("device"):  # a student of a pinned teacher trains where it does
+        recipe["device"] = teacher_recipe["device"]
     student = build_model(recipe)
     distillation = Distillation(teacher, variant["temperature"], variant["alpha"])
     settings = replace(
@@ -427,6 +439,7 @@ def distill_variant(
         checkpoint_path,
         facts,
         distillation,
+        placement=placement_on(recipe.get("device")),
     )
 
 
@@ -436,7 +449,7 @@ def prune_variant(splits_path, parent_dir, variant, training, seed, energy_confi
     model, recipe = load_model(parent_dir)
     seed_everything(seed)
     settings = _settings(training, seed, epochs=variant["finetune_epochs"])
-    with _meter("prune_model", energy_config, accelerator()) as meter:
+    with _meter("prune_model", energy_config, placement_on(recipe.get("device"))) as meter:
         model, history, facts = compress.prune_model(model, variant, arrays, settings, meter)
     out_dir = Path(out_dir)
     _write_trained(model, {**recipe, "pruning": {**variant, **facts}}, history, meter, out_dir)
@@ -449,7 +462,7 @@ def quantize_variant(splits_path, parent_dir, variant, training, seed, energy_co
     seed_everything(seed)
     settings = _settings(training, seed, epochs=variant.get("finetune_epochs", 1))
     # Post-training int8 runs on the CPU kernels it targets; QAT fine-tunes on the GPU if any.
-    placement = accelerator() if variant["method"] == "int8_qat" else CPU
+    placement = placement_on(recipe.get("device")) if variant["method"] == "int8_qat" else CPU
     with _meter("quantize_model", energy_config, placement) as meter:
         model, history, facts = compress.quantize_model(model, variant, arrays, settings, meter)
     log.info("quantization: %s", facts)
@@ -458,6 +471,25 @@ def quantize_variant(splits_path, parent_dir, variant, training, seed, energy_co
     if history:  # QAT fine-tunes; post-training methods have no epochs
         io.write_csv(out_dir / "history.csv", pd.DataFrame(history))
     io.write_json(out_dir / "energy.json", meter.record())
+
+
+def inference_placement(recipe: dict) -> Placement:
+    """Where a model infers: where it would be deployed. An int8 model on the CPU kernels it was
+    made for; a float model on the device its variant was pinned to, else on the GPU where there
+    is one (in the precision it was trained in)."""
+    return CPU if recipe.get("quantization") else placement_on(recipe.get("device"))
+
+
+def device_facts(pinned: str | None, meter: EnergyMeter) -> dict:
+    """What a training record says about its device: the pin (None: unpinned), the torch device
+    it computed on and the counters metered in its windows (a CPU run: RAPL package and DRAM
+    only, or nothing where only the estimate exists; no GPU is charged to it)."""
+    return {
+        "pinned": pinned,
+        "computed_on": meter.placement.torch_device.type,
+        "metered": sorted(f"{name}:{facts['source']}" for name, facts in meter.facts.items()),
+        "gpu_charged": meter.placement.gpu is not None,
+    }
 
 
 def evaluate_variant(splits_path, model_dir, settings, energy_config, metrics_path, energy_path) -> None:
@@ -471,9 +503,7 @@ def evaluate_variant(splits_path, model_dir, settings, energy_config, metrics_pa
     artifact = Path(model_dir) / "model.pt"
     # A lowered int8 graph calls fused kernels; count parameters and MACs on its reference graph.
     reference = load_reference(artifact)[0] if recipe.get("format") == "torch.export" else None
-    # Inference runs where the model would be deployed: a float model on the GPU where there is
-    # one, in the precision it was trained in; an int8 model on the CPU kernels it was made for.
-    placement = CPU if recipe.get("quantization") else accelerator()
+    placement = inference_placement(recipe)
     with _meter("evaluate_model", energy_config, placement) as meter:
         metrics = evaluate(
             model, arrays, artifact, settings, meter, reference, recipe.get("precision", "fp32")
@@ -497,7 +527,7 @@ def compare_inference(splits_path, model_dirs: dict, settings, energy_config, se
         if io.read_json(Path(directory) / "model.json").get("skipped"):
             continue  # a variant this host cannot run (write_skipped): nothing to compare
         model, recipe = load_model(directory)
-        placement = CPU if recipe.get("quantization") else accelerator()
+        placement = inference_placement(recipe)
         candidates[variant] = Candidate(model, placement, recipe.get("precision", "fp32"))
     with _meter("compare_inference", energy_config, accelerator()) as meter:
         rows = compare(candidates, arrays, settings, meter, seed)
