@@ -63,6 +63,16 @@ def split_skipped(entries: list[dict]) -> tuple[list[dict], list[dict]]:
     return kept, skipped
 
 
+def producing_device(record: dict) -> tuple[str, str]:
+    """(cpu or cuda, its name): where the rule that made the row's model computed, from its energy
+    record's placement (a GPU's NVML name where it was read, the CPU's model name)."""
+    placement = record.get("placement", {})
+    index = placement.get("gpu_cuda_index")
+    if index is None:
+        return "cpu", record.get("cpu_model", "")
+    return "cuda", (record.get("gpu") or {}).get("name") or f"GPU {index}"
+
+
 def stage_joules(data_records: list[dict], chain_records: list[dict], evaluation: dict | None) -> dict:
     """Joules per pipeline stage for one model: `energy_<stage>_j` columns.
 
@@ -126,6 +136,9 @@ def build_table(
                 "technique": variants.get(variant, {}).get("technique", "train"),
                 "parent": chain[1] if len(chain) > 1 else None,
                 "producing_rule": record["rule"],
+                **dict(
+                    zip(("training_device", "training_device_name"), producing_device(record), strict=True)
+                ),
                 "seed": seed,
                 **metrics,
                 "own_energy_j": record["joules"],

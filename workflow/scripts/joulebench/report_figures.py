@@ -2,7 +2,11 @@
 
 Every figure is sized for one column of a two-column paper (3.5 in wide) with 7-8 pt text.
 Colours are the Okabe-Ito palette (safe for the common colour-vision deficiencies); filled markers
-are measured energy, hollow markers estimated energy; marker shape tells models apart.
+are measured energy, hollow markers estimated energy; marker shape tells models apart and, where
+the rows ran on more than one device (a CPU-pinned variant beside a GPU baseline), devices too, with
+a legend entry per device ("CPU (its model)", the GPU's name). Where every row ran on one device a
+legend line says which. Figures about making a model mark the device that made it
+(`training_device`); figures about using it (inference energy, size, MACs) where it inferred.
 """
 
 from pathlib import Path
@@ -17,7 +21,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from joulebench import io  # noqa: E402
-from joulebench.report_stats import energy_unit, pareto_mask  # noqa: E402
+from joulebench.report_stats import device_label, energy_unit, pareto_mask  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design"; black first for the baseline, yellow last
 # because it is faint on white.
@@ -72,21 +76,52 @@ def save_figure(fig, base: Path) -> list[Path]:
     return paths
 
 
-def _looks(summary):
+def _devices(summary, kind: str = "training") -> dict[tuple, str]:
+    """(model, variant) -> the label of the device its row ran on (`kind`: training or inference)."""
+    devices = summary.get(f"{kind}_device", pd.Series("cpu", index=summary.index))
+    names = summary.get(f"{kind}_device_name", pd.Series("", index=summary.index)).fillna("")
+    return {
+        (row["model"], row["variant"]): device_label(device, name)
+        for (_, row), device, name in zip(summary.iterrows(), devices, names, strict=True)
+    }
+
+
+def _looks(summary, kind: str = "training"):
     """Colour per variant and marker per (model, variant), fixed by sorted name so figures agree.
 
-    Marker shape tells models apart; past eight variants the colours repeat, so the marker shifts
-    too and no two variants of one model look the same.
+    Marker shape tells models apart, and devices (`kind`: where the rows trained or inferred) where
+    there are several; past eight variants the colours repeat, so the marker shifts too and no two
+    variants of one model look the same.
     """
     variants = sorted(summary["variant"].unique(), key=lambda v: (v != "baseline", v))
     models = sorted(summary["model"].unique())
+    devices = _devices(summary, kind)
+    labels = sorted(set(devices.values()))
     colours = {v: OKABE_ITO[i % len(OKABE_ITO)] for i, v in enumerate(variants)}
     markers = {}
     for m_index, model in enumerate(models):
         for v_index, variant in enumerate(variants):
-            shift = m_index + v_index // len(OKABE_ITO)
+            device = labels.index(devices.get((model, variant), labels[0]))
+            shift = m_index * len(labels) + device + v_index // len(OKABE_ITO)
             markers[(model, variant)] = MODEL_MARKERS[shift % len(MODEL_MARKERS)]
     return colours, markers, len(models) > 1
+
+
+def _device_handles(summary, markers, kind: str = "training") -> list:
+    """Legend entries saying where the rows ran: one line where every row ran on one device, else
+    a marker per device (per model and device where there are several models)."""
+    devices = _devices(summary, kind)
+    verb = "trained" if kind == "training" else "inferred"
+    if len(set(devices.values())) == 1:
+        return [Line2D([], [], ls="", label=f"all {verb} on {next(iter(devices.values()))}")]
+    several = summary["model"].nunique() > 1
+    handles = {}
+    for (model, variant), device in sorted(devices.items()):
+        label = f"{model} on {device}" if several else f"{verb} on {device}"
+        handles.setdefault(
+            label, Line2D([], [], ls="", marker=markers[(model, variant)], color="0.3", label=label)
+        )
+    return list(handles.values())
 
 
 def _label(row, several_models: bool, with_n: bool = True) -> str:
@@ -122,13 +157,16 @@ def _provenance_handles(measured_flags) -> list:
     return handles
 
 
-def plot_accuracy_vs(summary, x: str, x_ci: str | None, measured, xlabel: str, base: Path, log_x=False):
+def plot_accuracy_vs(
+    summary, x: str, x_ci: str | None, measured, xlabel: str, base: Path, log_x=False, kind="training"
+):
     """Accuracy (mean, 95% CI) against one cost, with the Pareto front on the means as a step line.
 
     `measured` names the column saying whether x is a measured energy (hollow markers where not);
-    None for costs that are not energy (size, MACs).
+    None for costs that are not energy (size, MACs). `kind`: whose device the markers tell, where
+    the model was made (training) or where it inferred (inference).
     """
-    colours, markers, several = _looks(summary)
+    colours, markers, several = _looks(summary, kind)
     divisor, unit = energy_unit(summary[x].max()) if "{unit}" in xlabel else (1.0, "")
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots()
@@ -161,19 +199,27 @@ def plot_accuracy_vs(summary, x: str, x_ci: str | None, measured, xlabel: str, b
         front_handle = Line2D([], [], color=FRONT_COLOUR, ls="--", lw=1.1, label="Pareto front")
         provenance = _provenance_handles(summary[measured]) if measured else []
         ax.set_ylabel("Test accuracy (%)")
-        _legend_below(fig, [*handles, front_handle, *provenance])
+        _legend_below(fig, [*handles, front_handle, *provenance, *_device_handles(summary, markers, kind)])
         return save_figure(fig, base)
 
 
 def plot_energy_by_stage(summary, base: Path):
     """Horizontal stacked bars: mean energy of each pipeline stage per variant."""
-    _, _, several = _looks(summary)
+    _, markers, several = _looks(summary)
+    devices = _devices(summary)
+    mixed = len(set(devices.values())) > 1
     largest = sum(summary[f"energy_{stage}_j"].max() for stage in STAGES)
     divisor, unit = energy_unit(largest)
     height = max(1.6, 0.3 * len(summary) + 0.8)
     with plt.rc_context({**STYLE, "figure.figsize": (COLUMN_WIDTH_IN, height), "axes.grid.axis": "x"}):
         fig, ax = plt.subplots()
-        labels = [_label(row, several) for _, row in summary.iterrows()]
+        # Where rows trained on different devices each bar names its device.
+        labels = [
+            f"{_label(row, several)}, {devices[(row['model'], row['variant'])]}"
+            if mixed
+            else _label(row, several)
+            for _, row in summary.iterrows()
+        ]
         positions = range(len(summary))
         left = [0.0] * len(summary)
         for stage in STAGES:
@@ -186,7 +232,8 @@ def plot_energy_by_stage(summary, base: Path):
         ax.set_yticks(list(positions), labels)
         ax.invert_yaxis()
         ax.set_xlabel(f"Energy, mean over seeds ({unit})")
-        _legend_below(fig, ax.get_legend_handles_labels()[0], ncols=4)
+        handles = ax.get_legend_handles_labels()[0] + ([] if mixed else _device_handles(summary, markers))
+        _legend_below(fig, handles, ncols=4)
         return save_figure(fig, base)
 
 
@@ -212,7 +259,7 @@ def plot_training_curves(histories, summary, base: Path):
         ax.set_xlabel(f"Cumulative energy from raw data ({unit})")
         ax.set_ylabel("Validation accuracy (%)")
         ax.set_ylim(top=min(ax.get_ylim()[1], 100.5))
-        _legend_below(fig, ax.get_legend_handles_labels()[0])
+        _legend_below(fig, ax.get_legend_handles_labels()[0] + _device_handles(summary, markers))
         return save_figure(fig, base)
 
 
@@ -248,7 +295,8 @@ def plot_time_vs_energy(summary, base: Path):
             for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
                 handles.setdefault(label, handle)
         handles = list(handles.values())
-        _legend_below(fig, [*handles, *_provenance_handles(summary["pipeline_energy_measured"])])
+        provenance = _provenance_handles(summary["pipeline_energy_measured"])
+        _legend_below(fig, [*handles, *provenance, *_device_handles(summary, markers)])
         return save_figure(fig, base)
 
 
@@ -268,15 +316,15 @@ def write_figures(summary, histories, out_dir: Path) -> list[Path]:
     paths += plot_accuracy_vs(
         summary, "inference_joules_per_1k", "inference_joules_per_1k_ci95", "inference_energy_measured",
         "Inference energy per 1,000 samples ({unit})", out_dir / "accuracy_vs_inference_energy",
-        log_x=_spans(summary["inference_joules_per_1k"], SPREAD_FOR_LOG_ENERGY),
+        log_x=_spans(summary["inference_joules_per_1k"], SPREAD_FOR_LOG_ENERGY), kind="inference",
     )  # fmt: skip
     paths += plot_accuracy_vs(
         summary, "size_kb", None, None, "Model size on disk (kB)",
-        out_dir / "accuracy_vs_size", log_x=_spans(summary["size_kb"], 10),
+        out_dir / "accuracy_vs_size", log_x=_spans(summary["size_kb"], 10), kind="inference",
     )  # fmt: skip
     paths += plot_accuracy_vs(
         summary, "mmacs", None, None, "MACs per sample (millions)",
-        out_dir / "accuracy_vs_macs", log_x=_spans(summary["mmacs"], 10),
+        out_dir / "accuracy_vs_macs", log_x=_spans(summary["mmacs"], 10), kind="inference",
     )  # fmt: skip
     paths += plot_energy_by_stage(summary, out_dir / "energy_by_stage")
     paths += plot_training_curves(histories, summary, out_dir / "training_curves")
