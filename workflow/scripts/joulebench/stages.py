@@ -135,8 +135,8 @@ def sample_dataset(
     arrays, facts = io.open_arrays(splits_path), io.read_json(facts_path)
     labels, fraction, method = arrays["train_y"], variant["fraction"], variant["method"]
     summary = {"method": method, "fraction": fraction, "seed": seed}
-    # A scoring method trains a proxy model: on the GPU where there is one.
-    placement = CPU if method in ("random", "stratified") else accelerator()
+    # A scoring method trains a proxy model: where the variant is pinned, else on the GPU if any.
+    placement = CPU if method in ("random", "stratified") else placement_on(pinned_device(variant))
     with _meter("sample_dataset", energy_config, placement) as meter:
         if method == "random":
             chosen = sample.random_subset(labels, fraction, seed)
@@ -251,7 +251,7 @@ def _train_resumably(
             held = {
                 **(limit.facts() if limit else {}),
                 "cpu_threads": torch.get_num_threads(),
-                "device": device_facts(recipe.get("device"), meter),
+                "device": device_record(recipe.get("device"), meter),
             }
         resumed_after = checkpointer.resumed_after_epoch if checkpointer else 0
         record = merge_prior_energy(
@@ -461,7 +461,8 @@ def quantize_variant(splits_path, parent_dir, variant, training, seed, energy_co
     model, recipe = load_model(parent_dir)
     seed_everything(seed)
     settings = _settings(training, seed, epochs=variant.get("finetune_epochs", 1))
-    # Post-training int8 runs on the CPU kernels it targets; QAT fine-tunes on the GPU if any.
+    # Post-training int8 runs on the CPU kernels it targets; QAT fine-tunes where its parent was
+    # pinned, else on the GPU if any.
     placement = placement_on(recipe.get("device")) if variant["method"] == "int8_qat" else CPU
     with _meter("quantize_model", energy_config, placement) as meter:
         model, history, facts = compress.quantize_model(model, variant, arrays, settings, meter)
@@ -480,7 +481,7 @@ def inference_placement(recipe: dict) -> Placement:
     return CPU if recipe.get("quantization") else placement_on(recipe.get("device"))
 
 
-def device_facts(pinned: str | None, meter: EnergyMeter) -> dict:
+def device_record(pinned: str | None, meter: EnergyMeter) -> dict:
     """What a training record says about its device: the pin (None: unpinned), the torch device
     it computed on and the counters metered in its windows (a CPU run: RAPL package and DRAM
     only, or nothing where only the estimate exists; no GPU is charged to it)."""
