@@ -12,7 +12,7 @@ from conftest import ROOT, tiny_config
 from joulebench import devices, report_figures, stages
 from joulebench.config import ConfigError, check_config
 from joulebench.recipes import needs_gpu, pinned_device
-from joulebench.report import producing_device
+from joulebench.report import training_device
 from joulebench.report_stats import device_label, paired_differences, summarize
 from joulebench.report_tables import devices_markdown, verdict
 
@@ -102,9 +102,9 @@ def test_a_cuda_pin_without_a_gpu_is_skipped_before_any_work(monkeypatch, tmp_pa
 def test_the_training_device_comes_from_the_records_placement():
     on_gpu = {"placement": {"gpu_cuda_index": 0}, "gpu": {"name": "NVIDIA H200"}, "cpu_model": "Xeon"}
     on_cpu = {"placement": {"gpu_cuda_index": None}, "gpu": {"name": None}, "cpu_model": "Xeon"}
-    assert producing_device(on_gpu) == ("cuda", "NVIDIA H200")
-    assert producing_device(on_cpu) == ("cpu", "Xeon")
-    assert producing_device({"placement": {"gpu_cuda_index": 1}, "gpu": {"name": None}}) == ("cuda", "GPU 1")
+    assert training_device(on_gpu) == ("cuda", "NVIDIA H200")
+    assert training_device(on_cpu) == ("cpu", "Xeon")
+    assert training_device({"placement": {"gpu_cuda_index": 1}, "gpu": {"name": None}}) == ("cuda", "GPU 1")
     assert (
         device_label("cpu", "Xeon") == "CPU (Xeon)" and device_label("cuda", "NVIDIA H200") == "NVIDIA H200"
     )

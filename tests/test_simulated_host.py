@@ -171,6 +171,9 @@ def test_a_cpu_pinned_variant_meters_only_the_cpu_and_the_report_says_so(simulat
     assert table.loc["baseline", "inference_device"] == "cuda"
     assert table.loc["oncpu", "training_device"] == "cpu"
     assert table.loc["oncpu", "inference_device"] == "cpu"
+    # An int8 model of the GPU baseline was trained on the GPU; it infers on the CPU.
+    assert table.loc["int8_dynamic", "training_device"] == "cuda"
+    assert table.loc["int8_dynamic", "inference_device"] == "cpu"
     summary = (workdir / "results" / "report" / "summary.md").read_text()
     assert "(across devices: trained on cuda vs cpu)" in summary
     assert "- **Across devices**: the decisions compare variants trained on different devices" in summary

@@ -63,9 +63,11 @@ def split_skipped(entries: list[dict]) -> tuple[list[dict], list[dict]]:
     return kept, skipped
 
 
-def producing_device(record: dict) -> tuple[str, str]:
-    """(cpu or cuda, its name): where the rule that made the row's model computed, from its energy
-    record's placement (a GPU's NVML name where it was read, the CPU's model name)."""
+def training_device(record: dict) -> tuple[str, str]:
+    """(cpu or cuda, its name): where a model was trained, from the energy record of the
+    from-scratch training at the root of its lineage (a pruned or quantized model was trained where
+    its baseline was; its compression step is in its own record). The record's placement says
+    where the work ran: a GPU's NVML name where it was read, else the CPU's model name."""
     placement = record.get("placement", {})
     index = placement.get("gpu_cuda_index")
     if index is None:
@@ -128,6 +130,7 @@ def build_table(
         stages = stage_joules(data_records, lineage_records, evaluation)
         pipeline = stages["energy_data_j"] + stages["energy_train_j"] + stages["energy_compress_j"]
         chain_labels = [labels[(model, step, seed)] for step in chain] + data_labels
+        device, device_name = training_device(lineage_records[-1])  # the from-scratch root
         rows.append(
             {
                 "dataset": entry["dataset"],
@@ -136,9 +139,8 @@ def build_table(
                 "technique": variants.get(variant, {}).get("technique", "train"),
                 "parent": chain[1] if len(chain) > 1 else None,
                 "producing_rule": record["rule"],
-                **dict(
-                    zip(("training_device", "training_device_name"), producing_device(record), strict=True)
-                ),
+                "training_device": device,
+                "training_device_name": device_name,
                 "seed": seed,
                 **metrics,
                 "own_energy_j": record["joules"],

@@ -20,7 +20,7 @@ WITH_CI = [
     "own_energy_j",
     "pipeline_wall_time_s",
 ]
-# Where each row computed (report.producing_device, evaluate.evaluate) and the default of records
+# Where each row computed (report.training_device, evaluate.evaluate) and the default of records
 # that predate the column.
 DEVICE_COLUMNS = {
     "training_device": "cpu",
