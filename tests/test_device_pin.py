@@ -196,7 +196,8 @@ def test_every_figure_marks_the_device_of_each_row(cross_device_table, tmp_path,
     assert len(paths) == 14
     for name, texts in legends.items():
         if name == "energy_by_stage":  # bars have no markers: each bar's label names its device
-            assert "cpu (n=2), CPU (Intel Xeon)" in texts and "baseline (n=2), NVIDIA H200" in texts
+            assert "cpu (n=2) [CPU]" in texts and "baseline (n=2) [GPU]" in texts
+            assert {"[CPU] trained on CPU (Intel Xeon)", "[GPU] trained on NVIDIA H200"} <= set(texts)
         else:
             verb = (
                 "inferred"

@@ -107,6 +107,17 @@ def _looks(summary, kind: str = "training"):
     return colours, markers, len(models) > 1
 
 
+def _device_tags(labels) -> dict[str, str]:
+    """A short tag per device label for bar labels: CPU, GPU (GPU1, GPU2 where there are several)."""
+    tags, gpus = {}, sorted(label for label in labels if not label.startswith("CPU"))
+    for label in sorted(labels):
+        if label.startswith("CPU"):
+            tags[label] = "CPU"
+        else:
+            tags[label] = "GPU" if len(gpus) == 1 else f"GPU{gpus.index(label) + 1}"
+    return tags
+
+
 def _device_handles(summary, markers, kind: str = "training") -> list:
     """Legend entries saying where the rows ran: one line where every row ran on one device, else
     a marker per device (per model and device where there are several models)."""
@@ -213,9 +224,11 @@ def plot_energy_by_stage(summary, base: Path):
     height = max(1.6, 0.3 * len(summary) + 0.8)
     with plt.rc_context({**STYLE, "figure.figsize": (COLUMN_WIDTH_IN, height), "axes.grid.axis": "x"}):
         fig, ax = plt.subplots()
-        # Where rows trained on different devices each bar names its device.
+        # Where rows trained on different devices each bar is tagged with its device (CPU, GPU),
+        # and the legend names each tag's device.
+        tags = _device_tags(set(devices.values()))
         labels = [
-            f"{_label(row, several)}, {devices[(row['model'], row['variant'])]}"
+            f"{_label(row, several)} [{tags[devices[(row['model'], row['variant'])]]}]"
             if mixed
             else _label(row, several)
             for _, row in summary.iterrows()
@@ -232,8 +245,12 @@ def plot_energy_by_stage(summary, base: Path):
         ax.set_yticks(list(positions), labels)
         ax.invert_yaxis()
         ax.set_xlabel(f"Energy, mean over seeds ({unit})")
-        handles = ax.get_legend_handles_labels()[0] + ([] if mixed else _device_handles(summary, markers))
-        _legend_below(fig, handles, ncols=4)
+        named = [
+            Line2D([], [], ls="", label=f"[{tag}] trained on {label}") for label, tag in sorted(tags.items())
+        ]
+        # The device key shares the stage legend, in two columns (device names are long).
+        key = named if mixed else _device_handles(summary, markers)
+        _legend_below(fig, [*ax.get_legend_handles_labels()[0], *key], ncols=2)
         return save_figure(fig, base)
 
 
