@@ -22,6 +22,8 @@ def test_hardware_variants_train_and_reach_the_report(tmp_path):
     }
     if NO_GPU:
         variants["pl250"] = {"technique": "power_limit", "power_limit_w": 250}
+        # A GPU-pinned variant is skipped the same way, never trained on the CPU instead.
+        variants["gpu_only"] = {"technique": "device", "device": "cuda"}
     report = {
         "accuracy_target": 0.5,
         "constraints": {"wall_time_s": 3600, "latency_p95_ms": 1000},
@@ -52,4 +54,8 @@ def test_hardware_variants_train_and_reach_the_report(tmp_path):
     if NO_GPU:
         assert json.loads((models / "pl250" / "seed0" / "energy.json").read_text())["skipped"]
         assert "- pl250: skipped, no GPU on this host (small_cnn, seed 0)." in summary
-        assert [s["variant"] for s in decisions["skipped"]] == ["pl250"]
+        assert json.loads((models / "gpu_only" / "seed0" / "model.json").read_text())["skipped"]
+        assert "- gpu_only: skipped, no GPU on this host (small_cnn, seed 0)." in summary
+        assert sorted(s["variant"] for s in decisions["skipped"]) == ["gpu_only", "pl250"]
+        # Every row trained on this host's CPU: no cross-device comparison.
+        assert set(table["training_device"]) == {"cpu"} and "Across devices" not in summary

@@ -21,7 +21,7 @@ import zeus.monitor.energy
 from zeus.device.gpu import nvidia
 
 from conftest import model_files
-from joulebench import checkpoint, io, resume, stages
+from joulebench import checkpoint, devices, io, resume, stages
 from joulebench.config import resolved_config
 from joulebench.devices import CPU, Placement
 from joulebench.power_limit import PowerLimitError, held_power_limit, requested_mw
@@ -160,7 +160,7 @@ def test_without_permission_it_fails_before_training_and_says_what_to_do(
     gpu, monkeypatch, tmp_path, digits_arrays
 ):
     nvml = gpu(permitted=False)
-    monkeypatch.setattr(stages, "accelerator", lambda: ON_GPU0)
+    monkeypatch.setattr(devices, "accelerator", lambda: ON_GPU0)
     train = mock.MagicMock()
     monkeypatch.setattr(resume, "train", train)
     splits, facts, training, energy = _tiny_inputs(tmp_path, digits_arrays)
@@ -176,7 +176,7 @@ def test_without_permission_it_fails_before_training_and_says_what_to_do(
 
 def test_training_under_a_limit_records_it_and_resets_it(gpu, monkeypatch, tmp_path, digits_arrays):
     nvml = gpu()
-    monkeypatch.setattr(stages, "accelerator", lambda: ON_GPU0)
+    monkeypatch.setattr(devices, "accelerator", lambda: ON_GPU0)
     limits_during_training = []
     real_train = resume.train
 
@@ -201,7 +201,7 @@ def test_without_a_gpu_the_variant_writes_a_skipped_marker_that_evaluation_passe
     splits, facts, training, energy = _tiny_inputs(tmp_path, digits_arrays)
     out = tmp_path / "out"
     variant = {"technique": "power_limit", "power_limit_w": 250}
-    with mock.patch.object(stages, "accelerator", lambda: CPU):
+    with mock.patch.object(devices, "accelerator", lambda: CPU):
         train_into(out, splits, facts, variant, training, energy)
     for name in ("model.json", "training.json", "energy.json"):
         assert io.read_json(out / name)["skipped"] == "no GPU on this host"
@@ -229,7 +229,7 @@ def search_host(gpu, monkeypatch):
     hook kept out of the test process (it would run after the mocks are gone)."""
     monkeypatch.setattr(zeus.monitor.energy, "sync_execution_fn", mock.MagicMock())
     monkeypatch.setattr(atexit, "register", mock.MagicMock())
-    monkeypatch.setattr(stages, "accelerator", lambda: ON_GPU0)
+    monkeypatch.setattr(devices, "accelerator", lambda: ON_GPU0)
     return gpu
 
 

@@ -26,6 +26,8 @@ PACKAGE_IDLE_W, PACKAGE_BUSY_W, DRAM_W = 20.0, 40.0, 5.0
 # Each counter is read at both window edges; between updates it stands still.
 NVML_PERIOD_S, RAPL_WRITER_PERIOD_S = 0.1, 0.01
 CPU_ONLY_RULES = {"prepare_dataset", "clean_dataset", "quantize_model"}
+# Rules that compute where the variant's model lives (int8 models and CPU-pinned variants: the CPU).
+PINNABLE_RULES = {"train_model", "evaluate_model"}
 
 
 def expected_gpu_joules(record: dict) -> float:
@@ -68,6 +70,8 @@ def simulated_host(host: Path):
 def simulated_run(tmp_path_factory):
     config = tiny_config()
     config["variants"] = {k: v for k, v in config["variants"].items() if k in ("bf16", "int8_dynamic")}
+    # The baseline recipe pinned to the CPU beside the (simulated) GPU baseline: the device axis.
+    config["variants"]["oncpu"] = {"technique": "device", "device": "cpu"}
     config["evaluation"]["inference_min_seconds"] = 1.0
     workdir = tmp_path_factory.mktemp("simulated_run")
     with simulated_host(tmp_path_factory.mktemp("simulated_host")) as variables:
@@ -89,8 +93,8 @@ def test_every_rule_meters_the_devices_it_computes_on(simulated_run):
     rules = {record["rule"] for record in records.values()}
     assert {"train_model", "evaluate_model", "quantize_model", "prepare_dataset"} <= rules
     for path, record in records.items():
-        on_int8 = "int8" in str(path)
-        cpu_only = record["rule"] in CPU_ONLY_RULES or (record["rule"] == "evaluate_model" and on_int8)
+        on_cpu = "int8" in str(path) or "oncpu" in str(path)
+        cpu_only = record["rule"] in CPU_ONLY_RULES or (record["rule"] in PINNABLE_RULES and on_cpu)
         if cpu_only:
             assert record["source"] == "rapl+rapl-dram", path
             assert "gpu" not in json.dumps(record["hardware"]) and record["gpu"]["used"] is False, path
@@ -132,7 +136,47 @@ def test_the_report_draws_measured_markers(simulated_run):
     assert "measured** by hardware counters" in (workdir / "results" / "report" / "summary.md").read_text()
     metrics = pd.read_csv(workdir / "results" / "report" / "results.csv")
     devices = dict(zip(metrics["variant"], metrics["inference_precision"], strict=True))
-    assert devices == {"baseline": "fp32", "bf16": "bf16", "int8_dynamic": "fp32"}
+    assert devices == {"baseline": "fp32", "bf16": "bf16", "int8_dynamic": "fp32", "oncpu": "fp32"}
+
+
+@pytest.mark.slow
+def test_a_cpu_pinned_variant_meters_only_the_cpu_and_the_report_says_so(simulated_run):
+    workdir, records = simulated_run
+    models = workdir / "results" / "models" / "digits" / "small_cnn"
+    baseline = records[models / "baseline" / "seed0" / "energy.json"]
+    pinned = records[models / "oncpu" / "seed0" / "energy.json"]
+    # The baseline trains on the (simulated) GPU, which NVML meters beside the CPU package.
+    assert baseline["placement"]["device"] == "cuda" and baseline["gpu"]["metered"] is True
+    assert baseline["source"] == "nvml-counter+rapl+rapl-dram"
+    assert baseline["device"] == {
+        "pinned": None,
+        "computed_on": "cpu",  # the simulated GPU's stand-in: torch computes on the CPU
+        "metered": ["cpu0:rapl", "dram0:rapl-dram", "gpu0:nvml-counter"],
+        "gpu_charged": True,
+    }
+    # The pinned variant on the same GPU host: CPU only, RAPL only, no GPU charged to it.
+    assert pinned["placement"] == {"device": "cpu", "torch_device": "cpu", "gpu_cuda_index": None}
+    assert pinned["source"] == "rapl+rapl-dram" and "gpu0" not in pinned["devices"]
+    assert pinned["device"] == {
+        "pinned": "cpu",
+        "computed_on": "cpu",
+        "metered": ["cpu0:rapl", "dram0:rapl-dram"],
+        "gpu_charged": False,
+    }
+    evaluation = workdir / "results" / "eval" / "digits" / "small_cnn" / "oncpu" / "seed0"
+    assert json.loads((evaluation / "metrics.json").read_text())["inference_device"] == "cpu"
+    table = pd.read_csv(workdir / "results" / "report" / "results.csv").set_index("variant")
+    assert table.loc["baseline", "training_device"] == "cuda"
+    assert table.loc["baseline", "training_device_name"] == "NVIDIA H200 (SIMULATED)"
+    assert table.loc["baseline", "inference_device"] == "cuda"
+    assert table.loc["oncpu", "training_device"] == "cpu"
+    assert table.loc["oncpu", "inference_device"] == "cpu"
+    # An int8 model of the GPU baseline was trained on the GPU; it infers on the CPU.
+    assert table.loc["int8_dynamic", "training_device"] == "cuda"
+    assert table.loc["int8_dynamic", "inference_device"] == "cpu"
+    summary = (workdir / "results" / "report" / "summary.md").read_text()
+    assert "(across devices: trained on cuda vs cpu)" in summary
+    assert "- **Across devices**: the decisions compare variants trained on different devices" in summary
 
 
 @pytest.mark.slow

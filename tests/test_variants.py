@@ -59,4 +59,6 @@ def test_lineage_errors_name_the_key_and_what_to_do():
         "capped": {"technique": "power_limit", "power_limit_w": 200},
         "a": {"technique": "prune", "from": "capped"},
     }
-    assert "power_limit variant, which is skipped on hosts without a GPU" in lineage_error(capped, "a")
+    assert "capped needs a GPU (power_limit), so it is skipped on hosts without one" in lineage_error(
+        capped, "a"
+    )

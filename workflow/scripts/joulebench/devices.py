@@ -50,8 +50,13 @@ class Placement:
         if self.torch_device.type == "cuda":
             torch.cuda.synchronize(self.torch_device)
 
+    @property
+    def device(self) -> str:
+        """The kind of device doing the work, as reports name it: cuda where a GPU does, else cpu."""
+        return "cpu" if self.gpu is None else "cuda"
+
     def describe(self) -> dict:
-        return {"torch_device": str(self.torch_device), "gpu_cuda_index": self.gpu}
+        return {"device": self.device, "torch_device": str(self.torch_device), "gpu_cuda_index": self.gpu}
 
 
 CPU = Placement(torch.device("cpu"), None)
@@ -62,6 +67,13 @@ def accelerator() -> Placement:
     if torch.cuda.is_available():
         return Placement(torch.device("cuda", 0), 0)
     return CPU
+
+
+def placement_on(device: str | None) -> Placement:
+    """Where a model pinned to `device` computes (joulebench.recipes.pinned_device): the CPU for
+    `cpu`, else the accelerator. A `cuda` pin on a host without a GPU gets the CPU here: callers
+    skip such a variant before computing (recipes.needs_gpu), never run it there."""
+    return CPU if device == "cpu" else accelerator()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from joulebench.devices import gpu_name
 from joulebench.energy import cpu_model
 from joulebench.models import count_parameters
 from joulebench.protocol import Protocol, repeat_for, warm_up
@@ -183,8 +184,11 @@ def evaluate(
         "inference_energy_source": record["source"],
         "inference_passes": passes,
         "inference_seconds": inference_seconds,
-        "inference_device": device.type,
-        "inference_device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        # The device doing the work (the metered GPU's NVML name, else torch's), not the tensors'.
+        "inference_device": placement.device,
+        "inference_device_name": (
+            (meter.gpu_access.name or gpu_name(placement)) if placement.gpu is not None else cpu_model()
+        ),
         "inference_precision": precision,
         "protocol": protocol.describe(),
     }

@@ -36,6 +36,18 @@ def split_skipped(entries: list[dict]) -> tuple[list[dict], list[dict]]:
     return kept, skipped
 
 
+def training_device(record: dict) -> tuple[str, str]:
+    """(cpu or cuda, its name): where a model was trained, from the energy record of the
+    from-scratch training at the root of its lineage (a pruned or quantized model was trained where
+    its baseline was; its compression step is in its own record). The record's placement says
+    where the work ran: a GPU's NVML name where it was read, else the CPU's model name."""
+    placement = record.get("placement", {})
+    index = placement.get("gpu_cuda_index")
+    if index is None:
+        return "cpu", record.get("cpu_model", "")
+    return "cuda", (record.get("gpu") or {}).get("name") or f"GPU {index}"
+
+
 def stage_joules(
     data_records: list[dict], chain_records: dict, evaluation: dict | None, variant_settings
 ) -> dict:
@@ -97,6 +109,7 @@ def build_table(
         stages = stage_joules(data_records, lineage_records, evaluation, variant_settings)
         pipeline = stages["energy_data_j"] + stages["energy_train_j"] + stages["energy_compress_j"]
         chain_labels = [labels[(model, step, seed)] for step in chain] + data_labels
+        device, device_name = training_device(lineage_records[chain[-1]])  # the from-scratch root
         rows.append(
             {
                 "dataset": entry["dataset"],
@@ -105,6 +118,8 @@ def build_table(
                 "technique": variants.technique(variant_settings, variant),
                 "parent": chain[1] if len(chain) > 1 else None,
                 "producing_rule": record["rule"],
+                "training_device": device,
+                "training_device_name": device_name,
                 "seed": seed,
                 **metrics,
                 "own_energy_j": record["joules"],

@@ -155,6 +155,9 @@ def break_even_table(summary: pd.DataFrame) -> pd.DataFrame:
                     "inference_devices": device_pair(
                         base.get("inference_device", "cpu"), row.get("inference_device", "cpu")
                     ),
+                    "training_devices": device_pair(
+                        base.get("training_device", "cpu"), row.get("training_device", "cpu")
+                    ),
                     "extra_produce_j": result.extra_produce_j,
                     "saving_per_inference_j": result.saving_per_inference_j,
                     "break_even_inferences": result.inferences,
@@ -168,6 +171,7 @@ def break_even_table(summary: pd.DataFrame) -> pd.DataFrame:
             "model",
             "variant",
             "inference_devices",
+            "training_devices",
             "extra_produce_j",
             "saving_per_inference_j",
             "break_even_inferences",

@@ -2,7 +2,11 @@
 
 Every figure is sized for one column of a two-column paper (3.5 in wide) with 7-8 pt text.
 Colours are the Okabe-Ito palette (safe for the common colour-vision deficiencies); filled markers
-are measured energy, hollow markers estimated energy; marker shape tells models apart.
+are measured energy, hollow markers estimated energy; marker shape tells models apart and, where
+the rows ran on more than one device (a CPU-pinned variant beside a GPU baseline), devices too, with
+a legend entry per device ("CPU (its model)", the GPU's name). Where every row ran on one device a
+legend line says which. Figures about making a model mark the device that made it
+(`training_device`); figures about using it (inference energy, size, MACs) where it inferred.
 """
 
 from pathlib import Path
@@ -17,7 +21,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from joulebench import io  # noqa: E402
-from joulebench.report_stats import energy_unit, pareto_mask  # noqa: E402
+from joulebench.report_stats import device_label, energy_unit, pareto_mask  # noqa: E402
 from joulebench.variants import BASELINE  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design"; black first for the baseline, yellow last
@@ -73,21 +77,63 @@ def save_figure(fig, base: Path) -> list[Path]:
     return paths
 
 
-def _looks(summary):
+def _devices(summary, kind: str = "training") -> dict[tuple, str]:
+    """(model, variant) -> the label of the device its row ran on (`kind`: training or inference)."""
+    devices = summary.get(f"{kind}_device", pd.Series("cpu", index=summary.index))
+    names = summary.get(f"{kind}_device_name", pd.Series("", index=summary.index)).fillna("")
+    return {
+        (row["model"], row["variant"]): device_label(device, name)
+        for (_, row), device, name in zip(summary.iterrows(), devices, names, strict=True)
+    }
+
+
+def _looks(summary, kind: str = "training"):
     """Colour per variant and marker per (model, variant), fixed by sorted name so figures agree.
 
-    Marker shape tells models apart; past eight variants the colours repeat, so the marker shifts
-    too and no two variants of one model look the same.
+    Marker shape tells models apart, and devices (`kind`: where the rows trained or inferred) where
+    there are several; past eight variants the colours repeat, so the marker shifts too and no two
+    variants of one model look the same.
     """
     variants = sorted(summary["variant"].unique(), key=lambda v: (v != BASELINE, v))
     models = sorted(summary["model"].unique())
+    devices = _devices(summary, kind)
+    labels = sorted(set(devices.values()))
     colours = {v: OKABE_ITO[i % len(OKABE_ITO)] for i, v in enumerate(variants)}
     markers = {}
     for m_index, model in enumerate(models):
         for v_index, variant in enumerate(variants):
-            shift = m_index + v_index // len(OKABE_ITO)
+            device = labels.index(devices.get((model, variant), labels[0]))
+            shift = m_index * len(labels) + device + v_index // len(OKABE_ITO)
             markers[(model, variant)] = MODEL_MARKERS[shift % len(MODEL_MARKERS)]
     return colours, markers, len(models) > 1
+
+
+def _device_tags(labels) -> dict[str, str]:
+    """A short tag per device label for bar labels: CPU, GPU (GPU1, GPU2 where there are several)."""
+    tags, gpus = {}, sorted(label for label in labels if not label.startswith("CPU"))
+    for label in sorted(labels):
+        if label.startswith("CPU"):
+            tags[label] = "CPU"
+        else:
+            tags[label] = "GPU" if len(gpus) == 1 else f"GPU{gpus.index(label) + 1}"
+    return tags
+
+
+def _device_handles(summary, markers, kind: str = "training") -> list:
+    """Legend entries saying where the rows ran: one line where every row ran on one device, else
+    a marker per device (per model and device where there are several models)."""
+    devices = _devices(summary, kind)
+    verb = "trained" if kind == "training" else "inferred"
+    if len(set(devices.values())) == 1:
+        return [Line2D([], [], ls="", label=f"all {verb} on {next(iter(devices.values()))}")]
+    several = summary["model"].nunique() > 1
+    handles = {}
+    for (model, variant), device in sorted(devices.items()):
+        label = f"{model} on {device}" if several else f"{verb} on {device}"
+        handles.setdefault(
+            label, Line2D([], [], ls="", marker=markers[(model, variant)], color="0.3", label=label)
+        )
+    return list(handles.values())
 
 
 def _label(row, several_models: bool, with_n: bool = True) -> str:
@@ -123,13 +169,16 @@ def _provenance_handles(measured_flags) -> list:
     return handles
 
 
-def plot_accuracy_vs(summary, x: str, x_ci: str | None, measured, xlabel: str, base: Path, log_x=False):
+def plot_accuracy_vs(
+    summary, x: str, x_ci: str | None, measured, xlabel: str, base: Path, log_x=False, kind="training"
+):
     """Accuracy (mean, 95% CI) against one cost, with the Pareto front on the means as a step line.
 
     `measured` names the column saying whether x is a measured energy (hollow markers where not);
-    None for costs that are not energy (size, MACs).
+    None for costs that are not energy (size, MACs). `kind`: whose device the markers tell, where
+    the model was made (training) or where it inferred (inference).
     """
-    colours, markers, several = _looks(summary)
+    colours, markers, several = _looks(summary, kind)
     divisor, unit = energy_unit(summary[x].max()) if "{unit}" in xlabel else (1.0, "")
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots()
@@ -162,19 +211,29 @@ def plot_accuracy_vs(summary, x: str, x_ci: str | None, measured, xlabel: str, b
         front_handle = Line2D([], [], color=FRONT_COLOUR, ls="--", lw=1.1, label="Pareto front")
         provenance = _provenance_handles(summary[measured]) if measured else []
         ax.set_ylabel("Test accuracy (%)")
-        _legend_below(fig, [*handles, front_handle, *provenance])
+        _legend_below(fig, [*handles, front_handle, *provenance, *_device_handles(summary, markers, kind)])
         return save_figure(fig, base)
 
 
 def plot_energy_by_stage(summary, base: Path):
     """Horizontal stacked bars: mean energy of each pipeline stage per variant."""
-    _, _, several = _looks(summary)
+    _, markers, several = _looks(summary)
+    devices = _devices(summary)
+    mixed = len(set(devices.values())) > 1
     largest = sum(summary[f"energy_{stage}_j"].max() for stage in STAGES)
     divisor, unit = energy_unit(largest)
     height = max(1.6, 0.3 * len(summary) + 0.8)
     with plt.rc_context({**STYLE, "figure.figsize": (COLUMN_WIDTH_IN, height), "axes.grid.axis": "x"}):
         fig, ax = plt.subplots()
-        labels = [_label(row, several) for _, row in summary.iterrows()]
+        # Where rows trained on different devices each bar is tagged with its device (CPU, GPU),
+        # and the legend names each tag's device.
+        tags = _device_tags(set(devices.values()))
+        labels = [
+            f"{_label(row, several)} [{tags[devices[(row['model'], row['variant'])]]}]"
+            if mixed
+            else _label(row, several)
+            for _, row in summary.iterrows()
+        ]
         positions = range(len(summary))
         left = [0.0] * len(summary)
         for stage in STAGES:
@@ -187,7 +246,12 @@ def plot_energy_by_stage(summary, base: Path):
         ax.set_yticks(list(positions), labels)
         ax.invert_yaxis()
         ax.set_xlabel(f"Energy, mean over seeds ({unit})")
-        _legend_below(fig, ax.get_legend_handles_labels()[0], ncols=4)
+        named = [
+            Line2D([], [], ls="", label=f"[{tag}] trained on {label}") for label, tag in sorted(tags.items())
+        ]
+        # The device key shares the stage legend, in two columns (device names are long).
+        key = named if mixed else _device_handles(summary, markers)
+        _legend_below(fig, [*ax.get_legend_handles_labels()[0], *key], ncols=2)
         return save_figure(fig, base)
 
 
@@ -213,7 +277,7 @@ def plot_training_curves(histories, summary, base: Path):
         ax.set_xlabel(f"Cumulative energy from raw data ({unit})")
         ax.set_ylabel("Validation accuracy (%)")
         ax.set_ylim(top=min(ax.get_ylim()[1], 100.5))
-        _legend_below(fig, ax.get_legend_handles_labels()[0])
+        _legend_below(fig, ax.get_legend_handles_labels()[0] + _device_handles(summary, markers))
         return save_figure(fig, base)
 
 
@@ -249,7 +313,8 @@ def plot_time_vs_energy(summary, base: Path):
             for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
                 handles.setdefault(label, handle)
         handles = list(handles.values())
-        _legend_below(fig, [*handles, *_provenance_handles(summary["pipeline_energy_measured"])])
+        provenance = _provenance_handles(summary["pipeline_energy_measured"])
+        _legend_below(fig, [*handles, *provenance, *_device_handles(summary, markers)])
         return save_figure(fig, base)
 
 
@@ -267,15 +332,15 @@ def write_figures(summary, histories, stems: dict) -> list[Path]:
     paths += plot_accuracy_vs(
         summary, "inference_joules_per_1k", "inference_joules_per_1k_ci95", "inference_energy_measured",
         "Inference energy per 1,000 samples ({unit})", stems["accuracy_vs_inference_energy"],
-        log_x=_spans(summary["inference_joules_per_1k"], SPREAD_FOR_LOG_ENERGY),
+        log_x=_spans(summary["inference_joules_per_1k"], SPREAD_FOR_LOG_ENERGY), kind="inference",
     )  # fmt: skip
     paths += plot_accuracy_vs(
         summary, "size_kb", None, None, "Model size on disk (kB)",
-        stems["accuracy_vs_size"], log_x=_spans(summary["size_kb"], 10),
+        stems["accuracy_vs_size"], log_x=_spans(summary["size_kb"], 10), kind="inference",
     )  # fmt: skip
     paths += plot_accuracy_vs(
         summary, "mmacs", None, None, "MACs per sample (millions)",
-        stems["accuracy_vs_macs"], log_x=_spans(summary["mmacs"], 10),
+        stems["accuracy_vs_macs"], log_x=_spans(summary["mmacs"], 10), kind="inference",
     )  # fmt: skip
     paths += plot_energy_by_stage(summary, stems["energy_by_stage"])
     paths += plot_training_curves(histories, summary, stems["training_curves"])

@@ -21,6 +21,14 @@ WITH_CI = [
     "own_energy_j",
     "pipeline_wall_time_s",
 ]
+# Where each row computed (report.training_device, evaluate.evaluate) and the default of records
+# that predate the column.
+DEVICE_COLUMNS = {
+    "training_device": "cpu",
+    "training_device_name": "",
+    "inference_device": "cpu",
+    "inference_device_name": "",
+}
 # Columns averaged over seeds, no interval drawn (properties of the architecture or secondary).
 MEAN_ONLY = [
     "energy_data_j",
@@ -116,8 +124,10 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         # Seeds with an energy window during which other processes loaded the host (inflated).
         row["busy_host_seeds"] = int((group["pipeline_busy_host"] | group["inference_busy_host"]).sum())
         row["inference_energy_measured"] = not group["inference_energy_source"].str.contains("estimate").any()
-        # Where inference ran (cpu, cuda): inference energy compares only within one device class.
-        row["inference_device"] = "+".join(sorted(set(group.get("inference_device", pd.Series(["cpu"])))))
+        # Where it was made and where it inferred (cpu, cuda, with names): energy compares like for
+        # like only within one device class; the figures mark each row's device.
+        for column, default in DEVICE_COLUMNS.items():
+            row[column] = "+".join(sorted(set(group.get(column, pd.Series([default])).astype(str))))
         row["pipeline_energy_sources"] = "+".join(
             sorted(set("+".join(group["pipeline_energy_sources"]).split("+")))
         )
@@ -133,12 +143,20 @@ COMPARED = ["pipeline_energy_j", "inference_joules_per_1k", "test_accuracy"]
 
 
 def device_pair(base: str, variant: str) -> str:
-    """'cpu' where both inferred on one device class; 'cuda vs cpu' where they crossed devices."""
+    """'cpu' where both ran on one device class; 'cuda vs cpu' where they crossed devices."""
     return base if base == variant else f"{base} vs {variant}"
 
 
-def inference_devices(base: pd.DataFrame, runs: pd.DataFrame) -> str:
-    devices = ["+".join(sorted(set(rows.get("inference_device", ["cpu"])))) for rows in (base, runs)]
+def device_label(device: str, name: str) -> str:
+    """'CPU (Intel Xeon ...)' or the GPU's name ('GPU' where unknown), as the report names a device."""
+    if device == "cpu":
+        return f"CPU ({name})" if name else "CPU"
+    return name or "GPU"
+
+
+def devices_of(base: pd.DataFrame, runs: pd.DataFrame, column: str = "inference_device") -> str:
+    """device_pair of the baseline's and the variant's runs in one device column."""
+    devices = ["+".join(sorted(set(rows.get(column, ["cpu"])))) for rows in (base, runs)]
     return device_pair(*devices)
 
 
@@ -184,7 +202,8 @@ def paired_differences(table: pd.DataFrame, rounds: pd.DataFrame | None = None) 
             runs = runs.set_index("seed")
             seeds = runs.index.intersection(base.index)
             row = {"dataset": dataset, "model": model, "variant": variant, "n_pairs": len(seeds)}
-            row["inference_devices"] = inference_devices(base, runs)
+            row["inference_devices"] = devices_of(base, runs)
+            row["training_devices"] = devices_of(base, runs, "training_device")
             for column in COMPARED:
                 diff, half_width, _ = mean_ci(runs.loc[seeds, column] - base.loc[seeds, column])
                 row[f"{column}_diff"] = diff
@@ -194,7 +213,15 @@ def paired_differences(table: pd.DataFrame, rounds: pd.DataFrame | None = None) 
             row["inference_pairs"] = len(seeds)
             row.update(by_round.get((dataset, model, variant), {}))
             rows.append(row)
-    columns = ["dataset", "model", "variant", "n_pairs", "inference_pairs", "inference_devices"]
+    columns = [
+        "dataset",
+        "model",
+        "variant",
+        "n_pairs",
+        "inference_pairs",
+        "inference_devices",
+        "training_devices",
+    ]
     for column in COMPARED:
         columns += [f"{column}_{part}" for part in ("diff", "diff_ci95", "change", "clear")]
     return pd.DataFrame(rows, columns=columns)

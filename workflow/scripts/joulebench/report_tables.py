@@ -9,7 +9,7 @@ import math
 import pandas as pd
 
 from joulebench.contention import BUSY_HOST_SHARE
-from joulebench.report_stats import energy_unit
+from joulebench.report_stats import device_label, energy_unit
 
 ESTIMATED_MARK = "†"
 NO_CI_MARK = "‡"
@@ -174,12 +174,19 @@ def _change_phrase(pair, column: str, subject: str) -> str:
     return f"does **not** save {subject} ({change:+.0%}){qualifier}"
 
 
+def crosses_devices(row, column: str) -> bool:
+    """Whether a device pair (report_stats.device_pair) compares two device classes."""
+    return " vs " in str(row.get(column, ""))
+
+
 def verdict(pair) -> str:
     """One sentence per variant from its paired differences with the baseline (paired_differences):
     does it save energy to produce, inference energy, at what accuracy, and can the seeds tell?"""
     produce = _change_phrase(pair, "pipeline_energy_j", "the energy to produce")
+    if crosses_devices(pair, "training_devices"):
+        produce += f" (across devices: trained on {pair['training_devices']})"
     inference = _change_phrase(pair, "inference_joules_per_1k", "inference energy")
-    if " vs " in str(pair.get("inference_devices", "")):
+    if crosses_devices(pair, "inference_devices"):
         inference += f" (not like for like: inference on {pair['inference_devices']})"
     accuracy = f"accuracy {pair['test_accuracy_diff'] * 100:+.2f}"
     if pair["test_accuracy_diff_ci95"] is not None and not math.isnan(pair["test_accuracy_diff_ci95"]):
@@ -230,12 +237,29 @@ def decisions_markdown(decisions: dict, summary: pd.DataFrame) -> list[str]:
             )
         )
     lines += hardware_decisions_markdown(decisions)
+    lines += devices_markdown(summary)
     lines += [
         "",
         "Decisions use means over seeds; see the confidence intervals below before relying on them.",
         "",
     ]
     return lines
+
+
+def devices_markdown(summary: pd.DataFrame) -> list[str]:
+    """Where the variants were trained, when they were not all on one device: the decisions above
+    then weigh energy measured on different devices against each other."""
+    if summary.get("training_device", pd.Series(["cpu"])).nunique() < 2:
+        return []
+    by_device = {}
+    for _, row in summary.iterrows():
+        key = (row["training_device"], row["training_device_name"])
+        by_device.setdefault(key, []).append(f"{row['model']}/{row['variant']}")
+    named = "; ".join(
+        f"{device_label(device, name)}: {', '.join(rows)}"
+        for (device, name), rows in sorted(by_device.items())
+    )
+    return [f"- **Across devices**: the decisions compare variants trained on different devices ({named})."]
 
 
 def hardware_decisions_markdown(decisions: dict) -> list[str]:
@@ -293,8 +317,10 @@ def _break_even_caveats(row, noisy: list[str] | None) -> str:
         caveats.append(
             f"the {' and the '.join(noisy)} difference{'s are' if len(noisy) > 1 else ' is'} within noise"
         )
-    if " vs " in str(row.get("inference_devices", "")):
+    if crosses_devices(row, "inference_devices"):
         caveats.append(f"inference crosses devices: {row['inference_devices']}")
+    if crosses_devices(row, "training_devices"):
+        caveats.append(f"training crosses devices: {row['training_devices']}")
     return f" ({'; '.join(caveats)})" if caveats else ""
 
 

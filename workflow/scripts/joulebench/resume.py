@@ -30,6 +30,18 @@ def write_trained(
         io.write_json(outputs["training"], summary)
 
 
+def device_record(pinned: str | None, meter) -> dict:
+    """What a training record says about its device: the pin (None: unpinned), the torch device
+    it computed on and the counters metered in its windows (a CPU run: RAPL package and DRAM
+    only, or nothing where only the estimate exists; no GPU is charged to it)."""
+    return {
+        "pinned": pinned,
+        "computed_on": meter.placement.torch_device.type,
+        "metered": sorted(f"{name}:{facts['source']}" for name, facts in meter.facts.items()),
+        "gpu_charged": meter.placement.gpu is not None,
+    }
+
+
 def train_resumably(
     rule: str,
     model,
@@ -51,7 +63,7 @@ def train_resumably(
     `conditions`: a context manager holding a hardware setting for the whole run (a GPU power
     limit, joulebench.power_limit), entered inside the SIGTERM handler so it is undone on
     preemption too; the facts of what it held go into the energy record and the training summary,
-    as does the CPU thread count.
+    as do the CPU thread count and the devices metered (`device`, device_record).
     """
     run_facts = {**facts, "recipe": recipe, "settings": asdict(settings)}
     checkpointer = Checkpointer(checkpoint_path, fingerprint(run_facts)) if checkpoint_path else None
@@ -60,7 +72,11 @@ def train_resumably(
             with rule_meter(rule, estimate, placement) as meter:
                 callback = limit.callback(meter) if limit else None
                 history = train(model, arrays, settings, meter, distillation, checkpointer, callback)
-            held = {**(limit.facts() if limit else {}), "cpu_threads": torch.get_num_threads()}
+            held = {
+                **(limit.facts() if limit else {}),
+                "cpu_threads": torch.get_num_threads(),
+                "device": device_record(recipe.get("device"), meter),
+            }
         resumed_after = checkpointer.resumed_after_epoch if checkpointer else 0
         prior = checkpointer.prior_windows if checkpointer else []
         record = merge_prior_energy(meter.record(), prior, resumed_after) | held

@@ -16,14 +16,14 @@ import torch
 
 from joulebench import compress, data, diversity, io, power_limit
 from joulebench.checkpoint import file_digest
-from joulebench.devices import CPU, accelerator
+from joulebench.devices import CPU, Placement, accelerator, placement_on
 from joulebench.energy import EstimateModel, measure_idle_power, rule_meter
 from joulebench.evaluate import evaluate
 from joulebench.models import build_model, check_input, freeze_pretrained, load_model, model_recipe
 from joulebench.pretrained import load_weights
 from joulebench.protocol import Protocol
 from joulebench.quantize import load_reference
-from joulebench.recipes import cpu_threads, training_overrides
+from joulebench.recipes import cpu_threads, needs_gpu, pinned_device, training_overrides
 from joulebench.resume import train_resumably, write_trained
 from joulebench.train import Distillation, effective_precision, seed_everything, training_settings
 
@@ -93,12 +93,12 @@ def sample_dataset(
     inputs: dict, outputs: dict, variant: dict, training: dict, seed: int, estimate: dict
 ) -> None:
     """A training subset by `variant["method"]` (joulebench.sample); a scoring method's proxy run
-    is metered here, on the GPU where there is one."""
+    is metered here, where the variant is pinned, else on the GPU where there is one."""
     from joulebench import sample
 
     arrays, facts = io.open_arrays(inputs["splits"]), io.read_json(inputs["facts"])
     labels, num_classes = arrays["train_y"], facts["num_classes"]
-    placement = CPU if variant["method"] in ("random", "stratified") else accelerator()
+    placement = CPU if variant["method"] in ("random", "stratified") else placement_on(pinned_device(variant))
     with rule_meter("sample_dataset", estimate, placement) as meter:
         chosen, choice = sample.select_subset(arrays, facts, variant, training, seed, meter)
     subset = sample.take_train_subset(arrays, chosen)
@@ -177,8 +177,8 @@ def train_variant(
         }
         launch_training(spec, variant["processes"])
         return
-    placement = accelerator()
-    if technique == "power_limit" and placement.gpu is None:
+    placement = placement_on(pinned_device(variant))
+    if needs_gpu(variant) and placement.gpu is None:
         write_skipped(outputs, "train_model", power_limit.NO_GPU)
         return
     threads = cpu_threads(variant)
@@ -198,6 +198,8 @@ def train_variant(
         precision,
         precision_requested=requested,
     )
+    if pinned_device(variant):  # evaluation and every model made from this one run there too
+        recipe["device"] = pinned_device(variant)
     model = _initial_model(recipe, variant, pretrained)
     check_input(model, model_name, (facts["channels"], *facts["image_size"]), facts["num_classes"])
     settings = replace(
@@ -275,6 +277,8 @@ def distill_variant(
         teacher_recipe.get("image_size"),
         width=variant["student_width"],
     )
+    if teacher_recipe.get("device"):  # a student of a pinned teacher trains where it does
+        recipe["device"] = teacher_recipe["device"]
     student = build_model(recipe)
     distillation = Distillation(teacher, variant["temperature"], variant["alpha"])
     settings = replace(
@@ -292,7 +296,7 @@ def distill_variant(
         recipe,
         arrays,
         settings,
-        accelerator(),
+        placement_on(recipe.get("device")),
         estimate,
         outputs,
         checkpoint,
@@ -309,7 +313,7 @@ def prune_variant(
     model, recipe = load_model(inputs["model"], inputs["recipe"])
     seed_everything(seed)
     settings = training_settings(training, seed, epochs=variant["finetune_epochs"])
-    with rule_meter("prune_model", estimate, accelerator()) as meter:
+    with rule_meter("prune_model", estimate, placement_on(recipe.get("device"))) as meter:
         model, history, facts = compress.prune_model(model, variant, arrays, settings, meter)
     write_trained(outputs, model, {**recipe, "pruning": {**variant, **facts}}, history, meter.record())
 
@@ -323,8 +327,9 @@ def quantize_variant(
     model, recipe = load_model(inputs["model"], inputs["recipe"])
     seed_everything(seed)
     settings = training_settings(training, seed, epochs=variant["finetune_epochs"])
-    # Post-training int8 runs on the CPU kernels it targets; QAT fine-tunes on the GPU if any.
-    placement = accelerator() if variant["method"] == "int8_qat" else CPU
+    # Post-training int8 runs on the CPU kernels it targets; QAT fine-tunes where its parent was
+    # pinned, else on the GPU if any.
+    placement = placement_on(recipe.get("device")) if variant["method"] == "int8_qat" else CPU
     with rule_meter("quantize_model", estimate, placement) as meter:
         model, history, facts = compress.quantize_model(model, variant, arrays, settings, meter)
     log.info("quantization: %s", facts)
@@ -332,6 +337,13 @@ def quantize_variant(
     compress.save_quantized(model, recipe, arrays, outputs["model"], outputs["recipe"])
     io.write_csv(outputs["history"], pd.DataFrame(history, columns=None if history else ["epoch"]))
     io.write_json(outputs["energy"], meter.record())
+
+
+def inference_placement(recipe: dict) -> Placement:
+    """Where a model infers: where it would be deployed. An int8 model on the CPU kernels it was
+    made for; a float model on the device its variant was pinned to, else on the GPU where there
+    is one (in the precision it was trained in)."""
+    return CPU if recipe.get("quantization") else placement_on(recipe.get("device"))
 
 
 def evaluate_variant(inputs: dict, outputs: dict, evaluation: dict, estimate: dict) -> None:
@@ -344,9 +356,7 @@ def evaluate_variant(inputs: dict, outputs: dict, evaluation: dict, estimate: di
     model, recipe = load_model(inputs["model"], inputs["recipe"])
     # A lowered int8 graph calls fused kernels; count parameters and MACs on its reference graph.
     reference = load_reference(inputs["model"])[0] if recipe.get("format") == "torch.export" else None
-    # Inference runs where the model would be deployed: a float model on the GPU where there is
-    # one, in the precision it was trained in; an int8 model on the CPU kernels it was made for.
-    placement = CPU if recipe.get("quantization") else accelerator()
+    placement = inference_placement(recipe)
     precision = recipe.get("precision", "fp32")
     with rule_meter("evaluate_model", estimate, placement) as meter:
         metrics = evaluate(model, arrays, inputs["model"], evaluation, meter, reference, precision)
@@ -371,7 +381,7 @@ def compare_inference(
         if io.read_json(inputs[f"recipe_{variant}"]).get("skipped"):
             continue  # a variant this host cannot run (write_skipped): nothing to compare
         model, recipe = load_model(inputs[f"model_{variant}"], inputs[f"recipe_{variant}"])
-        placement = CPU if recipe.get("quantization") else accelerator()
+        placement = inference_placement(recipe)
         candidates[variant] = Candidate(model, placement, recipe.get("precision", "fp32"))
     with rule_meter("compare_inference", estimate, accelerator()) as meter:
         rows = compare(candidates, arrays, evaluation, meter, seed)

@@ -6,6 +6,8 @@ The rules (workflow/rules/common.smk), the config checks (joulebench.config) and
 `technique` and, for a model made from another, `from` (default: the baseline). Torch-free.
 """
 
+from joulebench.recipes import needs_gpu
+
 BASELINE = "baseline"
 
 # Techniques whose models the train_model rule trains from scratch; the baseline's is "train".
@@ -19,6 +21,7 @@ FROM_SCRATCH = (
     "power_limit",
     "threads",
     "data_parallel",
+    "device",
 )
 
 
@@ -63,7 +66,7 @@ def subset_source(variants: dict, name: str) -> str | None:
 
 def lineage_error(variants: dict, name: str) -> str | None:
     """Why `name`'s `from` chain cannot be built (unknown parent, a cycle, a parent skipped on
-    hosts without a GPU), or None. The message names the key and what to do."""
+    hosts without a GPU: a power limit, a cuda pin), or None. The message names the key and what to do."""
     seen = [name]
     step = parent(variants, name)
     while step is not None and step != BASELINE:
@@ -72,10 +75,11 @@ def lineage_error(variants: dict, name: str) -> str | None:
                 f"variants.{seen[-1]}.from: unknown variant {step!r}; "
                 f"use baseline or one of {sorted(variants)}"
             )
-        if technique(variants, step) == "power_limit":
+        if needs_gpu(variants[step]):
+            pin = ", device: cuda" if variants[step].get("device") else ""
             return (
-                f"variants.{seen[-1]}.from: {step} is a power_limit variant, which is skipped on hosts "
-                "without a GPU, so nothing can start from it; start from baseline"
+                f"variants.{seen[-1]}.from: {step} needs a GPU ({technique(variants, step)}{pin}), so it "
+                "is skipped on hosts without one and nothing can start from it; start from baseline"
             )
         if step in seen:
             return f"variants.{name}.from: the chain {' -> '.join([*seen, step])} is a cycle"
