@@ -10,7 +10,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from joulebench import compress, data, diversity, io, power_limit
@@ -18,6 +17,7 @@ from joulebench.checkpoint import Checkpointer, exit_on_sigterm, file_digest, fi
 from joulebench.devices import CPU, Placement, accelerator
 from joulebench.energy import EnergyMeter, EstimateModel, measure_idle_power
 from joulebench.evaluate import evaluate
+from joulebench.lazy import pandas as pd
 from joulebench.models import build_model, check_input, freeze_pretrained, load_model, save_model
 from joulebench.pretrained import load_weights
 from joulebench.protocol import Protocol
