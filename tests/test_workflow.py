@@ -1,11 +1,13 @@
 """The real workflow, run by Snakemake on a tiny config in a temporary directory."""
 
+import copy
 import json
 import re
 
 import pandas as pd
 import pytest
 import yaml
+from snakemake.utils import validate
 
 from conftest import ROOT, run_snakemake, tiny_config
 from joulebench.config import idle_baseline_seconds
@@ -144,7 +146,10 @@ def test_bad_config_stops_before_any_job(tmp_path, change, message):
 def expected_jobs(config: dict) -> int:
     """The jobs of a full run, counted from the experiment design: per seed and model, each
     variant (with the baseline) made and evaluated, and one interleaved comparison; a subset
-    variant's sampling per seed; the data stage; the report and `all`."""
+    variant's sampling per seed; the data stage; the report and `all`. Defaults come from the
+    schema, as the workflow sees them."""
+    config = copy.deepcopy(config)
+    validate(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
     seeds, models = len(config["seeds"]), len(config["models"])
     variants = 1 + len(config["variants"])
     subsets = sum(v["technique"] == "subset" for v in config["variants"].values())
