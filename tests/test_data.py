@@ -265,6 +265,7 @@ def test_a_batch_larger_than_the_training_split_is_an_error_naming_the_key(digit
     )
 
 
+@pytest.mark.slow  # a real run of the workflow: ~30 s
 def test_mixed_size_image_folder_runs_end_to_end(tmp_path):
     """Real PNG, JPEG and BMP files of four sizes, grey and colour, through the whole workflow."""
     from conftest import run_snakemake, tiny_config

@@ -10,6 +10,8 @@ hardware this machine does not have.
 
 import json
 import os
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 from unittest import mock
@@ -24,6 +26,7 @@ import zeus.monitor.energy
 import zeus.utils.framework
 from zeus.device.gpu import nvidia
 
+from conftest import ROOT
 from joulebench import checkpoint, energy
 from joulebench.devices import CPU, Placement
 from joulebench.energy import (
@@ -557,3 +560,19 @@ def test_idle_baseline_is_off_by_default_where_everything_is_estimated():
     from joulebench.config import idle_baseline_seconds
 
     assert idle_baseline_seconds("auto") == 0.0  # this machine: no NVML, no RAPL
+
+
+def test_a_rule_job_imports_neither_scikit_learn_nor_pandas_until_it_uses_them():
+    # Each job pays its imports (bench_job_overhead.py): Zeus's module-level sklearn.metrics import
+    # (0.75 s) is deferred to its first call, and pandas (0.2 s) to the first table a stage writes.
+    code = (
+        "import sys, joulebench.stages, joulebench.energy;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy', 'pandas', 'pyarrow'}));"
+        "import zeus.monitor.power as power; print(power.auc([0.0, 1.0, 2.0], [1.0, 3.0, 1.0]));"
+        "print(joulebench.stages.pd.DataFrame({'a': [1]}).shape)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT / "workflow" / "scripts", capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["[]", "4.0", "(1, 1)"]

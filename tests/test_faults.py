@@ -84,6 +84,7 @@ def _kill_when(process, condition, timeout=240):
 # ---------------------------------------------------------------- bad data stops its rule
 
 
+@pytest.mark.slow  # three real runs of the workflow (prepare_dataset fails): ~22 s
 @pytest.mark.parametrize(
     ("classes", "message"),
     [

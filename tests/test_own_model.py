@@ -150,6 +150,7 @@ def test_bad_model_name_stops_the_workflow_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow  # a real run with a torchvision model: ~50 s
 def test_pretrained_finetunes_and_a_new_architecture_run_end_to_end(tmp_path):
     weights = tmp_path / "weights"
     weights.mkdir()

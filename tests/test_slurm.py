@@ -239,9 +239,6 @@ def test_failing_job_is_reported_failed(profile, tmp_path):
     assert sacct_states_when_settled(list(jobs))["State"].eq("FAILED").all()
 
 
-RESUMABLE_TRAINING = (ROOT / "workflow" / "scripts" / "joulebench" / "checkpoint.py").exists()
-
-
 def wait_for_text(path: Path, pattern: str, deadline: float, process: subprocess.Popen) -> re.Match:
     """Poll a file for a regex until it appears, the process ends, or the deadline passes."""
     while time.monotonic() < deadline and process.poll() is None:
@@ -251,11 +248,6 @@ def wait_for_text(path: Path, pattern: str, deadline: float, process: subprocess
     raise AssertionError(f"{pattern!r} not in {path} (process ended: {process.poll() is not None})")
 
 
-@pytest.mark.xfail(
-    not RESUMABLE_TRAINING,
-    reason="needs resumable training (joulebench/checkpoint.py: per-epoch checkpoint, resume on rerun)",
-    run=False,
-)
 def test_cancelled_training_resumes_from_its_checkpoint(profile, slurm_run, tmp_path):
     """scancel a training job mid-run; the rerun resumes from its last epoch checkpoint."""
     epochs = 7

@@ -32,9 +32,28 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
+    _skip_dynamo_import()
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_FUSED_OP_FLOPS) as counter:
         model(example)
     return counter.get_total_flops() // 2
+
+
+def _skip_dynamo_import() -> None:
+    """Spare count_macs the import of torch._dynamo (and sympy): 1-3 s of every evaluate_model job
+    on this project's 2-core machine, more than the count itself.
+
+    torch wraps the counter's dispatch handler in `torch._disable_dynamo`, which imports Dynamo on
+    the handler's first call only to keep torch.compile out of it. Nothing is compiled where Dynamo
+    was never imported, so the handler is marked as already disabled, the cache that wrapper keeps
+    (torch/_compile.py). Where Dynamo is loaded, or torch's wrapper changes, nothing is touched.
+    """
+    import sys
+
+    from torch.utils import flop_counter
+
+    handler = getattr(flop_counter._FlopCounterMode.__torch_dispatch__, "__wrapped__", None)
+    if "torch._dynamo" not in sys.modules and handler is not None:
+        setattr(handler, "__dynamo_disable", handler)  # noqa: B010 - the name torch reads, unmangled
 
 
 def _matmul_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:

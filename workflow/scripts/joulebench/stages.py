@@ -11,7 +11,6 @@ import logging
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import torch
 
 from joulebench import compress, data, diversity, io, power_limit
@@ -19,6 +18,7 @@ from joulebench.checkpoint import file_digest
 from joulebench.devices import CPU, Placement, accelerator, placement_on
 from joulebench.energy import EstimateModel, measure_idle_power, rule_meter
 from joulebench.evaluate import evaluate
+from joulebench.lazy import pandas as pd
 from joulebench.models import build_model, check_input, freeze_pretrained, load_model, model_recipe
 from joulebench.pretrained import load_weights
 from joulebench.protocol import Protocol

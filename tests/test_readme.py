@@ -1,0 +1,51 @@
+"""The README's commands, run as it prints them (beside .ci/run, which runs its test command)."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def readme_commands(section: str) -> list[str]:
+    """The commands of the bash blocks under the README heading `## <section>`, comments left out."""
+    text = (ROOT / "README.md").read_text()
+    body = re.search(rf"^## {re.escape(section)}\n(.*?)(?=^## )", text, re.MULTILINE | re.DOTALL).group(1)
+    blocks = re.findall(r"```bash\n(.*?)```", body, re.DOTALL)
+    return [line for block in blocks for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_the_readme_keeps_two_set_up_commands_and_prints_the_fast_suite():
+    assert len(readme_commands("Two commands")) == 2
+    assert '.venv/bin/python -m pytest -m "not slow"' in readme_commands("Tests")
+
+
+@pytest.mark.slow  # it runs the whole fast suite (about a minute)
+def test_the_fast_suite_passes_as_printed():
+    (command,) = [c for c in readme_commands("Tests") if "pytest" in c]
+    result = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert " passed" in result.stdout and " deselected" in result.stdout
+
+
+@pytest.mark.slow  # it needs a finished run (the shared tiny run)
+def test_job_overhead_benchmark_runs_as_printed_on_a_finished_run(tiny_run, tmp_path):
+    # A checkout after the run, without touching the shared run: its results, our scripts.
+    workdir = tmp_path
+    os.symlink(tiny_run[0] / "results", workdir / "results")
+    os.symlink(ROOT / "benchmarks", workdir / "benchmarks")
+    (command,) = [c for c in readme_commands("Tests") if "bench_job_overhead" in c]
+    argv = shlex.split(command)
+    assert argv[0] == "python"
+    result = subprocess.run([sys.executable, *argv[1:]], cwd=workdir, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:] if line}
+    for rule in ("prepare_dataset", "train_model", "evaluate_model", "compare_inference"):
+        jobs, job_s, measured_s, startup_s, _ = map(float, rows[rule])
+        assert jobs >= 1 and job_s > measured_s > 0 and startup_s > 0, (rule, rows[rule])
+    total_jobs = sum(int(rows[rule][0]) for rule in rows if rule not in ("total", "run:"))
+    assert int(rows["total"][0]) == total_jobs == len(list((workdir / "results/benchmarks").rglob("*.tsv")))
