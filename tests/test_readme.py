@@ -36,8 +36,9 @@ def test_the_fast_suite_passes_as_printed():
 def test_job_overhead_benchmark_runs_as_printed_on_a_finished_run(tiny_run, tmp_path):
     # A checkout after the run, without touching the shared run: its results, our scripts.
     workdir = tmp_path
-    os.symlink(tiny_run[0] / "results", workdir / "results")
-    os.symlink(ROOT / "benchmarks", workdir / "benchmarks")
+    for name in ("results", "benchmarks"):
+        os.symlink(tiny_run[0] / name, workdir / name)
+    os.symlink(ROOT / "bench", workdir / "bench")
     (command,) = [c for c in readme_commands("Tests") if "bench_job_overhead" in c]
     argv = shlex.split(command)
     assert argv[0] == "python"
@@ -48,4 +49,4 @@ def test_job_overhead_benchmark_runs_as_printed_on_a_finished_run(tiny_run, tmp_
         jobs, job_s, measured_s, startup_s, _ = map(float, rows[rule])
         assert jobs >= 1 and job_s > measured_s > 0 and startup_s > 0, (rule, rows[rule])
     total_jobs = sum(int(rows[rule][0]) for rule in rows if rule not in ("total", "run:"))
-    assert int(rows["total"][0]) == total_jobs == len(list((workdir / "results/benchmarks").rglob("*.tsv")))
+    assert int(rows["total"][0]) == total_jobs == len(list((workdir / "benchmarks").rglob("*.tsv")))

@@ -203,10 +203,10 @@ def test_simulated_host_is_off_unless_asked():
 
 @pytest.mark.slow
 def test_gpu_energy_check_runs_as_the_readme_prints_it():
-    # `python benchmarks/gpu_energy_check.py`: here (no GPU) the counter check says SKIP, and the
+    # `python bench/gpu_energy_check.py`: here (no GPU) the counter check says SKIP, and the
     # tiny workflow's table names every record's rule, device, source and joules.
     result = subprocess.run(
-        [sys.executable, "benchmarks/gpu_energy_check.py"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "bench/gpu_energy_check.py"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SKIP: " in result.stdout

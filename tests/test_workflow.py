@@ -84,6 +84,26 @@ def test_energy_records_and_histories(tiny_run):
     assert "epoch 1/1 loss" in log
 
 
+# Windows that may still import on first use: torch.export's tracing of the QAT graph (sympy and
+# torch submodules), torchao's int8 dispatch (its own submodules), the comparison's float and
+# int8 models side by side (torch submodules), scikit-learn's digits reader (its own submodules).
+IMPORTING_RULES = {"quantize_model", "compare_inference", "prepare_dataset"}
+
+
+def test_training_evaluation_and_data_windows_import_nothing(tiny_run):
+    """Importing is not the measured work, and its time varies with the disk cache between runs:
+    each stage imports what its window will use before the window opens (stages.import_before_window).
+    Dynamo (torch.optim imports it), albumentations, scipy, torch_pruning and the MAC counter once
+    loaded inside these windows, as much as half of a training window."""
+    workdir, _, _ = tiny_run
+    for path in (workdir / "results").rglob("energy.json"):
+        record = json.loads(path.read_text())
+        if record["rule"] in IMPORTING_RULES:
+            continue
+        for window in [record, *record["windows"]]:
+            assert window["imported_in_window"] == [], (path, window.get("window"))
+
+
 def test_second_run_has_nothing_to_do(tiny_run):
     workdir, config, _ = tiny_run
     result = run_snakemake(workdir, config)

@@ -10,7 +10,7 @@ rule prune_model:
     log:
         "logs/prune_model/{dataset}/{model}/{variant}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/prune_model/{dataset}/{model}/{variant}/seed{seed}.tsv"
+        "benchmarks/prune_model/{dataset}/{model}/{variant}/seed{seed}.tsv"
     wildcard_constraints:
         variant=variant_names("prune"),
     conda:
@@ -38,7 +38,7 @@ rule quantize_model:
     log:
         "logs/quantize_model/{dataset}/{model}/{variant}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/quantize_model/{dataset}/{model}/{variant}/seed{seed}.tsv"
+        "benchmarks/quantize_model/{dataset}/{model}/{variant}/seed{seed}.tsv"
     wildcard_constraints:
         variant=variant_names("quantize"),
     conda:

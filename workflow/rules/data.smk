@@ -7,7 +7,7 @@ rule prepare_dataset:
     log:
         "logs/prepare_dataset/{dataset}.log",
     benchmark:
-        "results/benchmarks/prepare_dataset/{dataset}.tsv"
+        "benchmarks/prepare_dataset/{dataset}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -36,7 +36,7 @@ rule clean_dataset:
     log:
         "logs/clean_dataset/{dataset}.log",
     benchmark:
-        "results/benchmarks/clean_dataset/{dataset}.tsv"
+        "benchmarks/clean_dataset/{dataset}.tsv"
     conda:
         "../../envs/torch.yaml"
     # Crop hashes are computed in this many threads.
@@ -61,7 +61,7 @@ rule sample_dataset:
     log:
         "logs/sample_dataset/{dataset}/{variant}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/sample_dataset/{dataset}/{variant}/seed{seed}.tsv"
+        "benchmarks/sample_dataset/{dataset}/{variant}/seed{seed}.tsv"
     wildcard_constraints:
         variant=variant_names("subset"),
     conda:
@@ -106,7 +106,7 @@ rule augment_dataset:
     log:
         "logs/augment_dataset/{dataset}.log",
     benchmark:
-        "results/benchmarks/augment_dataset/{dataset}.tsv"
+        "benchmarks/augment_dataset/{dataset}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1

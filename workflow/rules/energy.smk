@@ -7,7 +7,7 @@ rule measure_idle_power:
     log:
         "logs/measure_idle_power.log",
     benchmark:
-        "results/benchmarks/measure_idle_power.tsv"
+        "benchmarks/measure_idle_power.tsv"
     priority: 100
     conda:
         "../../envs/torch.yaml"

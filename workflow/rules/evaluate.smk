@@ -9,7 +9,7 @@ rule evaluate_model:
     log:
         "logs/evaluate_model/{dataset}/{model}/{variant}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/evaluate_model/{dataset}/{model}/{variant}/seed{seed}.tsv"
+        "benchmarks/evaluate_model/{dataset}/{model}/{variant}/seed{seed}.tsv"
     conda:
         "../../envs/compress.yaml"
     threads: config["evaluation"]["threads"]
@@ -32,7 +32,7 @@ rule compare_inference:
     log:
         "logs/compare_inference/{dataset}/{model}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/compare_inference/{dataset}/{model}/seed{seed}.tsv"
+        "benchmarks/compare_inference/{dataset}/{model}/seed{seed}.tsv"
     conda:
         "../../envs/compress.yaml"
     threads: config["evaluation"]["threads"]

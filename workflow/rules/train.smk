@@ -16,7 +16,7 @@ rule train_model:
     log:
         "logs/train_model/{dataset}/{model}/{variant}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/train_model/{dataset}/{model}/{variant}/seed{seed}.tsv"
+        "benchmarks/train_model/{dataset}/{model}/{variant}/seed{seed}.tsv"
     wildcard_constraints:
         variant=variant_names(*variants.FROM_SCRATCH),
     conda:
@@ -51,7 +51,7 @@ rule distill_model:
     log:
         "logs/distill_model/{dataset}/{model}/{variant}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/distill_model/{dataset}/{model}/{variant}/seed{seed}.tsv"
+        "benchmarks/distill_model/{dataset}/{model}/{variant}/seed{seed}.tsv"
     wildcard_constraints:
         variant=variant_names("distill"),
     conda:

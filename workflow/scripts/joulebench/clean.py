@@ -11,7 +11,7 @@ as ImageHash computes it) at each crop offset within `near_duplicate_max_shift` 
 image's centre-crop hash is matched against every crop hash of the others by Hamming distance
 (multi-index search between queries and crops). Verification: the candidates' 8x8 grey thumbnails
 must correlate at the best offset. Both thresholds are chosen from the data by default
-(auto_thresholds), from the distances between random pairs of images; benchmarks/bench_dedup.py
+(auto_thresholds), from the distances between random pairs of images; bench/bench_dedup.py
 measures precision and recall. Images linked by either test form a group (connected components); a
 group whose labels disagree is removed whole, otherwise its first member is kept, in split order
 train, val, test, so a test image that copies a training image is the one removed (leakage).
@@ -40,6 +40,10 @@ REMOVED_COLUMNS = [
 ]  # fmt: skip
 HASH_SIZE = 8  # pHash keeps the 8x8 lowest DCT frequencies: a 64-bit hash
 HASH_INPUT = 32  # ... of the image resized to 32x32 grey, as ImageHash does
+
+
+# What near-duplicate grouping imports, for clean_dataset to import before its energy window opens.
+WORK_MODULES = ("scipy.sparse", "scipy.sparse.csgraph")
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

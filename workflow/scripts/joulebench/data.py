@@ -7,6 +7,7 @@ values the decoder gave) only batch by batch in `loader`, so a split costs a qua
 memory of floats and can be memory-mapped (io.open_arrays).
 """
 
+import importlib
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -251,6 +252,24 @@ def load_imagefolder_source(
     labels = np.asarray([label for _, label in folder.samples], dtype=np.int64)[keep]
     kept_names = [name for name, ok in zip(names, keep, strict=True) if ok]
     return Source(images, labels, list(folder.classes), kept_names, rejected)
+
+
+# The libraries each source's loader imports (the split adds scikit-learn's): prepare_dataset
+# imports them before its energy window opens, since importing is not the measured work.
+SOURCE_MODULES = {
+    "sklearn-digits": ("sklearn.datasets",),
+    "torchvision": ("torchvision.datasets",),
+    "imagefolder": ("torchvision.datasets", "PIL.Image"),
+}
+
+
+def import_loaders(dataset: dict) -> None:
+    """Import what load_source and split_arrays will use for `dataset` (resizing: albumentations)."""
+    names = [*SOURCE_MODULES[dataset["source"]], "sklearn.model_selection"]
+    if dataset.get("image_size"):
+        names.append("albumentations")
+    for name in names:
+        importlib.import_module(name)
 
 
 def load_source(dataset: dict, skip_unusable: bool = False, workers: int = 1) -> Source:

@@ -42,6 +42,7 @@ import logging
 import os
 import platform
 import resource
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -177,6 +178,13 @@ def _host_busy_cpu_seconds() -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0) - counted_twice
 
 
+def imported_packages(before: frozenset) -> list[str]:
+    """Top-level packages first imported since `before` (sys.modules then): importing is never the
+    measured work, and its time (disk cache, bytecode) varies from run to run, so a stage imports
+    what its work needs before its window opens. A window that still imports says so here."""
+    return sorted({name.split(".")[0] for name in set(sys.modules) - before})
+
+
 def _peak_memory_gb() -> float:
     # ru_maxrss is in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
@@ -308,6 +316,7 @@ class Window:
     start_unix: float = 0.0
     cpu_seconds_start: float = 0.0
     host_busy_start: float = 0.0
+    modules_start: frozenset = frozenset()
     gpu_counter_start: dict = field(default_factory=dict)
     record: dict = field(default_factory=dict)
 
@@ -369,6 +378,7 @@ class EnergyMeter:
             start_unix=time.time(),
             cpu_seconds_start=_process_cpu_seconds(),
             host_busy_start=_host_busy_cpu_seconds(),
+            modules_start=frozenset(sys.modules),
         )
         self.monitor.begin_window(name, sync_execution=False)
         # Zeus's own start reading of each energy counter, to tell later whether it moved at all.
@@ -426,6 +436,7 @@ class EnergyMeter:
             "parts": parts,
             "short_window": bool(approximated) or (on_gpu and measurement.time < NVML_COUNTER_PERIOD_S),
             "other_processes_cpu_share": other_share,
+            "imported_in_window": imported_packages(window.modules_start),
             "busy_host": other_share > BUSY_HOST_SHARE and others >= BUSY_HOST_MIN_CPU_S,
             "devices": devices,
             "estimate": estimate,

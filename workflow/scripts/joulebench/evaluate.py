@@ -9,6 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+# Imported with this module, not inside an evaluation's energy window (it loads triton).
+from torch.utils.flop_counter import FlopCounterMode
+
 from joulebench.devices import gpu_name
 from joulebench.energy import cpu_model
 from joulebench.models import count_parameters
@@ -30,8 +33,6 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     changes the number format, not the multiply-accumulates. Torch-Pruning's counter also counts
     batch norm and activations, so it reads 1-6% above torchvision's numbers.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     _skip_dynamo_import()
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_FUSED_OP_FLOPS) as counter:
         model(example)

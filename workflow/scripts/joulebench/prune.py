@@ -7,6 +7,10 @@ from torch.nn.utils import prune
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
+# What each method's work imports, for prune_model to import before its energy window opens.
+WORK_MODULES = {"magnitude": (), "channel": ("torch_pruning",)}
+
+
 def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return [(module, "weight") for module in model.modules() if isinstance(module, PRUNABLE)]
 

@@ -33,6 +33,22 @@ MAX_BATCH = 65536
 # -- torchao dynamic (eager) -------------------------------------------------------------------
 
 
+# What each method's work imports, by method: quantize_model imports them before its energy window
+# opens (importing is not the measured work; joulebench.energy.imported_packages flags a window
+# that still imports). PT2E export traces the model with Dynamo and folds constants with Inductor.
+_PT2E = (
+    "torch._dynamo",
+    "torch.export",
+    "torchao.quantization.pt2e",
+    "torchao.quantization.pt2e.quantize_pt2e",
+    "torchao.quantization.pt2e.quantizer.x86_inductor_quantizer",
+    "torch._export.utils",
+    "torch._inductor.constant_folding",
+    "torch._inductor.fx_passes.freezing_patterns",
+)
+WORK_MODULES = {"int8_dynamic": ("torchao.quantization",), "int8_static": _PT2E, "int8_qat": _PT2E}
+
+
 def dynamic_int8(model: nn.Module) -> nn.Module:
     """int8 weights, per-token dynamic int8 activations, on every linear layer (torchao, eager)."""
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_

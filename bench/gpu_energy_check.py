@@ -12,7 +12,7 @@ in a temporary folder and prints one line per energy record: rule, output, where
 which counters (or estimate) measured it, joules. On a GPU host, training and float inference
 must say nvml-counter (+ rapl where RAPL is readable), int8 and data rules never a GPU.
 
-    python benchmarks/gpu_energy_check.py [--seconds 30] [--period 0.02] [--no-workflow]
+    python bench/gpu_energy_check.py [--seconds 30] [--period 0.02] [--no-workflow]
 
 Power readings: NVML's instantaneous power field where the driver has it, else
 nvmlDeviceGetPowerUsage, which on recent GPUs is a moving average over about one second; the

@@ -15,7 +15,7 @@ is less disturbed by other processes on a shared machine than wall time; both ar
 the meter's own cost measured directly (construction and empty windows), which bounds the monitor
 overhead without training noise.
 
-    python benchmarks/bench_train_loop.py [--repeats 9] [--epochs 1] [--threads 1]
+    python bench/bench_train_loop.py [--repeats 9] [--epochs 1] [--threads 1]
 """
 
 import argparse

@@ -5,7 +5,7 @@ clean_splits call (content hash + crop pHashes and thumbnails + near-duplicate s
 and per step, and the ratio to the target. The images are smooth random textures with planted
 exact and near duplicates, so the grouping does real work.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_clean.py [--images 20000]
+    OMP_NUM_THREADS=1 python bench/bench_clean.py [--images 20000]
 """
 
 import argparse

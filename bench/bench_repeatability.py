@@ -10,7 +10,7 @@ the host, so a missed target says what dominated the variance.
 Targets on an idle machine (issue 17): training energy CV <= 5%; inference energy per 1k samples
 CV <= 10% (CPU estimates).
 
-    python benchmarks/bench_repeatability.py [--runs 5]
+    python bench/bench_repeatability.py [--runs 5]
 """
 
 import argparse

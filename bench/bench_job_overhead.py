@@ -1,12 +1,12 @@
 """Per-job start-up overhead of a finished run: the seconds a job spends outside its measured window.
 
-A job's wall time (Snakemake's benchmark, `results/benchmarks/<rule>/...tsv`, column `s`) minus the
+A job's wall time (Snakemake's benchmark, `benchmarks/<rule>/...tsv`, column `s`) minus the
 seconds of its rule's measured window (`wall_time_s` of the energy record, `energy.json`, that the
 rule wrote) is its start-up: interpreter, imports, loading inputs before the meter starts, writing
 outputs after it stops. Prints, per rule and in total, jobs, job seconds, measured seconds, start-up
 seconds and start-up / measured. Run it in the directory of a finished run:
 
-    python benchmarks/bench_job_overhead.py [--results results]
+    python bench/bench_job_overhead.py [--directory .]
 """
 
 import argparse
@@ -43,10 +43,11 @@ def measured_windows(results: Path) -> dict[str, list[dict]]:
     return records
 
 
-def overhead_table(results: Path) -> list[tuple]:
-    """Rows (rule, jobs, job s, measured s, start-up s, start-up / measured), then the total."""
-    jobs = job_seconds(results / "benchmarks")
-    records = measured_windows(results)
+def overhead_table(directory: Path) -> list[tuple]:
+    """Rows (rule, jobs, job s, measured s, start-up s, start-up / measured), then the total, of
+    the run in `directory` (its `benchmarks/` and `results/`)."""
+    jobs = job_seconds(directory / "benchmarks")
+    records = measured_windows(directory / "results")
     rows = []
     for rule in sorted(jobs):
         job_s = sum(jobs[rule])
@@ -61,18 +62,18 @@ def overhead_table(results: Path) -> list[tuple]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--results", type=Path, default=Path("results"), help="the run's results folder")
+    parser.add_argument("--directory", type=Path, default=Path("."), help="the run's working directory")
     args = parser.parse_args()
-    if not (args.results / "benchmarks").is_dir():
+    if not (args.directory / "benchmarks").is_dir():
         raise SystemExit(
-            f"no Snakemake benchmarks under {args.results / 'benchmarks'}: run the workflow first"
+            f"no Snakemake benchmarks under {args.directory / 'benchmarks'}: run the workflow first"
         )
-    rows = overhead_table(args.results)
+    rows = overhead_table(args.directory)
     header = ("rule", "jobs", "job_s", "measured_s", "startup_s", "startup/measured")
     print(f"{header[0]:<20} {header[1]:>5} {header[2]:>9} {header[3]:>11} {header[4]:>10} {header[5]:>17}")
     for rule, count, job_s, measured_s, startup_s, ratio in rows:
         print(f"{rule:<20} {count:>5} {job_s:>9.1f} {measured_s:>11.1f} {startup_s:>10.1f} {ratio:>17.2f}")
-    records = [record for group in measured_windows(args.results).values() for record in group]
+    records = [record for group in measured_windows(args.directory / "results").values() for record in group]
     if records:
         span = max(r["end_unix"] for r in records) - min(r["start_unix"] for r in records)
         print(f"run: first window start to last window end {span:.1f} s")

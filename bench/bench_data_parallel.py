@@ -10,7 +10,7 @@ excluded); energy per sample is the epoch windows' joules (the record's source s
 counter or the Green Algorithms estimate produced them) over the same samples. Prints the median
 per arm and the ratios 2-process / 1-process.
 
-    python benchmarks/bench_data_parallel.py [--repeats 3] [--epochs 3] [--threads-per-process 1]
+    python bench/bench_data_parallel.py [--repeats 3] [--epochs 3] [--threads-per-process 1]
 """
 
 import argparse

@@ -10,7 +10,7 @@ the ratio to fp32.
 Data: the embedded digits (real, 1,797 images) upsampled to 32x32 so resnet18's stages have work,
 or a torchvision CIFAR-10 folder with --cifar10-root (no download: the GPU node may be offline).
 
-    python benchmarks/gpu_precision.py [--epochs 3] [--repeats 2] [--batch-size 256] \
+    python bench/gpu_precision.py [--epochs 3] [--repeats 2] [--batch-size 256] \
         [--channels-last] [--cifar10-root /data/cifar10] [--out gpu_precision.json]
 
 Without a CUDA GPU it prints why and exits without measuring (status 0: nothing to compare).

@@ -1,6 +1,6 @@
 """CPU batch-1 latency of each compressed model relative to its fp32 baseline, in one run.
 
-    python benchmarks/bench_compression_latency.py [--threads 2] [--rounds 15]
+    python bench/bench_compression_latency.py [--threads 2] [--rounds 15]
 
 Models: small_cnn on 8x8 digits (the default experiment), resnet18 on 32x32 (conv-heavy) and a
 linear-heavy MLP (1024-2048-2048-10). Variants are made with joulebench's own functions; weights are

@@ -11,7 +11,7 @@ other detected pair counts against precision (a few may be genuine near duplicat
   correlation (clean.crop_features, clean.near_pairs), at the thresholds clean.auto_thresholds
   chooses from the data.
 
-    python benchmarks/bench_dedup.py [--originals 1500 --copies 300]
+    python bench/bench_dedup.py [--originals 1500 --copies 300]
 """
 
 import argparse

@@ -11,7 +11,7 @@
    Resize, ToTensor) on the same training files, with the same workers and batch size, and
    prints the ratio (target >= 0.95).
 
-    python benchmarks/bench_data_scale.py [--images 100000] [--threads 2] [--workers 2]
+    python bench/bench_data_scale.py [--images 100000] [--threads 2] [--workers 2]
 """
 
 import argparse
