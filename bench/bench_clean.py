@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scrip
 import numpy as np  # noqa: E402
 
 from joulebench import clean  # noqa: E402
+from joulebench.config import resolved_config  # noqa: E402
 
 TARGET_IMAGES_PER_S = 1000.0
 
@@ -61,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     arrays = synthetic_splits(args.images)
     names = [f"synthetic:{i}" for i in range(args.images)]
-    settings = {"enabled": True, "near_duplicates": True, "near_duplicate_max_shift": args.max_shift}
+    settings = {**resolved_config()["cleaning"], "near_duplicate_max_shift": args.max_shift}
 
     pixels, t_uint8 = timed(clean.to_uint8, np.concatenate([arrays[f"{s}_x"] for s in clean.SPLIT_ORDER]))
     digests, t_content = timed(clean.content_hashes, pixels)

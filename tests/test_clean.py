@@ -204,7 +204,7 @@ def test_disabled_near_duplicates_keep_near_copies():
 def test_digits_default_cleaning_removes_few_and_never_a_whole_class():
     images, labels, classes = data.load_digits_source()
     arrays = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
-    settings = {"enabled": True, "near_duplicates": True, "near_duplicate_max_distance": 4}
+    settings = {**SETTINGS, "near_duplicate_max_distance": 4}
     cleaned, removed = clean.clean_splits(arrays, [str(i) for i in range(len(labels))], settings)
     assert 0 < len(removed) < 0.05 * len(labels)
     assert np.bincount(cleaned["train_y"]).min() > 100
@@ -241,7 +241,7 @@ def test_shifted_cropped_and_jpeg_copies_of_training_images_in_test_are_leaks():
         "test_id": np.arange(12, 15),
         "pixel_max": np.asarray(255),
     }
-    settings = {"enabled": True, "near_duplicates": True}  # thresholds chosen from the data
+    settings = resolved_config()["cleaning"]  # the default: thresholds chosen from the data
     chosen = {}
     cleaned, removed = clean.clean_splits(arrays, [f"img{i}" for i in range(15)], settings, chosen=chosen)
     assert sorted((r["item"], r["reason"], r["matched_item"]) for r in removed) == [

@@ -246,7 +246,7 @@ def test_volta_counter_beside_the_estimated_cpu_with_device_facts_and_sync(gpus,
         "driver_version": "550.54.15",
         "device_id": "gpu:GPU-MOCK-handle0",
     }
-    assert record["placement"] == {"torch_device": "cpu", "gpu_cuda_index": 0}
+    assert record["placement"] == {"device": "cuda", "torch_device": "cpu", "gpu_cuda_index": 0}
     assert record["gpu"] == {"used": True, "metered": True, "reason": None, "name": "NVIDIA H200 (MOCK)"}
     assert record["short_windows"] == []
     # The device the rule computes on is synchronized at both edges of each of the three windows;

@@ -8,12 +8,12 @@ files (model, recipe, history, energy, training).
 from contextlib import nullcontext
 from dataclasses import asdict
 
-import pandas as pd
 import torch
 
 from joulebench import io
 from joulebench.checkpoint import Checkpointer, exit_on_sigterm, fingerprint, merge_prior_energy
 from joulebench.energy import rule_meter
+from joulebench.lazy import pandas as pd
 from joulebench.models import save_model
 from joulebench.train import train, training_summary
 
