@@ -7,19 +7,11 @@ import subprocess
 import pandas as pd
 import pytest
 
-from conftest import run_snakemake, snakemake_command
+from conftest import REPORT_FIGURES, run_snakemake, snakemake_command
 
 pytestmark = pytest.mark.slow
 
-FIGURES = [
-    "accuracy_vs_training_energy",
-    "accuracy_vs_inference_energy",
-    "accuracy_vs_size",
-    "accuracy_vs_macs",
-    "energy_by_stage",
-    "training_curves",
-    "time_vs_energy",
-]
+FIGURES = list(REPORT_FIGURES)
 TABLES = [
     "results.csv",
     "results.parquet",
