@@ -9,6 +9,7 @@ legend line says which. Figures about making a model mark the device that made i
 (`training_device`); figures about using it (inference energy, size, MACs) where it inferred.
 """
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -200,9 +201,10 @@ def plot_accuracy_vs(
         )  # fmt: skip
         if log_x:
             ax.set_xscale("log")
-            # Plain numbers (0.2, 0.5, 50, 200), not powers of ten.
-            for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
-                axis(FuncFormatter(lambda value, _: f"{value:g}"))
+            # Plain numbers, not powers of ten; between decades only 2 and 5 are labelled (1-2-5),
+            # so neighbouring labels near a decade (0.8, 0.9, 1) never run into each other.
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_formatter(FuncFormatter(_one_two_five))
         else:
             # Costs are positive; the t-interval of two seeds can reach below 0: cut it at the axis.
             ax.set_xlim(left=max(ax.get_xlim()[0], 0.0))
@@ -346,6 +348,12 @@ def write_figures(summary, histories, stems: dict) -> list[Path]:
     paths += plot_training_curves(histories, summary, stems["training_curves"])
     paths += plot_time_vs_energy(summary, stems["time_vs_energy"])
     return paths
+
+
+def _one_two_five(value: float, _position=None) -> str:
+    """A minor log tick's label: the value where its leading digit is 2 or 5, else none."""
+    leading = value / 10 ** math.floor(math.log10(value))
+    return f"{value:g}" if round(leading) in (2, 5) and math.isclose(leading, round(leading)) else ""
 
 
 def _spans(values, ratio: float) -> bool:
