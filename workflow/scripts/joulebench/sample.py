@@ -73,6 +73,11 @@ def class_balance(labels: np.ndarray, num_classes: int) -> dict:
     return {"count": int(counts.sum()), "class_counts": [int(c) for c in counts]}
 
 
+# What an el2n choice imports on first use (np.median loads numpy.ma), for sample_dataset to
+# import before its energy window opens.
+WORK_MODULES = ("numpy.ma",)
+
+
 def select_subset(arrays: dict, facts: dict, variant: dict, training: dict, seed: int, meter) -> tuple:
     """The training examples `variant` keeps (method random, stratified or el2n) and what the
     choice rests on; an el2n proxy run trains and scores under `meter`. Returns (indices, facts)."""

@@ -39,6 +39,15 @@ def import_before_window(modules) -> None:
         importlib.import_module(name)
 
 
+def first_call_before_window(model, recipe: dict, arrays: dict) -> None:
+    """An exported (PT2E) int8 graph loads torch passes when first switched to eval mode (its
+    eval() rewrites the graph) and first called: do both before the window opens."""
+    if recipe.get("format") == "torch.export":
+        model.eval()
+        with torch.no_grad():
+            model(torch.from_numpy(arrays["test_x"][:1]))
+
+
 def prepare_dataset(inputs: dict, outputs: dict, dataset: dict, skip_unusable: bool, estimate: dict) -> None:
     """Load and split the source; with `skip_unusable` (cleaning on) unusable files are listed in
     `rejected` instead of being fatal. Image files are decoded in the job's threads."""
@@ -110,7 +119,7 @@ def sample_dataset(
     arrays, facts = io.open_arrays(inputs["splits"]), io.read_json(inputs["facts"])
     labels, num_classes = arrays["train_y"], facts["num_classes"]
     placement = CPU if variant["method"] in ("random", "stratified") else placement_on(pinned_device(variant))
-    import_before_window(train.WORK_MODULES if variant["method"] == "el2n" else [])
+    import_before_window([*train.WORK_MODULES, *sample.WORK_MODULES] if variant["method"] == "el2n" else [])
     with rule_meter("sample_dataset", estimate, placement) as meter:
         chosen, choice = sample.select_subset(arrays, facts, variant, training, seed, meter)
     subset = sample.take_train_subset(arrays, chosen)
@@ -375,6 +384,7 @@ def evaluate_variant(inputs: dict, outputs: dict, evaluation: dict, estimate: di
     # A lowered int8 graph calls fused kernels; count parameters and MACs on its reference graph.
     reference = load_reference(inputs["model"])[0] if recipe.get("format") == "torch.export" else None
     placement = inference_placement(recipe)
+    first_call_before_window(model, recipe, arrays)
     precision = recipe.get("precision", "fp32")
     with rule_meter("evaluate_model", estimate, placement) as meter:
         metrics = evaluate(model, arrays, inputs["model"], evaluation, meter, reference, precision)
@@ -400,6 +410,7 @@ def compare_inference(
             continue  # a variant this host cannot run (write_skipped): nothing to compare
         model, recipe = load_model(inputs[f"model_{variant}"], inputs[f"recipe_{variant}"])
         placement = inference_placement(recipe)
+        first_call_before_window(model, recipe, arrays)
         candidates[variant] = Candidate(model, placement, recipe.get("precision", "fp32"))
     with rule_meter("compare_inference", estimate, accelerator()) as meter:
         rows = compare(candidates, arrays, evaluation, meter, seed)

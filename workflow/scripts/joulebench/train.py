@@ -20,8 +20,9 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # What a training run imports on first use, for the training stages to import before their energy
 # window opens: torch.optim's Optimizer imports Dynamo (800 modules, 1-3 s) on its first parameter
-# group (torch._disable_dynamo), even where nothing is compiled.
-WORK_MODULES = ("torch._dynamo",)
+# group (torch._disable_dynamo), even where nothing is compiled; torch.save (the per-epoch
+# checkpoint) loads its serialization settings on first use.
+WORK_MODULES = ("torch._dynamo", "torch.utils.serialization")
 
 
 @dataclass(frozen=True)
