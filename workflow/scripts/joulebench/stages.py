@@ -41,7 +41,7 @@ def import_before_window(modules) -> None:
 
 def first_call_before_window(model, recipe: dict, arrays: dict) -> None:
     """An exported (PT2E) int8 graph loads torch passes when first switched to eval mode (its
-    eval() rewrites the graph) and first called: do both before the window opens."""
+    `.eval()` rewrites the graph) and first called: do both before the window opens."""
     if recipe.get("format") == "torch.export":
         model.eval()
         with torch.no_grad():
