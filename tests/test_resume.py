@@ -12,20 +12,22 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import model_files
 from joulebench import data, io
 from joulebench.checkpoint import ForeignCheckpointError
+from joulebench.config import resolved_config
 from joulebench.stages import train_variant
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAINING = {"epochs": 4, "batch_size": 64, "lr": 3e-3, "weight_decay": 0.0}
-ENERGY = {"estimate": {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}}
+TRAINING = {**resolved_config()["training"], "epochs": 4, "batch_size": 64, "lr": 3e-3}
+ENERGY = {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}
 # One thread in every process: the same arithmetic order in the killed, resumed and reference runs.
 JOB = """
 import sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {scripts!r})
 from joulebench.stages import train_variant
-train_variant({splits!r}, {facts!r}, "small_cnn", {{}}, {training!r}, 0, {energy!r}, {out!r}, {checkpoint!r})
+train_variant({inputs!r}, {outputs!r}, "small_cnn", {{}}, {training!r}, 0, {energy!r}, {checkpoint!r})
 """
 
 
@@ -40,14 +42,21 @@ def dataset(tmp_path, digits_arrays):
 
 def train_in_process(dataset, out, checkpoint, seed=0, training=TRAINING):
     torch.set_num_threads(1)
-    train_variant(*map(str, dataset), "small_cnn", {}, training, seed, ENERGY, str(out), str(checkpoint))
+    train_variant(
+        inputs_of(dataset), model_files(out), "small_cnn", {}, training, seed, ENERGY, str(checkpoint)
+    )
+
+
+def inputs_of(dataset) -> dict:
+    splits, facts = map(str, dataset)
+    return {"splits": splits, "facts": facts}
 
 
 def start_job(dataset, out, checkpoint) -> subprocess.Popen:
-    splits, facts = map(str, dataset)
+    outputs = {key: str(path) for key, path in model_files(out).items()}
     code = JOB.format(
-        scripts=str(ROOT / "workflow" / "scripts"), splits=splits, facts=facts, training=TRAINING,
-        energy=ENERGY, out=str(out), checkpoint=str(checkpoint),
+        scripts=str(ROOT / "workflow" / "scripts"), inputs=inputs_of(dataset), outputs=outputs,
+        training=TRAINING, energy=ENERGY, checkpoint=str(checkpoint),
     )  # fmt: skip
     return subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
 

@@ -419,7 +419,7 @@ def compare_inference(
     io.write_json(outputs["energy"], {**meter.record(), "protocol": protocol})
 
 
-def measure_idle_baseline(outputs: dict, seconds: float, estimate: dict) -> None:
+def measure_idle_baseline(inputs: dict, outputs: dict, seconds: float, estimate: dict) -> None:
     """The idle-power record of this host, measured before the experiment's jobs."""
     # The devices the experiment's jobs compute on: the CPU packages and the job's GPU.
     record = measure_idle_power(seconds, EstimateModel(**estimate), accelerator())
