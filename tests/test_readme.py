@@ -47,6 +47,8 @@ def test_job_overhead_benchmark_runs_as_printed_on_a_finished_run(tiny_run, tmp_
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:] if line}
     for rule in ("prepare_dataset", "train_model", "evaluate_model", "compare_inference"):
         jobs, job_s, measured_s, startup_s, _ = map(float, rows[rule])
-        assert jobs >= 1 and job_s > measured_s > 0 and startup_s > 0, (rule, rows[rule])
+        # prepare_dataset's window (the digits, in memory) is shorter than the 0.1 s printed.
+        assert jobs >= 1 and job_s > measured_s >= 0 and startup_s > 0, (rule, rows[rule])
+        assert measured_s > 0 or rule == "prepare_dataset", (rule, rows[rule])
     total_jobs = sum(int(rows[rule][0]) for rule in rows if rule not in ("total", "run:"))
     assert int(rows["total"][0]) == total_jobs == len(list((workdir / "benchmarks").rglob("*.tsv")))
