@@ -7,7 +7,7 @@ min_version("9.0")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from joulebench import variants  # noqa: E402
+from joulebench import variants, warm  # noqa: E402
 from joulebench.config import check_config, idle_baseline_seconds, model_entries  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -202,3 +202,22 @@ def idle_baseline(wildcards):
     if IDLE_SECONDS > 0:
         return {"idle": IDLE_POWER}
     return {}
+
+
+# Jobs of a local run fork from one warm worker that has imported torch and the stages, instead of
+# each importing them (joulebench.warm); JOULEBENCH_WARM=0 switches it off. SLURM jobs start as before.
+WARM_WORKER = {}
+
+
+onstart:
+    if workflow.local_exec:
+        scripts = str(Path(workflow.basedir) / "workflow" / "scripts")
+        WARM_WORKER["process"] = warm.start(scripts, "logs/warm_worker.log")
+
+
+onsuccess:
+    warm.stop(WARM_WORKER.get("process"))
+
+
+onerror:
+    warm.stop(WARM_WORKER.get("process"))

@@ -1,7 +1,10 @@
 """A rule job's logging: stderr and `logging` into the rule's log file, at the job's threads."""
 
 import logging
+import os
 import sys
+
+from joulebench.warm import CHILD_VARIABLE
 
 
 def start_rule_logging(log_path, threads: int) -> None:
@@ -16,6 +19,8 @@ def start_rule_logging(log_path, threads: int) -> None:
         force=True,
     )
     logging.getLogger("zeus").setLevel(logging.WARNING)
+    if os.environ.get(CHILD_VARIABLE):
+        logging.getLogger(__name__).info("started from the run's warm worker (joulebench.warm)")
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads)

@@ -1,0 +1,186 @@
+"""The warm worker (joulebench.warm): a rule script forked from it behaves as if run on its own."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from joulebench import warm
+
+SCRIPTS = ROOT / "workflow" / "scripts"
+
+# A rule script's shape: ask the worker first; what follows runs in the forked child (or here).
+JOB = textwrap.dedent(
+    """
+    import json, os, sys, time
+    if __name__ == "__main__":
+        from joulebench.warm import run_in_worker
+
+        run_in_worker()
+        action = sys.argv[1]
+        if action == "report":
+            import torch
+            facts = {
+                "pid": os.getpid(),
+                "cwd": os.getcwd(),
+                "marker": os.environ.get("JOB_MARKER"),
+                "child": os.environ.get("JOULEBENCH_WARM_CHILD"),
+                "torch_threads": torch.get_num_threads(),
+                "umask": os.umask(0o022),
+            }
+            print(json.dumps(facts))
+            print("to stderr", file=sys.stderr)
+        elif action == "who":
+            print(json.dumps({"pid": os.getpid(), "child": os.environ.get("JOULEBENCH_WARM_CHILD")}))
+        elif action == "exit":
+            sys.exit(int(sys.argv[2]))
+        elif action == "raise":
+            raise RuntimeError("a failing rule")
+        elif action == "sleep":
+            import signal
+            signal.signal(signal.SIGTERM, lambda *_: (open(sys.argv[2], "w").write("SIGTERM"), sys.exit(9)))
+            open(sys.argv[3], "w").write(str(os.getpid()))
+            time.sleep(60)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    """A warm worker started as the Snakefile's onstart starts it (this process is its parent)."""
+    directory = tmp_path_factory.mktemp("warm")
+    process = warm.start(str(SCRIPTS), str(directory / "worker.log"))
+    assert process is not None, (directory / "worker.log").read_text()
+    socket_path = os.environ[warm.SOCKET_VARIABLE]
+    yield socket_path, process
+    warm.stop(process)
+    assert process.poll() is not None
+    assert not Path(socket_path).exists()
+
+
+def run_job(tmp_path, socket_path, *args, env=None, python=sys.executable):
+    script = tmp_path / "job.py"
+    script.write_text(JOB)
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(SCRIPTS),
+        warm.SOCKET_VARIABLE: socket_path,
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    return subprocess.Popen(
+        [python, str(script), *args],
+        cwd=tmp_path,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_forked_job_gets_the_jobs_streams_directory_environment_and_threads(tmp_path, worker):
+    socket_path, process = worker
+    job = run_job(tmp_path, socket_path, "report", env={"JOB_MARKER": "seen", "OMP_NUM_THREADS": "2"})
+    out, err = job.communicate(timeout=60)
+    assert job.returncode == 0, err
+    facts = json.loads(out)
+    assert facts["child"] == "1"  # it ran in the worker's child, not in the job's own interpreter
+    assert facts["pid"] not in (job.pid, process.pid)
+    assert facts["cwd"] == str(tmp_path)
+    assert facts["marker"] == "seen"
+    assert facts["torch_threads"] == 2  # OMP_NUM_THREADS of the job, though the worker loaded with 1
+    assert "to stderr" in err
+
+
+def test_exit_status_and_uncaught_errors_are_the_scripts(tmp_path, worker):
+    socket_path, _ = worker
+    job = run_job(tmp_path, socket_path, "exit", "3")
+    job.communicate(timeout=60)
+    assert job.returncode == 3
+    job = run_job(tmp_path, socket_path, "raise")
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 1
+    assert "RuntimeError: a failing rule" in err
+
+
+def _child_pid(path: Path) -> int:
+    deadline = time.monotonic() + 60
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    return int(path.read_text())
+
+
+def _gone(pid: int, timeout=10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigterm_to_the_jobs_process_reaches_the_child(tmp_path, worker):
+    socket_path, _ = worker
+    marker, pid_file = tmp_path / "sigterm", tmp_path / "pid"
+    job = run_job(tmp_path, socket_path, "sleep", str(marker), str(pid_file))
+    child = _child_pid(pid_file)
+    job.send_signal(signal.SIGTERM)
+    job.communicate(timeout=60)
+    assert marker.read_text() == "SIGTERM"  # the script's own handler ran, in the child
+    assert job.returncode == 9
+    assert _gone(child)
+
+
+def test_a_killed_jobs_child_dies_with_it(tmp_path, worker):
+    """Snakemake kills a job's process (SIGKILL), not its child: the child must not train on."""
+    socket_path, _ = worker
+    pid_file = tmp_path / "pid"
+    job = run_job(tmp_path, socket_path, "sleep", str(tmp_path / "unused"), str(pid_file))
+    child = _child_pid(pid_file)
+    job.kill()
+    job.communicate(timeout=60)
+    assert _gone(child)
+
+
+def test_a_job_in_another_interpreter_or_without_a_worker_runs_on_its_own(tmp_path, worker):
+    socket_path, _ = worker
+    for env in ({warm.SOCKET_VARIABLE: str(tmp_path / "no-such.sock")}, {warm.SWITCH_VARIABLE: "0"}):
+        job = run_job(tmp_path, socket_path, "report", env=env)
+        out, err = job.communicate(timeout=120)
+        assert job.returncode == 0, err
+        facts = json.loads(out)
+        assert facts["child"] is None and facts["pid"] == job.pid
+    # Another interpreter (a conda env of --use-conda): the worker refuses, the job runs itself.
+    other = str(Path(sys.executable).resolve())  # the venv's base interpreter
+    assert other != sys.executable
+    job = run_job(tmp_path, socket_path, "who", python=other)
+    out, err = job.communicate(timeout=60)
+    assert job.returncode == 0, err
+    assert json.loads(out) == {"pid": job.pid, "child": None}
+
+
+def test_the_worker_stops_when_the_process_that_started_it_is_gone(tmp_path):
+    starter = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(SCRIPTS)!r})
+        from joulebench import warm
+        process = warm.start({str(SCRIPTS)!r}, {str(tmp_path / "worker.log")!r})
+        print(process.pid, os.environ[warm.SOCKET_VARIABLE], flush=True)
+        os._exit(0)  # no warm.stop: a Snakemake killed with SIGKILL
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=240).stdout
+    pid, socket_path = out.split()
+    assert _gone(int(pid), timeout=15)
+    assert not Path(socket_path).exists()
