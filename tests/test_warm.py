@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -184,3 +185,32 @@ def test_the_worker_stops_when_the_process_that_started_it_is_gone(tmp_path):
     pid, socket_path = out.split()
     assert _gone(int(pid), timeout=15)
     assert not Path(socket_path).exists()
+
+
+@pytest.mark.slow  # it reads the shared tiny run
+def test_a_local_run_starts_its_jobs_from_the_warm_worker_and_stops_it(tiny_run):
+    workdir, _, _ = tiny_run
+    warm_logs = {path for path in (workdir / "logs").rglob("*.log") if "warm worker" in path.read_text()}
+    for rule in ("prepare_dataset", "clean_dataset", "train_model", "evaluate_model", "compare_inference"):
+        assert any(rule in str(path) for path in warm_logs), rule
+    # aggregate_report imports no torch: it starts in its own interpreter.
+    assert not any("aggregate_report" in str(path) for path in warm_logs)
+    # The worker said where it accepted jobs; after the run that socket is gone, and so is it.
+    worker_log = (workdir / "logs" / "warm_worker.log").read_text()
+    socket_path = worker_log.split("accepting jobs on ")[1].split()[0]
+    assert not Path(socket_path).exists()
+
+
+@pytest.mark.slow  # about 30 s: ten job start-ups and the worker's own
+def test_warm_start_benchmark_runs_as_printed():
+    from test_readme import readme_commands
+
+    (command,) = [c for c in readme_commands("Tests") if "bench_warm_start" in c]
+    argv = shlex.split(command)
+    assert argv[0] == "python"
+    result = subprocess.run(
+        [sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    ratio = float(result.stdout.split("warm worker: ")[-1])
+    assert ratio > 1, result.stdout  # a forked job starts faster than one importing torch itself

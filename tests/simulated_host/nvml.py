@@ -44,12 +44,18 @@ class SimulatedNVML:
         self.cores = os.cpu_count() or 1
         self.joules = 0.0
         self.updated, self.cpu = time.time(), own_cpu_seconds()
+        # "This process" changes in a job forked from the warm worker (joulebench.warm), whose CPU
+        # seconds start again from zero: the busy share follows the child from the fork on.
+        os.register_at_fork(after_in_child=self._follow_forked_child)
         self.module = nvml = autospec_pynvml()
         nvml.nvmlDeviceGetCount.return_value = 1
         nvml.nvmlDeviceGetArchitecture.return_value = pynvml.NVML_DEVICE_ARCH_HOPPER
         nvml.nvmlDeviceGetName.return_value = "NVIDIA H200 (SIMULATED)"
         nvml.nvmlDeviceGetTotalEnergyConsumption.side_effect = self.counter_mj
         nvml.nvmlDeviceGetFieldValues.side_effect = self.instant_power
+
+    def _follow_forked_child(self) -> None:
+        self.updated, self.cpu = time.time(), own_cpu_seconds()
 
     def _advance(self) -> float:
         """Integrate the power model up to now; returns the watts of the span just integrated."""

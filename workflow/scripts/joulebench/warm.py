@@ -88,6 +88,9 @@ def serve(path: str, parent: int) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(16)
+    log.info(
+        "warm worker %d: preloaded %d modules; accepting jobs on %s", os.getpid(), len(sys.modules), path
+    )
     jobs = {}  # child pid -> the connection of the job that waits for it
     try:
         while os.getppid() == parent:
@@ -293,5 +296,6 @@ def stop(worker: subprocess.Popen | None) -> None:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     serve(sys.argv[1], int(sys.argv[2]))
