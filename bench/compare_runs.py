@@ -68,7 +68,8 @@ def compare(run_a: Path, run_b: Path) -> list[str]:
     else:
         ratio = speeds[1] / speeds[0]
         faster = "faster" if ratio > 1 else "slower"
-        lines.append(f"host speed B/A: {ratio:.3f} (run B's host ran {abs(1 - ratio):.1%} {faster})")
+        change = f"{abs(1 - ratio):.1%} {faster}" if round(ratio, 3) != 1 else "at the same speed"
+        lines.append(f"host speed B/A: {ratio:.3f} (run B's host ran {change})")
     rows = [summary.set_index(KEYS) for summary in summaries]
     names = list(dict.fromkeys([*rows[0].index, *rows[1].index]))
     produce = [f"{label}: energy to produce (J)" for label in "AB"]

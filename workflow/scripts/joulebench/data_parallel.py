@@ -140,10 +140,13 @@ class DataParallelMeter:
         return self.meter is not None
 
     def _begin(self, name: str) -> Window:
+        # The host-speed probe before the barrier: every rank's work starts inside the window.
+        if self.measures:
+            self.meter.probe_host(name)
         self.placement.synchronize()
         dist.barrier()
         if self.measures:
-            return self.meter._begin(name)
+            return self.meter._begin(name, probe=False)
         return Window(name=name, cpu_seconds_start=_process_cpu_seconds())
 
     def _end(self, window: Window) -> tuple[dict, dict | None]:

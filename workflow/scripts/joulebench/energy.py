@@ -378,11 +378,17 @@ class EnergyMeter:
         yield window
         self.windows.append(self._end(window))
 
-    def _begin(self, name: str) -> Window:
-        # The host-speed probe runs while no window is open, so no window is charged for it; a
-        # window inside another carries the probe taken before the outer one (joulebench.host_speed).
+    def probe_host(self, name: str) -> None:
+        """Time the host-speed probe (joulebench.host_speed) if no window is open, so that no window
+        is charged for it; a window inside another carries the probe taken before the outer one."""
         if self._open_windows == 0:
             self._probe = host_speed.probe(name)
+
+    def _begin(self, name: str, probe: bool = True) -> Window:
+        """Open a window; `probe` False where the caller probed already (probe_host), as ranks that
+        open their windows together do before they meet."""
+        if probe:
+            self.probe_host(name)
         self._open_windows += 1
         # We synchronize the device the rule computes on ourselves (Zeus would call
         # torch.cuda.synchronize on the metered GPU, which fails where torch has no CUDA).

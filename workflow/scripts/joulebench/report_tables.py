@@ -485,9 +485,9 @@ def host_speed_markdown(summary: pd.DataFrame) -> list[str]:
             f"{row['variant']} ({row['slow_host_seeds']} of {row['n']} seeds)" for _, row in slow.iterrows()
         )
         flagged = (
-            f"**Slow host**: the energy to produce of {named} includes a job under {threshold} (10% slower "
-            "is far above the index's own spread and below the 15% run-to-run drift that made two runs' "
-            "intervals disagree); column `pipeline_slow_host` of results.csv names the rows."
+            f"**Slow host**: the energy to produce of {named} includes a job under {threshold} (10% "
+            "slower: below the 15% by which two runs' intervals came to disagree, above the index's "
+            "spread on a quiet host); column `pipeline_slow_host` of results.csv names the rows."
         )
     return [
         f"{intro} Before each job's energy window opens (never charged to it), a fixed reference "
