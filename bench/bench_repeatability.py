@@ -4,8 +4,9 @@ Runs the real workflow on the shipped config reduced to the baseline of seed 0 (
 evaluate_model), then forces train_model and evaluate_model to run again, k times in all, each
 a fresh job as in a real run. Prints the coefficient of variation (sd / mean) over the k runs of
 the training energy and of the inference energy per 1,000 samples, beside the CV of what the
-figures are made of (wall time, CPU seconds, test-set passes) and the other processes' share of
-the host, so a missed target says what dominated the variance.
+figures are made of (wall time, CPU seconds, test-set passes), the host-speed index of each
+training job (joulebench.host_speed) and the other processes' share of the host, so a missed target
+says what dominated the variance.
 
 Targets on an idle machine (issue 17): training energy CV <= 5%; inference energy per 1k samples
 CV <= 10% (CPU estimates).
@@ -52,6 +53,7 @@ def one_run(folder: Path, config: dict, force: bool) -> dict:
         "train_wall_s": train["wall_time_s"],
         "train_cpu_s": train["estimate"]["cpu_seconds"],
         "train_others": train["other_processes_cpu_share"],
+        "train_host_speed": train["host_speed"],
         "inference_j_per_1k": metrics["inference_joules_per_1k"],
         "inference_cpu_s_per_pass": inference["estimate"]["cpu_seconds"] / metrics["inference_passes"],
         "inference_wall_s_per_pass": metrics["inference_seconds"] / metrics["inference_passes"],
@@ -73,7 +75,13 @@ def main() -> None:
             print(f"run {index + 1}/{args.runs}: {json.dumps(runs[-1])}", flush=True)
     column = {key: [run[key] for run in runs] for key in runs[0] if key != "source"}
     print(f"\n{args.runs} runs of train_model + evaluate_model, {runs[0]['source']}:")
-    for key in ("train_wall_s", "train_cpu_s", "inference_wall_s_per_pass", "inference_cpu_s_per_pass"):
+    for key in (
+        "train_wall_s",
+        "train_cpu_s",
+        "train_host_speed",
+        "inference_wall_s_per_pass",
+        "inference_cpu_s_per_pass",
+    ):
         print(f"  CV {key:<28} {cv(column[key]):7.2%}")
     others = max(column["train_others"] + column["inference_others"])
     print(f"  other processes' share of the host, largest: {others:.1%}")

@@ -166,6 +166,10 @@ def test_energy_is_counted_once_per_node_not_once_per_rank(two_process_run):
         assert len(window["nodes"]) == 1 and window["joules"] == pytest.approx(joules)
         by_rank = window["nodes"][0]["cpu_seconds_by_rank"]
         assert window["estimate"]["cpu_seconds"] == pytest.approx(sum(by_rank.values()))
+        # The host-speed probe ran once, before the rule's window (and before the ranks met).
+        assert window["host_speed"] == record["host_speed"] > 0
+        assert window["host_speed_probed_before"] == record["host_speed_probed_before"]
+    assert record["host_speed_probed_before"].startswith("rule:")
 
 
 @pytest.mark.slow

@@ -576,3 +576,78 @@ def test_a_rule_job_imports_neither_scikit_learn_nor_pandas_until_it_uses_them()
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:3] == ["[]", "4.0", "(1, 1)"]
+
+
+# --- Host-speed index, steal time, frequency (issue 17: drift of the host itself) -----------------
+
+
+def test_the_host_speed_index_is_taken_before_the_window_opens_and_never_charged(monkeypatch):
+    from joulebench import host_speed
+
+    probes = []
+
+    def slow_probe(before_window):
+        # A probe that costs 0.3 CPU-seconds: were it inside a window, the window would show them.
+        busy(0.3)
+        probes.append((before_window, time.time()))
+        return {"host_speed": 1234.0, "host_speed_reference": host_speed.REFERENCE,
+                "host_speed_probe_s": 0.3, "host_speed_probed_before": before_window}  # fmt: skip
+
+    monkeypatch.setattr(host_speed, "probe", slow_probe)
+    with EnergyMeter("unit") as meter, meter.window("work"):
+        busy(0.05)
+    record = meter.record()
+    # One probe, before the outermost (rule) window: the phase window inside it is not probed again.
+    assert [name for name, _ in probes] == ["rule:unit"]
+    assert record["start_unix"] >= probes[0][1]
+    for window in (record, record["windows"][0]):
+        assert window["wall_time_s"] < 0.25 and window["estimate"]["cpu_seconds"] < 0.25
+        assert window["host_speed"] == 1234.0 and window["host_speed_probed_before"] == "rule:unit"
+        assert window["host_speed_reference"] == host_speed.REFERENCE
+
+
+def test_every_window_records_host_speed_steal_and_frequency():
+    with EnergyMeter("unit") as meter, meter.window("work"):
+        busy(0.1)
+    record = meter.record()
+    for window in (record, *record["windows"]):
+        assert window["host_speed"] > 0 and window["host_speed_reference"].startswith("torch-matmul")
+        assert 0.0 < window["host_speed_probe_s"] < 0.5  # about 20 ms on this project's 2-core VM
+        assert window["steal_share"] is None or 0.0 <= window["steal_share"] <= 1.0
+        assert window["cpu_freq_mhz"] is None or window["cpu_freq_mhz"] > 0
+    json.dumps(record, allow_nan=False)
+
+
+def test_the_probe_restores_the_callers_thread_count():
+    from joulebench import host_speed
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert host_speed.probe("w")["host_speed"] > 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+PROC_STAT = """cpu  1000 10 300 5000 40 0 50 100 30 0
+cpu0 500 5 150 2500 20 0 25 50 15 0
+intr 12345
+"""
+
+
+def test_steal_share_from_proc_stat():
+    from joulebench import host_speed
+
+    start = host_speed.parse_proc_stat(PROC_STAT)
+    assert start == {"user": 1000, "nice": 10, "system": 300, "idle": 5000, "iowait": 40, "irq": 0,
+                     "softirq": 50, "steal": 100}  # fmt: skip
+    # 200 ticks elapse on all CPUs, 30 of them stolen by the hypervisor (guest time is not counted twice).
+    end = host_speed.parse_proc_stat("cpu  1100 10 320 5040 40 0 60 130 90 0\n")
+    assert host_speed.steal_share(start, end) == pytest.approx(30 / 200)
+    assert host_speed.steal_share(start, start) is None  # no tick elapsed
+    assert host_speed.steal_share(None, end) is None  # no /proc/stat (not Linux)
+    old_kernel = host_speed.parse_proc_stat("cpu  1 2 3 4 5 6 7\n")
+    assert old_kernel["steal"] == 0
+    assert host_speed.parse_proc_stat("intr 1\n") is None
+    assert host_speed.read_proc_stat("/nonexistent/stat") is None

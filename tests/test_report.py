@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, report_files
 from joulebench import io
 from joulebench.config import resolved_config
+from joulebench.host_speed import REFERENCE
 from joulebench.report import build_table, read_histories, stage_joules, write_report
 from joulebench.report_decisions import (
     break_even,
@@ -107,9 +108,12 @@ def test_stage_joules_attributes_each_record_to_its_stage():
 # --- hand-made run on disk ----------------------------------------------------------------------
 
 
-def energy_record(rule: str, joules: float, start: float, measured: bool = False, busy: bool = False) -> dict:
+def energy_record(
+    rule: str, joules: float, start: float, measured: bool = False, busy: bool = False, speed=None
+) -> dict:
     """A record shaped like EnergyMeter.record(), estimated unless `measured`; `busy`: other
-    processes loaded the host during its rule window."""
+    processes loaded the host during its rule window; `speed`: its host-speed index (None: a
+    record made before the index existed)."""
     source = "nvml-counter" if measured else "estimate:green-algorithms"
     devices = {"gpu0": {"joules": joules, "source": source, "name": "GPU", "device_id": "gpu:A"}}
     return {
@@ -130,6 +134,11 @@ def energy_record(rule: str, joules: float, start: float, measured: bool = False
         "busy_host_windows": [f"rule:{rule}"] if busy else [],
         "devices": devices if measured else {},
         "windows": [],
+        **(
+            {"host_speed": speed, "host_speed_reference": REFERENCE, "steal_share": 0.0}
+            if speed is not None
+            else {}
+        ),
     }
 
 
@@ -413,6 +422,54 @@ def test_summary_names_variants_measured_on_a_busy_host(hand_made_run):
         in text
     )
     assert "prune80 (1 of 2 seeds)" in text and "int8_of_prune (1 of 2 seeds)" in text  # built from it
+
+
+def test_summary_states_the_runs_host_speed_and_flags_variants_made_on_a_slow_host(hand_made_run):
+    entries, data_energy = hand_made_run
+    settings = {"accuracy_target": 0.95}
+
+    def report():
+        table = build_table(entries, VARIANTS, data_energy, CARBON)
+        summary = summarize(table)
+        text = summary_markdown(
+            summary, decide(summary, settings), break_even_table(summary), paired_differences(table)
+        )
+        return table, summary, text
+
+    # Records made before the index existed: the paragraph says so, nothing is flagged.
+    _, summary, text = report()
+    assert "**Host speed.** These intervals are within-run" in text
+    assert "These records carry no host-speed index" in text and "Slow host" not in text
+    # Every job at 1,000 units/s but baseline seed 1's training, at 800 (20% slower).
+    for entry in entries:
+        for key in ("energy", "eval_energy"):
+            record = io.read_json(entry[key])
+            slow = key == "energy" and (entry["variant"], entry["seed"]) == ("baseline", 1)
+            io.write_json(entry[key], {**record, "host_speed": 800.0 if slow else 1000.0,
+                                       "host_speed_reference": REFERENCE})  # fmt: skip
+    data_energy.update(host_speed=1000.0, host_speed_reference=REFERENCE)
+    table, summary, text = report()
+    assert table.loc[table["variant"] == "baseline", "own_host_speed"].tolist() == [1000.0, 800.0]
+    # Seed 1 of every variant made from baseline seed 1 includes the slow job; fp16 trains alone.
+    slow = table.set_index(["variant", "seed"])["pipeline_slow_host"]
+    assert slow[slow].index.tolist() == [("baseline", 1), ("int8_of_prune", 1), ("prune80", 1)]
+    by_name = summary.set_index("variant")
+    assert by_name["slow_host_seeds"].to_dict() == {
+        "baseline": 1,
+        "fp16": 0,
+        "int8_of_prune": 1,
+        "prune80": 1,
+    }
+    assert by_name.loc["baseline", "run_host_speed_median"] == 1000.0
+    assert by_name.loc["baseline", "run_host_speed_n"] == 17  # data, 8 models, 8 evaluations
+    assert "median 1,000 units/s over 17 jobs, IQR 0 (0.0% of the median), range 800-1,000" in text
+    assert (
+        "**Slow host**: the energy to produce of baseline (1 of 2 seeds), int8_of_prune (1 of 2 seeds), "
+        "prune80 (1 of 2 seeds) includes a job under 90% of the run's median" in text
+    )
+    # The paragraph sits with the repeatability section.
+    where = [text.index(s) for s in ("## Repeatability and resolution", "**Host speed.**", "## Verdicts")]
+    assert where == sorted(where)
 
 
 def test_write_report_is_byte_identical_on_a_rerun(hand_made_run, tmp_path):

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from joulebench import io
+from joulebench import host_speed, io
 from joulebench.distributed import Rank, backend, placement_of, run_workers
 from joulebench.energy import EnergyMeter, EstimateModel, Window, _peak_memory_gb, _process_cpu_seconds
 
@@ -93,6 +93,7 @@ def combine_windows(node_records: list[dict]) -> dict:
         "short_window": any(r["short_window"] for r in node_records),
         "other_processes_cpu_share": max(r["other_processes_cpu_share"] for r in node_records),
         "busy_host": any(r["busy_host"] for r in node_records),
+        **host_speed.of_nodes(node_records),
         "devices": {named(r, name): d for r in node_records for name, d in r["devices"].items()},
         "estimate": estimate,
         "nodes": [{**r["node"], "joules": r["joules"]} for r in node_records],
@@ -139,10 +140,13 @@ class DataParallelMeter:
         return self.meter is not None
 
     def _begin(self, name: str) -> Window:
+        # The host-speed probe before the barrier: every rank's work starts inside the window.
+        if self.measures:
+            self.meter.probe_host(name)
         self.placement.synchronize()
         dist.barrier()
         if self.measures:
-            return self.meter._begin(name)
+            return self.meter._begin(name, probe=False)
         return Window(name=name, cpu_seconds_start=_process_cpu_seconds())
 
     def _end(self, window: Window) -> tuple[dict, dict | None]:

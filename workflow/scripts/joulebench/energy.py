@@ -35,7 +35,10 @@ figure and the estimated CPU figure side by side, and `measured` is true only wh
 Both kinds of figure are inflated when other processes load the host during a window: RAPL counts
 the whole package, and a CPU-time estimate charges threads that spin while they wait for cores.
 Each window therefore records the share of the host's CPU capacity that other processes used
-(host busy time minus our own), and is flagged `busy_host` above BUSY_HOST_SHARE.
+(host busy time minus our own), and is flagged `busy_host` above BUSY_HOST_SHARE. Other processes
+are not the only drift: the host itself can run slower (a VM's CPU speed, steal time), so each
+window also records a host-speed index, taken before it opened, and its steal share
+(`joulebench.host_speed`).
 """
 
 import logging
@@ -51,6 +54,7 @@ from importlib.metadata import version
 import psutil
 from zeus.device.gpu import nvidia
 
+from joulebench import host_speed
 from joulebench.contention import BUSY_HOST_MIN_CPU_S, BUSY_HOST_SHARE
 from joulebench.devices import CPU, GpuAccess, Placement, board_power_w, gpu_name, mig_share, probe_gpu
 
@@ -317,6 +321,8 @@ class Window:
     cpu_seconds_start: float = 0.0
     host_busy_start: float = 0.0
     modules_start: frozenset = frozenset()
+    proc_stat_start: dict | None = None
+    host_speed: dict = field(default_factory=dict)
     gpu_counter_start: dict = field(default_factory=dict)
     record: dict = field(default_factory=dict)
 
@@ -353,6 +359,9 @@ class EnergyMeter:
         self.facts = device_facts(self.monitor)
         self.windows: list[dict] = []
         self._rule_window: Window | None = None
+        # Windows open now, and the host-speed probe taken before the outermost one opened.
+        self._open_windows = 0
+        self._probe: dict = {}
 
     def __enter__(self):
         self._rule_window = self._begin(f"rule:{self.rule}")
@@ -369,12 +378,25 @@ class EnergyMeter:
         yield window
         self.windows.append(self._end(window))
 
-    def _begin(self, name: str) -> Window:
+    def probe_host(self, name: str) -> None:
+        """Time the host-speed probe (joulebench.host_speed) if no window is open, so that no window
+        is charged for it; a window inside another carries the probe taken before the outer one."""
+        if self._open_windows == 0:
+            self._probe = host_speed.probe(name)
+
+    def _begin(self, name: str, probe: bool = True) -> Window:
+        """Open a window; `probe` False where the caller probed already (probe_host), as ranks that
+        open their windows together do before they meet."""
+        if probe:
+            self.probe_host(name)
+        self._open_windows += 1
         # We synchronize the device the rule computes on ourselves (Zeus would call
         # torch.cuda.synchronize on the metered GPU, which fails where torch has no CUDA).
         self.placement.synchronize()
         window = Window(
             name=name,
+            host_speed={**self._probe, "cpu_freq_mhz": host_speed.cpu_freq_mhz()},
+            proc_stat_start=host_speed.read_proc_stat(),
             start_unix=time.time(),
             cpu_seconds_start=_process_cpu_seconds(),
             host_busy_start=_host_busy_cpu_seconds(),
@@ -399,6 +421,8 @@ class EnergyMeter:
         node, joulebench.data_parallel): the estimate then charges all of them, once."""
         self.placement.synchronize()
         measurement = self.monitor.end_window(window.name, sync_execution=False)
+        self._open_windows -= 1
+        steal = host_speed.steal_share(window.proc_stat_start, host_speed.read_proc_stat())
         approximated = self._approximated(window) if window.gpu_counter_start else set()
         if cpu_seconds is None:
             cpu_seconds = _process_cpu_seconds() - window.cpu_seconds_start
@@ -438,6 +462,8 @@ class EnergyMeter:
             "other_processes_cpu_share": other_share,
             "imported_in_window": imported_packages(window.modules_start),
             "busy_host": other_share > BUSY_HOST_SHARE and others >= BUSY_HOST_MIN_CPU_S,
+            **window.host_speed,
+            "steal_share": steal,
             "devices": devices,
             "estimate": estimate,
         }

@@ -4,6 +4,7 @@
 from the raw joules of the records, so the records stay the single source of truth.
 """
 
+from joulebench import host_speed
 from joulebench.carbon import carbon_model
 from joulebench.contention import find_contention
 
@@ -35,6 +36,7 @@ class EnergyColumns:
         self.contended_with = find_contention(records)
         self.carbon = carbon_model(carbon)
         self.idle = idle
+        self.run_speed = host_speed.run_host_speed(records.values())
 
     def row(self, own: str, chain: list[str], pipeline_joules: float, evaluation: str | None = None) -> dict:
         """Columns for one model: record `own` made it; `chain` labels every record of its lineage."""
@@ -48,6 +50,7 @@ class EnergyColumns:
             "own_busy_host": bool(record.get("busy_host_windows")),
             "pipeline_busy_host": any(self.records[label].get("busy_host_windows") for label in chain),
             "own_dynamic_energy_j": dynamic_joules(record, self.idle),
+            **self.host_speed_columns(record, chain),
             "host": record["host"],
             "slurm_job_id": record.get("slurm_job_id"),
             "zeus_version": record["zeus_version"],
@@ -66,6 +69,19 @@ class EnergyColumns:
                 "busy_host_windows", []
             )
         return columns
+
+    def host_speed_columns(self, record: dict, chain: list[str]) -> dict:
+        """The host-speed index of the row's own job, the slowest job of its lineage, whether that
+        one ran under SLOW_HOST_RATIO of the run's median, and the run's host speed."""
+        slowest = host_speed.slowest(self.records[label] for label in chain)
+        median = self.run_speed["run_host_speed_median"]
+        slow = None not in (slowest, median) and slowest < host_speed.SLOW_HOST_RATIO * median
+        return {
+            "own_host_speed": record.get("host_speed"),
+            "pipeline_host_speed_min": slowest,
+            "pipeline_slow_host": slow,
+            **self.run_speed,
+        }
 
 
 def dynamic_joules(record: dict, idle: dict | None) -> float | None:

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 from scipy import stats
 
+from joulebench.host_speed import RUN_COLUMNS
 from joulebench.variants import BASELINE
 
 CONFIDENCE = 0.95
@@ -29,6 +30,8 @@ DEVICE_COLUMNS = {
     "inference_device": "cpu",
     "inference_device_name": "",
 }
+# The run's host speed (the same on every row) and the slowest job behind each variant's energy.
+HOST_SPEED_COLUMNS = ["pipeline_host_speed_min", *RUN_COLUMNS]
 # Columns averaged over seeds, no interval drawn (properties of the architecture or secondary).
 MEAN_ONLY = [
     "energy_data_j",
@@ -123,6 +126,10 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         row["pipeline_energy_measured"] = bool(group["pipeline_energy_measured"].all())
         # Seeds with an energy window during which other processes loaded the host (inflated).
         row["busy_host_seeds"] = int((group["pipeline_busy_host"] | group["inference_busy_host"]).sum())
+        # Seeds whose energy to produce includes a job on a notably slow host (joulebench.host_speed).
+        row["slow_host_seeds"] = int(group.get("pipeline_slow_host", pd.Series([False])).fillna(False).sum())
+        for column in HOST_SPEED_COLUMNS:
+            row[column] = group[column].min() if column in group else None
         row["inference_energy_measured"] = not group["inference_energy_source"].str.contains("estimate").any()
         # Where it was made and where it inferred (cpu, cuda, with names): energy compares like for
         # like only within one device class; the figures mark each row's device.

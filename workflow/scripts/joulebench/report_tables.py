@@ -8,6 +8,7 @@ import math
 
 import pandas as pd
 
+from joulebench import host_speed
 from joulebench.contention import BUSY_HOST_SHARE
 from joulebench.report_stats import device_label, energy_unit
 
@@ -458,6 +459,45 @@ def resolution_markdown(summary: pd.DataFrame, differences: pd.DataFrame) -> lis
     ]
 
 
+def host_speed_markdown(summary: pd.DataFrame) -> list[str]:
+    """The run's host speed (joulebench.host_speed) and the variants whose energy to produce
+    includes a job on a host notably slower than the run's median."""
+    first = summary.iloc[0]
+    intro = (
+        "**Host speed.** These intervals are within-run: the seeds of one run share the host's state, "
+        "so they do not cover the host running faster or slower from one run to the next (a VM's CPU "
+        "speed, steal time), which moves CPU-time estimates with it."
+    )
+    median = first.get("run_host_speed_median")
+    if median is None or pd.isna(median):
+        return [f"{intro} These records carry no host-speed index (`{host_speed.REFERENCE}`).", ""]
+    spread = (
+        f"median {median:,.0f} units/s over {int(first['run_host_speed_n'])} jobs, IQR "
+        f"{first['run_host_speed_iqr']:,.0f} ({first['run_host_speed_iqr'] / median:.1%} of the median), "
+        f"range {first['run_host_speed_min']:,.0f}-{first['run_host_speed_max']:,.0f}"
+    )
+    slow = summary[summary.get("slow_host_seeds", pd.Series(0, index=summary.index)) > 0]
+    threshold = f"{host_speed.SLOW_HOST_RATIO:.0%} of the run's median"
+    if slow.empty:
+        flagged = f"No variant's energy to produce includes a job under {threshold}."
+    else:
+        named = ", ".join(
+            f"{row['variant']} ({row['slow_host_seeds']} of {row['n']} seeds)" for _, row in slow.iterrows()
+        )
+        flagged = (
+            f"**Slow host**: the energy to produce of {named} includes a job under {threshold} (10% "
+            "slower: below the 15% by which two runs' intervals came to disagree, above the index's "
+            "spread on a quiet host); column `pipeline_slow_host` of results.csv names the rows."
+        )
+    return [
+        f"{intro} Before each job's energy window opens (never charged to it), a fixed reference "
+        f"workload (`{host_speed.REFERENCE}`, about 20 ms) gives this host's speed: {spread}. Two runs "
+        "whose medians differ ran on a faster or slower host; `bench/compare_runs.py` compares two "
+        f"runs' intervals and indices. {flagged}",
+        "",
+    ]
+
+
 def diversity_markdown(diversity: pd.DataFrame | None) -> list[str]:
     """The training data's diversity at each data stage, and whether sampling kept it (D1 >= D0)."""
     if diversity is None or diversity.empty:
@@ -523,6 +563,7 @@ def summary_markdown(
         markdown_with_notes(header, rows, footnotes),
         *protocol_paragraph(protocol),
         *resolution_markdown(summary, differences),
+        *host_speed_markdown(summary),
         *diversity_markdown(diversity),
         "## Verdicts",
         "",
