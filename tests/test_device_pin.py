@@ -14,7 +14,7 @@ from joulebench.config import ConfigError, check_config
 from joulebench.recipes import needs_gpu, pinned_device
 from joulebench.report import training_device
 from joulebench.report_stats import device_label, paired_differences, summarize
-from joulebench.report_tables import devices_markdown, verdict
+from joulebench.report_summary import devices_markdown, verdict
 
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
 GPU = devices.Placement(devices.torch.device("cuda", 0), 0)

@@ -12,7 +12,7 @@ from joulebench.config import ConfigError, check_config, resolved_config
 from joulebench.recipes import cpu_threads, scaled_lr, training_overrides
 from joulebench.report import split_skipped
 from joulebench.report_decisions import hardware_decisions, time_energy_cost
-from joulebench.report_tables import hardware_decisions_markdown, skipped_markdown
+from joulebench.report_summary import hardware_decisions_markdown, skipped_markdown
 
 TRAINING = {"epochs": 1, "batch_size": 64, "lr": 0.003}
 

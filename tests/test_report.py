@@ -22,7 +22,8 @@ from joulebench.report_decisions import (
     most_accurate_within_budget,
 )
 from joulebench.report_stats import mean_ci, paired_differences, pareto_mask, summarize
-from joulebench.report_tables import latex_escape, latex_table, paper_table, summary_markdown, verdict
+from joulebench.report_summary import summary_markdown, verdict
+from joulebench.report_tables import latex_escape, latex_table, paper_table
 from joulebench.variants import lineage
 
 CARBON = resolved_config()["energy"]["carbon"]
@@ -490,7 +491,7 @@ def test_write_report_is_byte_identical_on_a_rerun(hand_made_run, tmp_path):
 
 
 def test_break_even_flags_noise_in_the_production_difference_and_crossed_devices():
-    from joulebench.report_tables import break_even_markdown
+    from joulebench.report_summary import break_even_markdown
 
     keys = {"dataset": "digits", "model": "small_cnn", "variant": "prune80"}
     break_even = pd.DataFrame(
@@ -531,7 +532,7 @@ def test_accuracy_interval_stays_within_0_and_100_percent():
 
 def test_data_diversity_of_each_stage_in_the_report(tmp_path):
     from joulebench.report import read_diversity
-    from joulebench.report_tables import diversity_markdown
+    from joulebench.report_summary import diversity_markdown
 
     values = {"class_entropy_nats": 2.3, "class_evenness": 0.99, "vendi_sample": 1000}
     io.write_json(

@@ -13,7 +13,15 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from joulebench import io, report_decisions, report_figures, report_stats, report_tables, variants
+from joulebench import (
+    io,
+    report_decisions,
+    report_figures,
+    report_stats,
+    report_summary,
+    report_tables,
+    variants,
+)
 from joulebench.energy_columns import EnergyColumns
 from joulebench.protocol import median_and_spread
 
@@ -278,7 +286,7 @@ def write_report(
     io.write_text(outputs["latex"], report_tables.latex_table(header, rows, footnotes))
     io.write_text(
         outputs["summary"],
-        report_tables.summary_markdown(summary, decisions, break_even, differences, protocol, diversity),
+        report_summary.summary_markdown(summary, decisions, break_even, differences, protocol, diversity),
     )
     return summary
 
