@@ -14,6 +14,7 @@ import torch
 
 from conftest import ROOT, artifact, model_files, run_snakemake, tiny_config
 from joulebench import data, io
+from joulebench.checkpoint import file_digest
 from joulebench.config import ConfigError, check_config, resolved_config
 from joulebench.data_parallel import combine_windows, launch_training, shard_arrays
 from joulebench.distributed import launch_command
@@ -91,10 +92,13 @@ def test_batch_size_must_split_over_the_processes():
         check_config(resolved_config(config))
 
 
-def run_spec(folder, out, epochs: int) -> dict:
-    """What train_model hands its workers: the declared files, the resolved settings."""
+def run_spec(folder, out, epochs: int, checkpoint=None) -> dict:
+    """What train_model hands its workers: the declared files, the resolved settings, the
+    checkpoint path (None: no checkpoints) and the data it fingerprints."""
     training = {**resolved_config()["training"], "epochs": epochs, "batch_size": 64}
     return {
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "data_facts": {"splits": file_digest(folder / "splits.npz")},
         "inputs": {"splits": str(folder / "splits.npz"), "facts": str(folder / "dataset.json")},
         "outputs": {key: str(path) for key, path in model_files(out).items()},
         "model": "small_cnn",
@@ -105,18 +109,21 @@ def run_spec(folder, out, epochs: int) -> dict:
     }
 
 
-def _train_two_processes(folder):
-    images, labels, classes = data.load_digits_source()
-    arrays = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
-    io.save_arrays(folder / "splits.npz", arrays)
-    io.write_json(folder / "dataset.json", data.describe(arrays, classes))
-    spec = run_spec(folder, folder / "out", epochs=2)
+def _launch(spec: dict) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(PROCESSES)  # the job's threads: one per process
     try:
         launch_training(spec, PROCESSES)
     finally:
         torch.set_num_threads(threads)
+
+
+def _train_two_processes(folder):
+    images, labels, classes = data.load_digits_source()
+    arrays = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    io.save_arrays(folder / "splits.npz", arrays)
+    io.write_json(folder / "dataset.json", data.describe(arrays, classes))
+    _launch(run_spec(folder, folder / "out", epochs=2))
     return folder / "out", len(arrays["train_y"])
 
 
@@ -253,3 +260,93 @@ def test_a_terminated_job_stops_its_workers_and_leaves_no_outputs(tmp_path, two_
     gone, alive = psutil.wait_procs(processes, timeout=30)
     assert not alive, alive
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def _start_job(spec: dict, log) -> subprocess.Popen:
+    """The train_model job of `spec` as its own process (the launcher, torchrun, the workers)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
+    return subprocess.Popen([sys.executable, "-c", LAUNCH, json.dumps(spec), str(log)], env=env)
+
+
+def _kill_job_after_first_checkpoint(job: subprocess.Popen, checkpoint, log) -> None:
+    """SIGKILL the whole job, the way SLURM ends a job's cgroup: the launcher, torchrun's agent and
+    every worker at once (torchrun starts its workers in their own sessions, so not by group)."""
+    import psutil
+
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists():
+        assert time.monotonic() < deadline and job.poll() is None, log.read_text() if log.exists() else ""
+        time.sleep(0.02)
+    tree = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]
+    for process in tree:
+        process.kill()
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    assert not alive, alive
+    job.wait()
+
+
+def assert_same_weights(dir_a, dir_b) -> None:
+    a, b = io.load_tensors(dir_a / "model.pt"), io.load_tensors(dir_b / "model.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_a_killed_job_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_path, two_process_run):
+    """2 gloo processes on the CPU, SIGKILLed after an epoch's checkpoint: the rerun resumes from
+    it on both ranks and ends with the weights and history of an uninterrupted 2-process run."""
+    out, _ = two_process_run
+    folder, epochs = out.parent, 4
+    reference_checkpoint = tmp_path / "reference.pt"
+    _launch(run_spec(folder, tmp_path / "reference", epochs, reference_checkpoint))
+    assert not reference_checkpoint.exists(), "the checkpoint is removed once the outputs are written"
+
+    checkpoint = tmp_path / "checkpoints" / "last.pt"
+    spec = run_spec(folder, tmp_path / "resumed", epochs, checkpoint)
+    log = tmp_path / "killed.log"
+    _kill_job_after_first_checkpoint(_start_job(spec, log), checkpoint, log)
+    assert checkpoint.exists() and not (tmp_path / "resumed" / "model.pt").exists()
+    state = torch.load(checkpoint, weights_only=True)  # plain tensors and containers
+    killed_after = state["epoch"]
+    assert 1 <= killed_after < epochs
+    assert len(state["rng"]) == PROCESSES, "every rank's RNG states"
+
+    _launch(spec)
+    resumed = tmp_path / "resumed"
+    assert not checkpoint.exists()
+    assert_same_weights(tmp_path / "reference", resumed)
+    learned = ["epoch", "train_loss", "train_accuracy", "val_accuracy"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(resumed / "history.csv")[learned],
+        pd.read_csv(tmp_path / "reference/history.csv")[learned],
+    )
+    assert io.read_json(resumed / "training.json")["resumed_after_epoch"] == killed_after
+    assert io.read_json(tmp_path / "reference/training.json")["resumed_after_epoch"] is None
+    # Energy and seconds: every epoch once, the earlier attempt's from the checkpoint.
+    record = io.read_json(resumed / "energy.json")
+    assert [w["window"] for w in record["windows"]] == [f"epoch{n}" for n in range(1, epochs + 1)]
+    assert record["resumed"]["after_epoch"] == killed_after
+    prior = record["windows"][:killed_after]
+    assert record["resumed"]["prior_epochs_joules"] == pytest.approx(sum(w["joules"] for w in prior))
+    assert record["joules"] >= sum(w["joules"] for w in record["windows"]) * 0.999
+    history = pd.read_csv(resumed / "history.csv")
+    assert history["cumulative_joules"].iloc[-1] == pytest.approx(history["joules"].sum())
+
+
+@pytest.mark.slow
+def test_a_data_parallel_run_refuses_a_foreign_checkpoint(tmp_path, two_process_run):
+    """A checkpoint of another run (here: 1 epoch more, another fingerprint) stops every rank."""
+    out, _ = two_process_run
+    folder = out.parent
+    checkpoint = tmp_path / "last.pt"
+    log = tmp_path / "killed.log"
+    _kill_job_after_first_checkpoint(
+        _start_job(run_spec(folder, tmp_path / "a", 5, checkpoint), log), checkpoint, log
+    )
+    other = _start_job(run_spec(folder, tmp_path / "b", 4, checkpoint), tmp_path / "refused.log")
+    assert other.wait(timeout=180) != 0
+    refused = (tmp_path / "refused.log").read_text()
+    assert refused.count(f"ForeignCheckpointError: checkpoint {checkpoint}") >= PROCESSES, refused[-3000:]
+    assert f"rm {checkpoint}" in refused
+    assert checkpoint.exists(), "a refused checkpoint is left for the user to inspect"
