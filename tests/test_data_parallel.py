@@ -3,14 +3,17 @@ once per node, never once per rank."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from conftest import ROOT, artifact, model_files, run_snakemake, tiny_config
 from joulebench import data, io
@@ -90,6 +93,62 @@ def test_batch_size_must_split_over_the_processes():
     config["variants"] = {"ddp3": {"technique": "data_parallel", "processes": 3}}
     with pytest.raises(ConfigError, match="variants.ddp3.processes"):
         check_config(resolved_config(config))
+
+
+def resolved_resources(workdir, config, profile, *targets) -> dict:
+    """train_model's resources per variant as Snakemake resolves them under `profile` (the rule's
+    functions, then the profile's set-resources over them), from a dry run's job listing."""
+    command = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "-n", *targets,
+        "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
+        "--workflow-profile", str(profile),
+    ]  # fmt: skip
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(command, capture_output=True, text=True, cwd=workdir, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # A listing without `threads:` (no --cores given) is a job of one thread.
+    listing = r"rule train_model:.*?variant=(\w+),.*?\n\s+(?:threads: (\d+)\n\s+)?resources: ([^\n]*)"
+    jobs = re.findall(listing, result.stdout, re.S)
+    resolved = {}
+    for variant, threads, line in jobs:
+        pairs = (item.split("=", 1) for item in line.split(", "))
+        resources = {key: int(value) if value.isdigit() else value for key, value in pairs}
+        resolved[variant] = SimpleNamespace(threads=int(threads or 1), resources=_Resources(resources))
+    return resolved
+
+
+class _Resources(dict):
+    """Snakemake's job.resources as the plugin reads it: `.get()` and attribute access."""
+
+    __getattr__ = dict.__getitem__
+
+
+def test_slurm_jobs_ask_one_gpu_and_one_task_per_process(tmp_path):
+    """The sbatch arguments snakemake-executor-plugin-slurm's own code (2.8.0: get_submit_command,
+    set_gres_string) builds for train_model under the shipped profiles/slurm: a 2-process variant
+    gets 2 GPUs and one task per GPU, the baseline one GPU and one task, with no profile edit."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    config = tiny_config()
+    config["variants"] = {"ddp2": {"technique": "data_parallel", "processes": PROCESSES}}
+    targets = [f"results/models/digits/small_cnn/{v}/seed0/model.pt" for v in ("baseline", "ddp2")]
+    jobs = resolved_resources(tmp_path, config, ROOT / "profiles" / "slurm", *targets)
+    params = dict(run_uuid="u", slurm_logfile="log", comment_str="c", account="", partition="", workdir="")
+
+    def sbatch(job) -> list[str]:
+        return (get_submit_command(job, params) + set_gres_string(job)).split()
+
+    ddp, baseline = sbatch(jobs["ddp2"]), sbatch(jobs["baseline"])
+    # --gpus=2 --ntasks-per-gpu=1: two tasks, each with its own GPU (NCCL), threads / 2 CPUs each.
+    assert {"--gpus=2", "--ntasks-per-gpu=1", "--cpus-per-task=1"} <= set(ddp), ddp
+    assert not any(arg.startswith(("--ntasks=", "--gres")) for arg in ddp), ddp
+    assert {"--gpus=1", "--cpus-per-task=2"} <= set(baseline), baseline
+    assert not any(arg.startswith(("--ntasks", "--gres")) for arg in baseline), baseline
+    # Locally (profiles/default) a data_parallel job still holds the one `gpu` slot.
+    local = resolved_resources(tmp_path / "local", config, ROOT / "profiles" / "default", targets[1])
+    assert local["ddp2"].resources["gpu"] == 1
 
 
 def run_spec(folder, out, epochs: int, checkpoint=None) -> dict:

@@ -296,9 +296,9 @@ def train_worker(spec: dict) -> None:
         )
         shard = shard_arrays(arrays, rank.rank, rank.world_size)
         log.info(
-            "rank %d of %d on %s (%s): %d training images, batch %d",
-            rank.rank, rank.world_size, rank.host, placement.torch_device, len(shard["train_y"]),
-            settings.batch_size,
+            "rank %d of %d on %s (%s, CUDA_VISIBLE_DEVICES=%s): %d training images, batch %d",
+            rank.rank, rank.world_size, rank.host, placement.torch_device,
+            os.environ.get("CUDA_VISIBLE_DEVICES"), len(shard["train_y"]), settings.batch_size,
         )  # fmt: skip
         estimate = EstimateModel(**spec["estimate"])
         checkpointer = None

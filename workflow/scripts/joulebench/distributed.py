@@ -79,8 +79,8 @@ def placement_of(rank: Rank) -> Placement:
         raise RuntimeError(
             f"rank {rank.rank} is local rank {rank.local_rank} on {rank.host}, which has "
             f"{torch.cuda.device_count()} GPU(s) for this job (CUDA_VISIBLE_DEVICES="
-            f"{os.environ.get('CUDA_VISIBLE_DEVICES')}): NCCL needs one GPU per process; under SLURM "
-            "give train_model gres gpu:<processes> (profiles/slurm)"
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES')}): NCCL needs one GPU per process; train_model "
+            "asks for one per process (its `gpu` resource): check that the profile does not override it"
         )
     return Placement(torch.device("cuda", rank.local_rank), rank.local_rank)
 
