@@ -294,20 +294,28 @@ launch_training(json.loads(sys.argv[1]), 2)
 """
 
 
+def _start_job(spec: dict, log) -> subprocess.Popen:
+    """The train_model job of `spec` as its own process (the launcher, torchrun, the workers)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
+    return subprocess.Popen([sys.executable, "-c", LAUNCH, json.dumps(spec), str(log)], env=env)
+
+
 @pytest.mark.slow
 def test_a_terminated_job_stops_its_workers_and_leaves_no_outputs(tmp_path, two_process_run):
     """SIGTERM to the train_model job (scancel, Snakemake stopping) mid-training: the workers are
-    stopped with it, and no output, whole or half-written, is left."""
+    stopped with it, no output, whole or half-written, is left, and the last epoch's checkpoint is
+    complete, with no temp file beside it."""
     import psutil
 
     out, _ = two_process_run
     folder = out.parent
-    spec = run_spec(folder, tmp_path / "out", epochs=200)
+    checkpoint = tmp_path / "checkpoints" / "last.pt"
+    spec = run_spec(folder, tmp_path / "out", epochs=200, checkpoint=checkpoint)
     log = tmp_path / "train.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
-    job = subprocess.Popen([sys.executable, "-c", LAUNCH, json.dumps(spec), str(log)], env=env)
+    job = _start_job(spec, log)
     deadline = time.monotonic() + 180
-    while "epoch 1/200" not in (log.read_text() if log.exists() else ""):
+    # Epoch 2 logged: epoch 1's checkpoint is on disk (it is saved before epoch 2 starts).
+    while "epoch 2/200" not in (log.read_text() if log.exists() else ""):
         assert time.monotonic() < deadline and job.poll() is None, log.read_text()
         time.sleep(0.2)
     # torchrun's agent and the workers it started.
@@ -319,12 +327,8 @@ def test_a_terminated_job_stops_its_workers_and_leaves_no_outputs(tmp_path, two_
     gone, alive = psutil.wait_procs(processes, timeout=30)
     assert not alive, alive
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
-
-
-def _start_job(spec: dict, log) -> subprocess.Popen:
-    """The train_model job of `spec` as its own process (the launcher, torchrun, the workers)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
-    return subprocess.Popen([sys.executable, "-c", LAUNCH, json.dumps(spec), str(log)], env=env)
+    assert [path.name for path in checkpoint.parent.iterdir()] == ["last.pt"]
+    assert io.load_tensors(checkpoint)["epoch"] >= 1
 
 
 def _kill_job_after_first_checkpoint(job: subprocess.Popen, checkpoint, log) -> None:
