@@ -249,16 +249,19 @@ def wait_for_text(path: Path, pattern: str, deadline: float, process: subprocess
     raise AssertionError(f"{pattern!r} not in {path} (process ended: {process.poll() is not None})")
 
 
-def test_cancelled_training_resumes_from_its_checkpoint(profile, slurm_run, tmp_path):
-    """scancel a training job mid-run; the rerun resumes from its last epoch checkpoint."""
+@pytest.mark.parametrize("variant", ["baseline", "ddp2"])
+def test_cancelled_training_resumes_from_its_checkpoint(profile, slurm_run, tmp_path, variant):
+    """scancel a training job mid-run; the rerun resumes from its last epoch checkpoint. ddp2: a
+    2-process data_parallel job, whose workers' srun step SLURM signals too."""
     epochs = 7
     config = small_config()
     config["training"]["epochs"] = epochs
+    config["variants"] = {"ddp2": {"technique": "data_parallel", "processes": 2}}
     workdir = tmp_path / "work"
     # Reuse the prepared data of the first run: only the training job is under test.
     shutil.copytree(slurm_run[0] / "results" / "data", workdir / "results" / "data")
-    model_dir = "results/models/digits/small_cnn/baseline/seed0"
-    train_log = workdir / "logs/train_model/digits/small_cnn/baseline/seed0.log"
+    model_dir = f"results/models/digits/small_cnn/{variant}/seed0"
+    train_log = workdir / f"logs/train_model/digits/small_cnn/{variant}/seed0.log"
     output_path = tmp_path / "first_run.out"
     command = snakemake_command(workdir, config, f"{model_dir}/model.pt", profile=profile)
     deadline = time.monotonic() + RUN_LIMIT_S
@@ -290,6 +293,7 @@ def test_cancelled_training_resumes_from_its_checkpoint(profile, slurm_run, tmp_
     assert not re.search(r"epoch 1/", log.split("esum", 1)[1]), "the rerun trained epoch 1 again"
     history = pd.read_csv(workdir / model_dir / "history.csv")
     assert list(history["epoch"]) == list(range(1, epochs + 1))
+    assert io.read_json(workdir / model_dir / "training.json")["resumed_after_epoch"] >= 1
 
 
 def test_data_parallel_training_runs_as_two_slurm_tasks(profile, tmp_path):
