@@ -124,6 +124,7 @@ class _Resources(dict):
     __getattr__ = dict.__getitem__
 
 
+@pytest.mark.slow  # two Snakemake dry runs: ~15 s
 def test_slurm_jobs_ask_one_gpu_and_one_task_per_process(tmp_path):
     """The sbatch arguments snakemake-executor-plugin-slurm's own code (2.8.0: get_submit_command,
     set_gres_string) builds for train_model under the shipped profiles/slurm: a 2-process variant
