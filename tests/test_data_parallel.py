@@ -3,17 +3,21 @@ once per node, never once per rank."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from conftest import ROOT, artifact, model_files, run_snakemake, tiny_config
 from joulebench import data, io
+from joulebench.checkpoint import file_digest
 from joulebench.config import ConfigError, check_config, resolved_config
 from joulebench.data_parallel import combine_windows, launch_training, shard_arrays
 from joulebench.distributed import launch_command
@@ -91,10 +95,70 @@ def test_batch_size_must_split_over_the_processes():
         check_config(resolved_config(config))
 
 
-def run_spec(folder, out, epochs: int) -> dict:
-    """What train_model hands its workers: the declared files, the resolved settings."""
+def resolved_resources(workdir, config, profile, *targets) -> dict:
+    """train_model's resources per variant as Snakemake resolves them under `profile` (the rule's
+    functions, then the profile's set-resources over them), from a dry run's job listing."""
+    command = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "-n", *targets,
+        "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
+        "--workflow-profile", str(profile),
+    ]  # fmt: skip
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(command, capture_output=True, text=True, cwd=workdir, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # A listing without `threads:` (no --cores given) is a job of one thread.
+    listing = r"rule train_model:.*?variant=(\w+),.*?\n\s+(?:threads: (\d+)\n\s+)?resources: ([^\n]*)"
+    jobs = re.findall(listing, result.stdout, re.S)
+    resolved = {}
+    for variant, threads, line in jobs:
+        pairs = (item.split("=", 1) for item in line.split(", "))
+        resources = {key: int(value) if value.isdigit() else value for key, value in pairs}
+        resolved[variant] = SimpleNamespace(threads=int(threads or 1), resources=_Resources(resources))
+    return resolved
+
+
+class _Resources(dict):
+    """Snakemake's job.resources as the plugin reads it: `.get()` and attribute access."""
+
+    __getattr__ = dict.__getitem__
+
+
+@pytest.mark.slow  # two Snakemake dry runs: ~15 s
+def test_slurm_jobs_ask_one_gpu_and_one_task_per_process(tmp_path):
+    """The sbatch arguments snakemake-executor-plugin-slurm's own code (2.8.0: get_submit_command,
+    set_gres_string) builds for train_model under the shipped profiles/slurm: a 2-process variant
+    gets 2 GPUs and one task per GPU, the baseline one GPU and one task, with no profile edit."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    config = tiny_config()
+    config["variants"] = {"ddp2": {"technique": "data_parallel", "processes": PROCESSES}}
+    targets = [f"results/models/digits/small_cnn/{v}/seed0/model.pt" for v in ("baseline", "ddp2")]
+    jobs = resolved_resources(tmp_path, config, ROOT / "profiles" / "slurm", *targets)
+    params = dict(run_uuid="u", slurm_logfile="log", comment_str="c", account="", partition="", workdir="")
+
+    def sbatch(job) -> list[str]:
+        return (get_submit_command(job, params) + set_gres_string(job)).split()
+
+    ddp, baseline = sbatch(jobs["ddp2"]), sbatch(jobs["baseline"])
+    # --gpus=2 --ntasks-per-gpu=1: two tasks, each with its own GPU (NCCL), threads / 2 CPUs each.
+    assert {"--gpus=2", "--ntasks-per-gpu=1", "--cpus-per-task=1"} <= set(ddp), ddp
+    assert not any(arg.startswith(("--ntasks=", "--gres")) for arg in ddp), ddp
+    assert {"--gpus=1", "--cpus-per-task=2"} <= set(baseline), baseline
+    assert not any(arg.startswith(("--ntasks", "--gres")) for arg in baseline), baseline
+    # Locally (profiles/default) a data_parallel job still holds the one `gpu` slot.
+    local = resolved_resources(tmp_path / "local", config, ROOT / "profiles" / "default", targets[1])
+    assert local["ddp2"].resources["gpu"] == 1
+
+
+def run_spec(folder, out, epochs: int, checkpoint=None) -> dict:
+    """What train_model hands its workers: the declared files, the resolved settings, the
+    checkpoint path (None: no checkpoints) and the data it fingerprints."""
     training = {**resolved_config()["training"], "epochs": epochs, "batch_size": 64}
     return {
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "data_facts": {"splits": file_digest(folder / "splits.npz")},
         "inputs": {"splits": str(folder / "splits.npz"), "facts": str(folder / "dataset.json")},
         "outputs": {key: str(path) for key, path in model_files(out).items()},
         "model": "small_cnn",
@@ -105,18 +169,21 @@ def run_spec(folder, out, epochs: int) -> dict:
     }
 
 
-def _train_two_processes(folder):
-    images, labels, classes = data.load_digits_source()
-    arrays = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
-    io.save_arrays(folder / "splits.npz", arrays)
-    io.write_json(folder / "dataset.json", data.describe(arrays, classes))
-    spec = run_spec(folder, folder / "out", epochs=2)
+def _launch(spec: dict) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(PROCESSES)  # the job's threads: one per process
     try:
         launch_training(spec, PROCESSES)
     finally:
         torch.set_num_threads(threads)
+
+
+def _train_two_processes(folder):
+    images, labels, classes = data.load_digits_source()
+    arrays = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    io.save_arrays(folder / "splits.npz", arrays)
+    io.write_json(folder / "dataset.json", data.describe(arrays, classes))
+    _launch(run_spec(folder, folder / "out", epochs=2))
     return folder / "out", len(arrays["train_y"])
 
 
@@ -232,20 +299,28 @@ launch_training(json.loads(sys.argv[1]), 2)
 """
 
 
+def _start_job(spec: dict, log) -> subprocess.Popen:
+    """The train_model job of `spec` as its own process (the launcher, torchrun, the workers)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
+    return subprocess.Popen([sys.executable, "-c", LAUNCH, json.dumps(spec), str(log)], env=env)
+
+
 @pytest.mark.slow
 def test_a_terminated_job_stops_its_workers_and_leaves_no_outputs(tmp_path, two_process_run):
     """SIGTERM to the train_model job (scancel, Snakemake stopping) mid-training: the workers are
-    stopped with it, and no output, whole or half-written, is left."""
+    stopped with it, no output, whole or half-written, is left, and the last epoch's checkpoint is
+    complete, with no temp file beside it."""
     import psutil
 
     out, _ = two_process_run
     folder = out.parent
-    spec = run_spec(folder, tmp_path / "out", epochs=200)
+    checkpoint = tmp_path / "checkpoints" / "last.pt"
+    spec = run_spec(folder, tmp_path / "out", epochs=200, checkpoint=checkpoint)
     log = tmp_path / "train.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
-    job = subprocess.Popen([sys.executable, "-c", LAUNCH, json.dumps(spec), str(log)], env=env)
+    job = _start_job(spec, log)
     deadline = time.monotonic() + 180
-    while "epoch 1/200" not in (log.read_text() if log.exists() else ""):
+    # Epoch 2 logged: epoch 1's checkpoint is on disk (it is saved before epoch 2 starts).
+    while "epoch 2/200" not in (log.read_text() if log.exists() else ""):
         assert time.monotonic() < deadline and job.poll() is None, log.read_text()
         time.sleep(0.2)
     # torchrun's agent and the workers it started.
@@ -257,3 +332,89 @@ def test_a_terminated_job_stops_its_workers_and_leaves_no_outputs(tmp_path, two_
     gone, alive = psutil.wait_procs(processes, timeout=30)
     assert not alive, alive
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert [path.name for path in checkpoint.parent.iterdir()] == ["last.pt"]
+    assert io.load_tensors(checkpoint)["epoch"] >= 1
+
+
+def _kill_job_after_first_checkpoint(job: subprocess.Popen, checkpoint, log) -> None:
+    """SIGKILL the whole job, the way SLURM ends a job's cgroup: the launcher, torchrun's agent and
+    every worker at once (torchrun starts its workers in their own sessions, so not by group)."""
+    import psutil
+
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists():
+        assert time.monotonic() < deadline and job.poll() is None, log.read_text() if log.exists() else ""
+        time.sleep(0.02)
+    tree = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]
+    for process in tree:
+        process.kill()
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    assert not alive, alive
+    job.wait()
+
+
+def assert_same_weights(dir_a, dir_b) -> None:
+    a, b = io.load_tensors(dir_a / "model.pt"), io.load_tensors(dir_b / "model.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_a_killed_job_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_path, two_process_run):
+    """2 gloo processes on the CPU, SIGKILLed after an epoch's checkpoint: the rerun resumes from
+    it on both ranks and ends with the weights and history of an uninterrupted 2-process run."""
+    out, _ = two_process_run
+    folder, epochs = out.parent, 4
+    reference_checkpoint = tmp_path / "reference.pt"
+    _launch(run_spec(folder, tmp_path / "reference", epochs, reference_checkpoint))
+    assert not reference_checkpoint.exists(), "the checkpoint is removed once the outputs are written"
+
+    checkpoint = tmp_path / "checkpoints" / "last.pt"
+    spec = run_spec(folder, tmp_path / "resumed", epochs, checkpoint)
+    log = tmp_path / "killed.log"
+    _kill_job_after_first_checkpoint(_start_job(spec, log), checkpoint, log)
+    assert checkpoint.exists() and not (tmp_path / "resumed" / "model.pt").exists()
+    state = torch.load(checkpoint, weights_only=True)  # plain tensors and containers
+    killed_after = state["epoch"]
+    assert 1 <= killed_after < epochs
+    assert len(state["rng"]) == PROCESSES, "every rank's RNG states"
+
+    _launch(spec)
+    resumed = tmp_path / "resumed"
+    assert not checkpoint.exists()
+    assert_same_weights(tmp_path / "reference", resumed)
+    learned = ["epoch", "train_loss", "train_accuracy", "val_accuracy"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(resumed / "history.csv")[learned],
+        pd.read_csv(tmp_path / "reference/history.csv")[learned],
+    )
+    assert io.read_json(resumed / "training.json")["resumed_after_epoch"] == killed_after
+    assert io.read_json(tmp_path / "reference/training.json")["resumed_after_epoch"] is None
+    # Energy and seconds: every epoch once, the earlier attempt's from the checkpoint.
+    record = io.read_json(resumed / "energy.json")
+    assert [w["window"] for w in record["windows"]] == [f"epoch{n}" for n in range(1, epochs + 1)]
+    assert record["resumed"]["after_epoch"] == killed_after
+    prior = record["windows"][:killed_after]
+    assert record["resumed"]["prior_epochs_joules"] == pytest.approx(sum(w["joules"] for w in prior))
+    assert record["joules"] >= sum(w["joules"] for w in record["windows"]) * 0.999
+    history = pd.read_csv(resumed / "history.csv")
+    assert history["cumulative_joules"].iloc[-1] == pytest.approx(history["joules"].sum())
+
+
+@pytest.mark.slow
+def test_a_data_parallel_run_refuses_a_foreign_checkpoint(tmp_path, two_process_run):
+    """A checkpoint of another run (here: 1 epoch more, another fingerprint) stops every rank."""
+    out, _ = two_process_run
+    folder = out.parent
+    checkpoint = tmp_path / "last.pt"
+    log = tmp_path / "killed.log"
+    _kill_job_after_first_checkpoint(
+        _start_job(run_spec(folder, tmp_path / "a", 5, checkpoint), log), checkpoint, log
+    )
+    other = _start_job(run_spec(folder, tmp_path / "b", 4, checkpoint), tmp_path / "refused.log")
+    assert other.wait(timeout=180) != 0
+    refused = (tmp_path / "refused.log").read_text()
+    assert refused.count(f"ForeignCheckpointError: checkpoint {checkpoint}") >= PROCESSES, refused[-3000:]
+    assert f"rm {checkpoint}" in refused
+    assert checkpoint.exists(), "a refused checkpoint is left for the user to inspect"

@@ -163,11 +163,12 @@ def test_every_compute_rule_is_a_completed_slurm_job(slurm_run):
 
 
 def test_gpu_rule_is_scheduled_on_a_gpu(slurm_run):
-    """train_model asks for gres gpu:1 and gets it; CPU rules get none.
+    """train_model asks for one GPU (its `gpu` resource, sbatch --gpus=1) and gets it; CPU rules
+    get none.
 
-    MOCK: the cluster's only GPU is a fake gres device (a character device with /dev/null's
-    number, see tests/slurm/cluster_up.sh). It is NOT a GPU: this checks scheduling only, and
-    training still runs on the CPU (torch finds no CUDA driver).
+    MOCK: the cluster's GPUs are fake gres devices (character devices with /dev/null's number,
+    see tests/slurm/cluster_up.sh). They are NOT GPUs: this checks scheduling only, and training
+    still runs on the CPU (torch finds no CUDA driver).
     """
     _, output = slurm_run
     jobs = submitted_jobs(output)
@@ -248,16 +249,19 @@ def wait_for_text(path: Path, pattern: str, deadline: float, process: subprocess
     raise AssertionError(f"{pattern!r} not in {path} (process ended: {process.poll() is not None})")
 
 
-def test_cancelled_training_resumes_from_its_checkpoint(profile, slurm_run, tmp_path):
-    """scancel a training job mid-run; the rerun resumes from its last epoch checkpoint."""
+@pytest.mark.parametrize("variant", ["baseline", "ddp2"])
+def test_cancelled_training_resumes_from_its_checkpoint(profile, slurm_run, tmp_path, variant):
+    """scancel a training job mid-run; the rerun resumes from its last epoch checkpoint. ddp2: a
+    2-process data_parallel job, whose workers' srun step SLURM signals too."""
     epochs = 7
     config = small_config()
     config["training"]["epochs"] = epochs
+    config["variants"] = {"ddp2": {"technique": "data_parallel", "processes": 2}}
     workdir = tmp_path / "work"
     # Reuse the prepared data of the first run: only the training job is under test.
     shutil.copytree(slurm_run[0] / "results" / "data", workdir / "results" / "data")
-    model_dir = "results/models/digits/small_cnn/baseline/seed0"
-    train_log = workdir / "logs/train_model/digits/small_cnn/baseline/seed0.log"
+    model_dir = f"results/models/digits/small_cnn/{variant}/seed0"
+    train_log = workdir / f"logs/train_model/digits/small_cnn/{variant}/seed0.log"
     output_path = tmp_path / "first_run.out"
     command = snakemake_command(workdir, config, f"{model_dir}/model.pt", profile=profile)
     deadline = time.monotonic() + RUN_LIMIT_S
@@ -289,11 +293,14 @@ def test_cancelled_training_resumes_from_its_checkpoint(profile, slurm_run, tmp_
     assert not re.search(r"epoch 1/", log.split("esum", 1)[1]), "the rerun trained epoch 1 again"
     history = pd.read_csv(workdir / model_dir / "history.csv")
     assert list(history["epoch"]) == list(range(1, epochs + 1))
+    assert io.read_json(workdir / model_dir / "training.json")["resumed_after_epoch"] >= 1
 
 
 def test_data_parallel_training_runs_as_two_slurm_tasks(profile, tmp_path):
-    """A data_parallel variant's train_model job gets 2 SLURM tasks and runs its workers with srun;
-    one rank measures the node, and the record names the job, the node and both ranks."""
+    """A data_parallel variant's train_model job gets 2 SLURM tasks and 2 GPUs, one per process,
+    from the shipped profile unedited, and runs its workers with srun; every worker sees both GPUs
+    (MOCK: the fake gres devices of tests/slurm/cluster_up.sh, so they still train on the CPU with
+    gloo); one rank measures the node, and the record names the job, the node and both ranks."""
     config = small_config()
     config["variants"] = {"ddp2": {"technique": "data_parallel", "processes": 2}}
     model_dir = "results/models/digits/small_cnn/ddp2/seed0"
@@ -302,7 +309,9 @@ def test_data_parallel_training_runs_as_two_slurm_tasks(profile, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"SLURM run failed ({result.returncode}):\n{output[-6000:]}"
     job_id = next(job for job, rule in submitted_jobs(output).items() if rule == "train_model")
-    assert sacct_states_when_settled([job_id]).loc[job_id, "State"] == "COMPLETED"
+    row = sacct_states_when_settled([job_id]).loc[job_id]
+    assert row["State"] == "COMPLETED"
+    assert "gres/gpu=2" in row["AllocTRES"], row["AllocTRES"]
     # The workers' step: two tasks of the same allocation, started by srun inside the job.
     steps = bounded(["sacct", "-n", "-P", "-o", "JobID,NTasks", "-j", job_id], COMMAND_LIMIT_S)
     tasks = re.findall(r"^\S+\|(\d*)$", steps.stdout, re.M)
@@ -315,3 +324,6 @@ def test_data_parallel_training_runs_as_two_slurm_tasks(profile, tmp_path):
     assert record["estimate"]["cpu_seconds"] == pytest.approx(sum(node["cpu_seconds_by_rank"].values()))
     log = (workdir / "logs/train_model/digits/small_cnn/ddp2/seed0.log").read_text()
     assert "srun" in log and "rank1" in log, log[-3000:]
+    for rank in range(2):
+        assert re.search(rf"rank {rank} of 2 on \S+ \(cpu, CUDA_VISIBLE_DEVICES=0,1\)", log), log[-3000:]
+    assert record["cuda_visible_devices"] == "0,1"

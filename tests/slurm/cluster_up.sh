@@ -7,12 +7,13 @@
 #   apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge slurmdbd mariadb-server
 #   sudo tests/slurm/cluster_up.sh        # stop with tests/slurm/cluster_down.sh
 #
-# FAKE_GPU=1 (default) declares one gres/gpu backed by a character device that is NOT a GPU (it is
-# /dev/null's device number): SLURM schedules GPU requests on it and sets CUDA_VISIBLE_DEVICES, and
-# nothing can compute on it. It exists only to test that GPU rules ask for and get a GPU slot.
+# FAKE_GPUS=2 (default; 0 for none) declares that many gres/gpu, each backed by a character device
+# that is NOT a GPU (it is /dev/null's device number): SLURM schedules GPU requests on them and sets
+# CUDA_VISIBLE_DEVICES, and nothing can compute on them. They exist only to test that GPU rules ask
+# for and get GPU slots (two: a 2-process data_parallel job asks for one per process).
 set -euo pipefail
 B=${JOULEBENCH_SLURM_BASE:-/tmp/joulebench-slurm}
-FAKE_GPU=${FAKE_GPU:-1}
+FAKE_GPUS=${FAKE_GPUS:-2}
 WAIT_S=${WAIT_S:-60}
 export SLURM_CONF=$B/etc/slurm.conf
 
@@ -59,11 +60,14 @@ wait_for munge $B/log/munged.log bash -c "munge -n --socket=$B/run/munge.socket 
 
 # ---- slurm.conf ------------------------------------------------------------------------------
 GRES_TYPES=""; GRES_NODE=""
-if [ "$FAKE_GPU" = 1 ]; then
-  GRES_TYPES="GresTypes=gpu"; GRES_NODE="Gres=gpu:1"
-  # A count-only gres.conf leaves the node INVAL; a File= device is required.
-  [ -e $B/fakedev/nvidia0 ] || mknod $B/fakedev/nvidia0 c 1 3
-  echo "NodeName=$HOST Name=gpu File=$B/fakedev/nvidia0" > $B/etc/gres.conf
+if [ "$FAKE_GPUS" -gt 0 ]; then
+  GRES_TYPES="GresTypes=gpu"; GRES_NODE="Gres=gpu:$FAKE_GPUS"
+  # A count-only gres.conf leaves the node INVAL; a File= device per GPU is required.
+  : > $B/etc/gres.conf
+  for ((i = 0; i < FAKE_GPUS; i++)); do
+    [ -e $B/fakedev/nvidia$i ] || mknod $B/fakedev/nvidia$i c 1 3
+    echo "NodeName=$HOST Name=gpu File=$B/fakedev/nvidia$i" >> $B/etc/gres.conf
+  done
 fi
 cat > $SLURM_CONF <<EOF
 ClusterName=joulebench
@@ -152,4 +156,4 @@ slurmd -D > $B/log/slurmd.stdout 2>&1 &
 echo $! > $B/run/slurmd.bgpid
 wait_for "node idle" $B/log/slurmctld.log bash -c "sinfo -h -o %T | grep -qx idle"
 timeout 30 srun hostname >/dev/null || die "srun hostname failed; see $B/log/slurmd.log"
-echo "cluster_up: SLURM cluster up on $HOST (SLURM_CONF=$SLURM_CONF, account jb_acct, partition debug, fake gpu=$FAKE_GPU)"
+echo "cluster_up: SLURM cluster up on $HOST (SLURM_CONF=$SLURM_CONF, account jb_acct, partition debug, fake gpus=$FAKE_GPUS)"

@@ -95,6 +95,19 @@ def training_tasks(wildcards):
     return VARIANTS.get(wildcards.variant, {}).get("processes")
 
 
+def training_gpus(wildcards):
+    """GPUs of a train_model job: one per process of a data_parallel variant (NCCL needs a GPU
+    per rank), else one. Under SLURM the plugin asks for them (sbatch --gpus, with the profile's
+    gpu_model where set); profiles/default keeps local jobs at its single `gpu` slot."""
+    return VARIANTS.get(wildcards.variant, {}).get("processes", 1)
+
+
+def training_tasks_per_gpu(wildcards):
+    """SLURM tasks per GPU of a data_parallel variant: one. With GPUs the plugin turns `tasks`
+    into --ntasks-per-gpu, which would give N tasks to each of the N GPUs; None elsewhere."""
+    return 1 if training_tasks(wildcards) else None
+
+
 def training_cpus_per_task(wildcards, threads):
     """SLURM CPUs per task of a data_parallel variant: the job's threads shared out over its
     processes; None (the plugin's default: threads) for every other variant."""

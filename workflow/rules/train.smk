@@ -24,8 +24,11 @@ rule train_model:
     threads: training_threads
     resources:
         measured=1,
-        # Under SLURM (profiles/slurm) a data_parallel variant's job gets one task per process.
+        # Under SLURM (profiles/slurm) a data_parallel variant's job gets one task and one GPU
+        # per process.
+        gpu=training_gpus,
         tasks=training_tasks,
+        tasks_per_gpu=training_tasks_per_gpu,
         cpus_per_task=training_cpus_per_task,
     params:
         variant=variant_settings,

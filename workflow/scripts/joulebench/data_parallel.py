@@ -22,8 +22,14 @@ device, so N ranks each metering would book every joule N times. Instead:
 Windows start and end at a barrier, so every rank's work of an epoch lies inside its window.
 Every rank validates on the whole validation split (the replicas are identical, so they agree on
 early stopping); history.csv's train loss and accuracy are rank 0's shard's.
-Checkpoint/resume is not supported for this technique: a killed job trains again from scratch
-(its outputs are written atomically by rank 0 after training, so none is left half-written).
+
+A killed job resumes like a single-process training (joulebench.resume, joulebench.checkpoint),
+from the same checkpoint file: after each epoch every rank hands rank 0 its RNG states (the
+all_gather is the barrier: every rank has finished the epoch), and rank 0 writes the checkpoint
+atomically with the replicas' weights and optimizer state (identical on every rank) and each rank's
+RNG states. A rerun loads it on every rank, each taking its own RNG states, and refuses a
+checkpoint of another run. The record's `nodes` describe this attempt; the checkpointed epochs of
+earlier attempts are added to its totals (`resumed`).
 """
 
 import json
@@ -38,6 +44,7 @@ import torch
 import torch.distributed as dist
 
 from joulebench import host_speed, io
+from joulebench.checkpoint import Checkpointer
 from joulebench.distributed import Rank, backend, placement_of, run_workers
 from joulebench.energy import EnergyMeter, EstimateModel, Window, _peak_memory_gb, _process_cpu_seconds
 
@@ -227,6 +234,24 @@ class DataParallelMeter:
         return self._record
 
 
+class RankCheckpointer(Checkpointer):
+    """The per-epoch checkpoint of a data-parallel run: one file, written by rank 0, with the RNG
+    states of every rank (the replicas' weights and optimizer states are the same on all ranks)."""
+
+    def __init__(self, path, run_fingerprint: str, rank: Rank):
+        super().__init__(path, run_fingerprint)
+        self.rank = rank
+
+    def load(self) -> dict | None:
+        state = super().load()
+        return None if state is None else {**state, "rng": state["rng"][self.rank.rank]}
+
+    def save(self, state: dict) -> None:
+        rng_states = _gather(state["rng"])  # waits for every rank to finish the epoch
+        if self.rank.is_main:
+            super().save({**state, "rng": rng_states})
+
+
 def launch_training(spec: dict, processes: int) -> None:
     """In the train_model job: run `processes` workers on `spec` (the rule's inputs, settings and
     output folder) and wait for them. The job's threads are shared out: threads // processes each."""
@@ -245,7 +270,7 @@ def train_worker(spec: dict) -> None:
     from joulebench.checkpoint import exit_on_sigterm
     from joulebench.distributed import init_process_group, rank_from_env
     from joulebench.models import build_model, check_input, model_recipe
-    from joulebench.resume import write_trained
+    from joulebench.resume import run_fingerprint, with_prior_epochs, write_trained
     from joulebench.train import seed_everything, train, training_settings, training_summary
 
     rank = rank_from_env()
@@ -275,17 +300,22 @@ def train_worker(spec: dict) -> None:
         )
         shard = shard_arrays(arrays, rank.rank, rank.world_size)
         log.info(
-            "rank %d of %d on %s (%s): %d training images, batch %d",
-            rank.rank, rank.world_size, rank.host, placement.torch_device, len(shard["train_y"]),
-            settings.batch_size,
+            "rank %d of %d on %s (%s, CUDA_VISIBLE_DEVICES=%s): %d training images, batch %d",
+            rank.rank, rank.world_size, rank.host, placement.torch_device,
+            os.environ.get("CUDA_VISIBLE_DEVICES"), len(shard["train_y"]), settings.batch_size,
         )  # fmt: skip
         estimate = EstimateModel(**spec["estimate"])
+        checkpointer = None
+        if spec["checkpoint"]:
+            run_facts = {**spec["data_facts"], "processes": rank.world_size}
+            run = run_fingerprint(run_facts, recipe, settings)
+            checkpointer = RankCheckpointer(spec["checkpoint"], run, rank)
         with DataParallelMeter("train_model", estimate, rank, placement) as meter:
             model.to(placement.torch_device)
             device_ids = [placement.gpu] if placement.gpu is not None else None
             replica = DistributedDataParallel(model, device_ids=device_ids)
-            history = train(replica, shard, settings, meter)
-        record = meter.record()
+            history = train(replica, shard, settings, meter, checkpointer=checkpointer)
+        record = with_prior_epochs(meter.record(), checkpointer)
         if rank.is_main:
             parallel = {
                 "processes": rank.world_size,
@@ -295,7 +325,7 @@ def train_worker(spec: dict) -> None:
             summary = {
                 **training_summary(history, replace(settings, batch_size=training["batch_size"])),
                 "precision_requested": "fp32",
-                "resumed_after_epoch": None,
+                "resumed_after_epoch": checkpointer.resumed_after_epoch or None if checkpointer else None,
                 "pretrained": None,
                 "batch_size": training["batch_size"],
                 "lr": settings.lr,
@@ -304,6 +334,8 @@ def train_worker(spec: dict) -> None:
             }
             record = {**record, "cpu_threads": torch.get_num_threads()}
             write_trained(spec["outputs"], model, recipe, history, record, summary)
+            if checkpointer:
+                checkpointer.remove()
         dist.barrier()
         dist.destroy_process_group()
 

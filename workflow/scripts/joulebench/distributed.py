@@ -4,10 +4,11 @@ A `data_parallel` training runs N worker processes (torch.distributed, one model
 
 - outside SLURM, the job starts them with torchrun (`python -m torch.distributed.run --standalone
   --nproc_per_node N`), which sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous address;
-- inside a SLURM allocation (SLURM_JOB_ID set: the profile gave the job N tasks, see the rule's
-  `tasks` resource), the job starts them with `srun --ntasks N`, and each worker reads its rank
-  from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, the rendezvous from MASTER_ADDR (the first node
-  of the allocation) and MASTER_PORT (a free port chosen by the launcher).
+- inside a SLURM allocation (SLURM_JOB_ID set: the job has N tasks and, on GPUs, N GPUs, see the
+  rule's `tasks` and `gpu` resources), the job starts them with `srun --ntasks N`, and each
+  worker reads its rank from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, the rendezvous from
+  MASTER_ADDR (the first node of the allocation) and MASTER_PORT (a free port chosen by the
+  launcher).
 
 Backend: gloo on the CPU, nccl on CUDA GPUs. Each rank computes on the GPU of its local rank.
 """
@@ -79,8 +80,8 @@ def placement_of(rank: Rank) -> Placement:
         raise RuntimeError(
             f"rank {rank.rank} is local rank {rank.local_rank} on {rank.host}, which has "
             f"{torch.cuda.device_count()} GPU(s) for this job (CUDA_VISIBLE_DEVICES="
-            f"{os.environ.get('CUDA_VISIBLE_DEVICES')}): NCCL needs one GPU per process; under SLURM "
-            "give train_model gres gpu:<processes> (profiles/slurm)"
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES')}): NCCL needs one GPU per process; train_model "
+            "asks for one per process (its `gpu` resource): check that the profile does not override it"
         )
     return Placement(torch.device("cuda", rank.local_rank), rank.local_rank)
 

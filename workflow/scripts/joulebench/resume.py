@@ -1,8 +1,9 @@
 """Training that survives a killed job: per-epoch checkpoints, the energy of earlier attempts
 merged into the record, and the outputs written before the checkpoint is removed.
 
-Used by the rules that train (train_model, distill_model); `outputs` are the rule's declared
-files (model, recipe, history, energy, training).
+Used by the rules that train (train_model, distill_model, and the ranks of a data_parallel
+train_model, joulebench.data_parallel); `outputs` are the rule's declared files (model, recipe,
+history, energy, training).
 """
 
 from contextlib import nullcontext
@@ -28,6 +29,18 @@ def write_trained(
     io.write_json(outputs["energy"], record)
     if summary is not None:
         io.write_json(outputs["training"], summary)
+
+
+def run_fingerprint(facts: dict, recipe: dict, settings) -> str:
+    """The fingerprint a run's checkpoint carries: its data facts, recipe and settings."""
+    return fingerprint({**facts, "recipe": recipe, "settings": asdict(settings)})
+
+
+def with_prior_epochs(record: dict, checkpointer) -> dict:
+    """The attempt's energy record plus the checkpointed epochs of the attempts before it."""
+    if checkpointer is None:
+        return record
+    return merge_prior_energy(record, checkpointer.prior_windows, checkpointer.resumed_after_epoch)
 
 
 def device_record(pinned: str | None, meter) -> dict:
@@ -65,8 +78,9 @@ def train_resumably(
     preemption too; the facts of what it held go into the energy record and the training summary,
     as do the CPU thread count and the devices metered (`device`, device_record).
     """
-    run_facts = {**facts, "recipe": recipe, "settings": asdict(settings)}
-    checkpointer = Checkpointer(checkpoint_path, fingerprint(run_facts)) if checkpoint_path else None
+    checkpointer = (
+        Checkpointer(checkpoint_path, run_fingerprint(facts, recipe, settings)) if checkpoint_path else None
+    )
     with exit_on_sigterm():
         with conditions or nullcontext() as limit:
             with rule_meter(rule, estimate, placement) as meter:
@@ -78,8 +92,7 @@ def train_resumably(
                 "device": device_record(recipe.get("device"), meter),
             }
         resumed_after = checkpointer.resumed_after_epoch if checkpointer else 0
-        prior = checkpointer.prior_windows if checkpointer else []
-        record = merge_prior_energy(meter.record(), prior, resumed_after) | held
+        record = with_prior_epochs(meter.record(), checkpointer) | held
         summary = {
             **training_summary(history, settings),
             "precision_requested": recipe.get("precision_requested", settings.precision),

@@ -180,8 +180,9 @@ def train_variant(
 
     A precision the device cannot compute in runs as the precision autocast really uses there
     (fp16 -> bf16 on a CPU without fp16 autocast); the recipe and training.json name both.
-    A data_parallel variant starts its workers here, which write the outputs
-    (joulebench.data_parallel). `transforms`: the online augmentation of the training batches.
+    A data_parallel variant starts its workers here, which write the outputs and resume from the
+    checkpoint like a single process (joulebench.data_parallel). `transforms`: the online
+    augmentation of the training batches.
     """
     technique = variant.get("technique", "train")
     if technique == "data_parallel":
@@ -195,6 +196,9 @@ def train_variant(
             "seed": seed,
             "estimate": estimate,
             "transforms": list(transforms),
+            # Per-epoch checkpoint (resume after a kill) and the data it was made from.
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "data_facts": {"splits": file_digest(inputs["splits"])},
         }
         launch_training(spec, variant["processes"])
         return
