@@ -90,6 +90,10 @@ rule plot_augmentation:
         "logs/plot_augmentation/{dataset}.log",
     conda:
         "../../envs/torch.yaml"
+    resources:
+        # Not metered, but its CPU work would share the host with a measured job's window (it
+        # did: the first train_model job's epochs took twice as long, flagged busy_host).
+        measured=1,
     params:
         transforms=config["augmentation"]["transforms"],
         samples=config["augmentation"]["figure_samples"],
