@@ -125,3 +125,31 @@ def test_report_table_flags_contention_and_adds_provenance_carbon_and_dynamic_en
     assert table.loc[0, "pipeline_gco2e"] == pytest.approx(5100 / 3.6e6 * 1.5 * 400)
     assert table.loc[0, "pipeline_cost"] == pytest.approx(5100 / 3.6e6 * 1.5 * 0.2)
     assert table.loc[0, "carbon_intensity_source"] == "energy.carbon.intensity_g_per_kwh (config)"
+
+
+def test_a_job_waits_for_a_quiet_host_before_its_window_and_gives_up_after_the_limit():
+    from joulebench.contention import QUIET_MAX_WAIT_S, QUIET_SAMPLE_S, wait_for_quiet_host
+
+    clock = {"own": 0.0, "host": 0.0}
+    # Other processes use 50% of 2 cores for three samples, then 2%.
+    shares = iter([0.5, 0.5, 0.5, 0.02])
+
+    def sleep(seconds):
+        clock["host"] += next(shares) * seconds * 2
+
+    waited = wait_for_quiet_host(lambda: clock["own"], lambda: clock["host"], 2, sleep)
+    assert waited["quiet"] is True
+    assert waited["seconds"] == pytest.approx(4 * QUIET_SAMPLE_S)
+    assert waited["other_processes_cpu_share"] == pytest.approx(0.02)
+
+    def busy(seconds):  # the host never quiets down: the job waits no longer than the limit
+        clock["host"] += 0.5 * seconds * 2
+
+    waited = wait_for_quiet_host(lambda: clock["own"], lambda: clock["host"], 2, busy)
+    assert waited["quiet"] is False and waited["seconds"] == pytest.approx(QUIET_MAX_WAIT_S)
+
+    def own_work(seconds):  # this process's own CPU time is never "other processes"
+        clock["own"] += seconds * 2
+        clock["host"] += seconds * 2
+
+    assert wait_for_quiet_host(lambda: clock["own"], lambda: clock["host"], 2, own_work)["quiet"] is True

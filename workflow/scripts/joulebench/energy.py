@@ -55,7 +55,7 @@ import psutil
 from zeus.device.gpu import nvidia
 
 from joulebench import host_speed
-from joulebench.contention import BUSY_HOST_MIN_CPU_S, BUSY_HOST_SHARE
+from joulebench.contention import BUSY_HOST_MIN_CPU_S, BUSY_HOST_SHARE, wait_for_quiet_host
 from joulebench.devices import CPU, GpuAccess, Placement, board_power_w, gpu_name, mig_share, probe_gpu
 
 log = logging.getLogger(__name__)
@@ -362,8 +362,13 @@ class EnergyMeter:
         # Windows open now, and the host-speed probe taken before the outermost one opened.
         self._open_windows = 0
         self._probe: dict = {}
+        self.quiet_host_wait: dict | None = None
 
     def __enter__(self):
+        cores = os.cpu_count() or 1
+        self.quiet_host_wait = wait_for_quiet_host(
+            _process_cpu_seconds, _host_busy_cpu_seconds, cores, time.sleep
+        )
         self._rule_window = self._begin(f"rule:{self.rule}")
         return self
 
@@ -494,6 +499,7 @@ class EnergyMeter:
             **{key: value for key, value in self.total.items() if key != "window"},
             "short_windows": [w["window"] for w in [self.total, *self.windows] if w["short_window"]],
             "busy_host_windows": [w["window"] for w in [self.total, *self.windows] if w["busy_host"]],
+            "quiet_host_wait": self.quiet_host_wait,
             "windows": self.windows,
         }
 
