@@ -519,8 +519,11 @@ def test_other_processes_loading_the_host_flag_the_window_busy_host():
     import subprocess
     import sys
 
-    # Real load: one spinning process per core while this process sleeps through the window.
-    spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
+    from joulebench.contention import QUIET_MAX_WAIT_S
+
+    # Real load: one spinning process per core while this process sleeps through the window, which
+    # opens after the meter waited its longest for a quiet host.
+    spin = f"import time\nend = time.time() + 3 + {QUIET_MAX_WAIT_S}\nwhile time.time() < end: pass"
     spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 1)]
     try:
         time.sleep(0.5)  # interpreters started, spinning
@@ -534,6 +537,8 @@ def test_other_processes_loading_the_host_flag_the_window_busy_host():
     assert window["busy_host"] is True
     record = meter.record()
     assert "while_loaded" in record["busy_host_windows"]
+    assert record["quiet_host_wait"]["quiet"] is False
+    assert record["quiet_host_wait"]["seconds"] == pytest.approx(QUIET_MAX_WAIT_S)
     json.dumps(record, allow_nan=False)
 
 
