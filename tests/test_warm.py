@@ -16,6 +16,9 @@ from conftest import ROOT
 from joulebench import warm
 
 SCRIPTS = ROOT / "workflow" / "scripts"
+# Each test starts real interpreters and a worker that imports torch and the stages (about 25 s in
+# all): outside the fast suite.
+pytestmark = pytest.mark.slow
 
 # A rule script's shape: ask the worker first; what follows runs in the forked child (or here).
 JOB = textwrap.dedent(
@@ -187,7 +190,7 @@ def test_the_worker_stops_when_the_process_that_started_it_is_gone(tmp_path):
     assert not Path(socket_path).exists()
 
 
-@pytest.mark.slow  # it reads the shared tiny run
+# It reads the shared tiny run.
 def test_a_local_run_starts_its_jobs_from_the_warm_worker_and_stops_it(tiny_run):
     workdir, _, _ = tiny_run
     warm_logs = {path for path in (workdir / "logs").rglob("*.log") if "warm worker" in path.read_text()}
@@ -201,7 +204,7 @@ def test_a_local_run_starts_its_jobs_from_the_warm_worker_and_stops_it(tiny_run)
     assert not Path(socket_path).exists()
 
 
-@pytest.mark.slow  # about 30 s: ten job start-ups and the worker's own
+# About 30 s: ten job start-ups and the worker's own.
 def test_warm_start_benchmark_runs_as_printed():
     from test_readme import readme_commands
 
