@@ -58,7 +58,6 @@ PRELOAD = (
     "joulebench.augment",
     "joulebench.data",
 )
-STAGES_WITH_WORK_MODULES = ("train", "clean", "sample", "quantize", "prune")
 # Signals a job's process receives on its own (a user's kill, a timeout); passed on to the child.
 # SIGINT is not: Ctrl-C reaches the whole process group, the child included.
 FORWARDED = (signal.SIGTERM, signal.SIGHUP)
@@ -66,13 +65,13 @@ READY_TIMEOUT_S = 180
 
 
 def preload() -> None:
+    """Import PRELOAD and what each of its stages imports before its window (its WORK_MODULES, a
+    tuple or a tuple per method), so a stage that gains such a list is preloaded with no edit here."""
     for name in PRELOAD:
-        importlib.import_module(name)
-    for stage in STAGES_WITH_WORK_MODULES:
-        modules = importlib.import_module(f"joulebench.{stage}").WORK_MODULES
+        modules = getattr(importlib.import_module(name), "WORK_MODULES", ())
         for group in modules.values() if isinstance(modules, dict) else [modules]:
-            for name in group:
-                importlib.import_module(name)
+            for module in group:
+                importlib.import_module(module)
 
 
 # ---------------------------------------------------------------------------------------- worker
