@@ -2,7 +2,8 @@
 if __name__ == "__main__":
     from joulebench.warm import run_in_worker
 
-    run_in_worker()  # in the run's warm worker, where there is one (joulebench.warm)
+    # In the run's warm worker, where there is one (joulebench.warm), which sets up the method once.
+    run_in_worker(work=("joulebench.quantize", snakemake.params.variant["method"]))
     from joulebench.logs import start_rule_logging
     from joulebench.stages import quantize_variant
 

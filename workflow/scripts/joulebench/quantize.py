@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from joulebench import io
+from joulebench import io, pt2e_patterns
 
 METHODS = ("int8_dynamic", "int8_static", "int8_qat")
 EXPORTED_METHODS = ("int8_static", "int8_qat")
@@ -47,6 +47,8 @@ _PT2E = (
     "torch._inductor.fx_passes.freezing_patterns",
 )
 WORK_MODULES = {"int8_dynamic": ("torchao.quantization",), "int8_static": _PT2E, "int8_qat": _PT2E}
+# ... and what each method's passes trace (torchao's pattern graphs), traced before the window too.
+WORK_SETUP = {method: pt2e_patterns.trace_before_window for method in EXPORTED_METHODS}
 
 
 def dynamic_int8(model: nn.Module) -> nn.Module:

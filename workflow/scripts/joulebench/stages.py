@@ -39,6 +39,15 @@ def import_before_window(modules) -> None:
         importlib.import_module(name)
 
 
+def prepare_before_window(stage, method: str) -> None:
+    """Import what `method` of `stage` imports in its window (its WORK_MODULES), and run its
+    set-up (its WORK_SETUP, such as tracing torchao's patterns): neither is the measured work."""
+    import_before_window(stage.WORK_MODULES[method])
+    setup = getattr(stage, "WORK_SETUP", {}).get(method)
+    if setup is not None:
+        setup()
+
+
 def first_call_before_window(model, recipe: dict, arrays: dict) -> None:
     """An exported (PT2E) int8 graph loads torch passes when first switched to eval mode (its
     `.eval()` rewrites the graph) and first called: do both before the window opens."""
@@ -360,7 +369,7 @@ def quantize_variant(
     # Post-training int8 runs on the CPU kernels it targets; QAT fine-tunes where its parent was
     # pinned, else on the GPU if any.
     placement = placement_on(recipe.get("device")) if variant["method"] == "int8_qat" else CPU
-    import_before_window(quantize.WORK_MODULES[variant["method"]])  # PT2E methods: Dynamo too
+    prepare_before_window(quantize, variant["method"])  # PT2E methods: Dynamo, traced patterns
     with rule_meter("quantize_model", estimate, placement) as meter:
         model, history, facts = compress.quantize_model(model, variant, arrays, settings, meter)
     log.info("quantization: %s", facts)

@@ -6,8 +6,13 @@ local executor, the Snakefile's `onstart` starts one warm worker for the run (`s
 imports those libraries once, then forks a child for each job that asks (`run_in_worker`, the first
 call of every rule script). The job is still a process of its own: its own energy windows, CPU
 seconds and peak memory, run in the job's directory, environment and standard streams, with the
-script's exit status. The worker itself runs no torch work, so it starts no thread pool that a fork
-would break; it exits with the run (`stop`) or when the Snakemake process that started it is gone.
+script's exit status. The worker runs torch on one thread only (the set-ups below), so it keeps no
+thread pool that a fork would break; it exits with the run (`stop`) or when the Snakemake process
+that started it is gone.
+
+A job may also name the work it is about to do (`run_in_worker(work=(stage, method))`): the worker
+then runs that work's set-up before the window once (joulebench.stages.prepare_before_window, such
+as tracing torchao's PT2E patterns), and the job and every job forked after it inherit the result.
 
 Where no worker answers (SLURM jobs, scripts run outside Snakemake, JOULEBENCH_WARM=0, a worker
 that failed to start), the job runs in its own interpreter, as it always did.
@@ -91,6 +96,7 @@ def serve(path: str, parent: int) -> None:
         "warm worker %d: preloaded %d modules; accepting jobs on %s", os.getpid(), len(sys.modules), path
     )
     jobs = {}  # child pid -> the connection of the job that waits for it
+    prepared = set()  # the (stage, method) pairs whose set-up the worker has run
     try:
         while os.getppid() == parent:
             ready, _, _ = select.select([listener, wake_read], [], [], 1.0)
@@ -99,7 +105,7 @@ def serve(path: str, parent: int) -> None:
             _report_finished(jobs)
             if listener in ready:
                 connection, _ = listener.accept()
-                _start_job(connection, jobs, (listener, wake_read, wake_write))
+                _start_job(connection, jobs, prepared, (listener, wake_read, wake_write))
     finally:
         listener.close()
         Path(path).unlink(missing_ok=True)
@@ -116,7 +122,7 @@ def _report_finished(jobs: dict) -> None:
             connection.close()
 
 
-def _start_job(connection: socket.socket, jobs: dict, worker_fds: tuple) -> None:
+def _start_job(connection: socket.socket, jobs: dict, prepared: set, worker_fds: tuple) -> None:
     message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
     request = json.loads(message)
     if request["executable"] != sys.executable:  # a job in another environment (--use-conda)
@@ -125,6 +131,8 @@ def _start_job(connection: socket.socket, jobs: dict, worker_fds: tuple) -> None
         _send(connection, {"refused": f"the worker runs {sys.executable}"})
         connection.close()
         return
+    if request.get("work"):
+        _prepare(tuple(request["work"]), prepared)
     pid = os.fork()
     if pid == 0:
         for item in worker_fds:
@@ -134,6 +142,23 @@ def _start_job(connection: socket.socket, jobs: dict, worker_fds: tuple) -> None
         os.close(fd)
     jobs[pid] = connection
     _send(connection, {"pid": pid})
+
+
+def _prepare(work: tuple[str, str], prepared: set) -> None:
+    """Run the set-up of `work` (stage module, method) here, once, so that its jobs fork with it done.
+    A failure is only logged: the job runs the same set-up itself, and fails there in its own log."""
+    if work in prepared:
+        return
+    prepared.add(work)
+    from joulebench.stages import prepare_before_window
+
+    started = time.perf_counter()
+    try:
+        prepare_before_window(importlib.import_module(work[0]), work[1])
+    except Exception:
+        log.exception("warm worker: the set-up of %s %s failed", *work)
+        return
+    log.info("warm worker: prepared %s %s for this run's jobs (%.1f s)", *work, time.perf_counter() - started)
 
 
 def _send(connection: socket.socket, message: dict) -> None:
@@ -210,9 +235,10 @@ def _die_with(connection: socket.socket) -> None:
 # ------------------------------------------------------------------------------------------- job
 
 
-def run_in_worker() -> None:
+def run_in_worker(work: tuple[str, str] | None = None) -> None:
     """Run this rule script in the run's warm worker and exit with its status; return at once (the
-    caller then runs the script itself) where no worker answers."""
+    caller then runs the script itself) where no worker answers. `work`, a (stage module, method)
+    pair: the worker runs its set-up before forking this job, once for the run."""
     path = os.environ.get(SOCKET_VARIABLE)
     if not path or os.environ.get(CHILD_VARIABLE) or os.environ.get(SWITCH_VARIABLE) == "0":
         return
@@ -229,6 +255,7 @@ def run_in_worker() -> None:
         "cwd": os.getcwd(),
         "umask": _current_umask(),
         "env": dict(os.environ),
+        "work": work,
     }
     socket.send_fds(connection, [json.dumps(request).encode()], [0, 1, 2])
     replies = connection.makefile("r")
