@@ -202,6 +202,13 @@ def test_a_local_run_starts_its_jobs_from_the_warm_worker_and_stops_it(tiny_run)
     worker_log = (workdir / "logs" / "warm_worker.log").read_text()
     socket_path = worker_log.split("accepting jobs on ")[1].split()[0]
     assert not Path(socket_path).exists()
+    # The QAT job named its method: the worker traced torchao's patterns once, before forking it,
+    # and the job itself (its log) traced none.
+    assert worker_log.count("prepared joulebench.quantize int8_qat") == 1
+    assert "traced" in worker_log.split("prepared joulebench.quantize int8_qat")[0]
+    (qat_log,) = (workdir / "logs" / "quantize_model").rglob("channels50_qat/seed0.log")
+    assert "started from the run's warm worker" in qat_log.read_text()
+    assert "PT2E patterns" not in qat_log.read_text()
 
 
 # About 30 s: ten job start-ups and the worker's own.
