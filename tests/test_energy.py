@@ -181,6 +181,19 @@ def test_no_counter_gives_a_labelled_estimate_never_zero():
     json.dumps(record, allow_nan=False)  # the record is plain JSON
 
 
+def test_objects_alive_before_the_windows_are_left_out_of_later_collections():
+    """A full garbage collection scans every object (torch's included): inside a window it would
+    charge that scan to the work. The meter collects and freezes them before its first window."""
+    import gc
+
+    gc.unfreeze()
+    held = [[index] for index in range(50_000)]  # long-lived objects, as a loaded model's are
+    with EnergyMeter("unit") as meter, meter.window("work"):
+        frozen = gc.get_freeze_count()
+        busy(0.01)
+    assert frozen >= len(held)
+
+
 def test_estimate_model_arithmetic():
     model = EstimateModel(power_per_core_w=10.0, memory_w_per_gb=0.5)
     # 3 CPU-seconds at 10 W + 2 s x 4 GB x 0.5 W/GB

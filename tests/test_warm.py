@@ -38,6 +38,7 @@ JOB = textwrap.dedent(
                 "child": os.environ.get("JOULEBENCH_WARM_CHILD"),
                 "torch_threads": torch.get_num_threads(),
                 "umask": os.umask(0o022),
+                "frozen": __import__("gc").get_freeze_count(),
             }
             print(json.dumps(facts))
             print("to stderr", file=sys.stderr)
@@ -100,6 +101,8 @@ def test_a_forked_job_gets_the_jobs_streams_directory_environment_and_threads(tm
     assert facts["cwd"] == str(tmp_path)
     assert facts["marker"] == "seen"
     assert facts["torch_threads"] == 2  # OMP_NUM_THREADS of the job, though the worker loaded with 1
+    # The worker's objects (torch, the stages) are out of the child's garbage collections.
+    assert facts["frozen"] > 100_000
     assert "to stderr" in err
 
 

@@ -24,6 +24,7 @@ that Snakemake starts with its own standard streams, environment and exit status
 
 import atexit
 import contextlib
+import gc
 import importlib
 import json
 import logging
@@ -85,6 +86,7 @@ def preload() -> None:
 def serve(path: str, parent: int) -> None:
     """Accept jobs on the Unix socket `path` until SIGTERM or until process `parent` is gone."""
     preload()
+    gc.collect()  # what the children inherit frozen (_start_job) is what is alive, not garbage
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
@@ -133,6 +135,9 @@ def _start_job(connection: socket.socket, jobs: dict, prepared: set, worker_fds:
         return
     if request.get("work"):
         _prepare(tuple(request["work"]), prepared)
+    # Every object the worker holds is left out of the child's collections: a full collection in
+    # the child would touch, and so copy, every page of them (1.2 CPU-seconds), maybe in a window.
+    gc.freeze()
     pid = os.fork()
     if pid == 0:
         for item in worker_fds:
@@ -158,6 +163,7 @@ def _prepare(work: tuple[str, str], prepared: set) -> None:
     except Exception:
         log.exception("warm worker: the set-up of %s %s failed", *work)
         return
+    gc.collect()
     log.info("warm worker: prepared %s %s for this run's jobs (%.1f s)", *work, time.perf_counter() - started)
 
 
