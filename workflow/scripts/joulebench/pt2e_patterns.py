@@ -50,7 +50,7 @@ class PatternCache:
     def __init__(self, trace):
         self.trace = trace
         self.graphs = {}
-        self.traced = self.reused = 0
+        self.traced = 0
 
     def __call__(self, pattern, example_inputs, is_cuda=False, **kwargs):
         key = pattern_key(pattern, example_inputs, is_cuda, kwargs)
@@ -59,8 +59,6 @@ class PatternCache:
         if key not in self.graphs:
             self.graphs[key] = self.trace(pattern, example_inputs, is_cuda, **kwargs)
             self.traced += 1
-        else:
-            self.reused += 1
         return copy.deepcopy(self.graphs[key])
 
 
