@@ -202,7 +202,9 @@ def test_a_local_run_starts_its_jobs_from_the_warm_worker_and_stops_it(tiny_run)
     # aggregate_report imports no torch: it starts in its own interpreter.
     assert not any("aggregate_report" in str(path) for path in warm_logs)
     # The worker said where it accepted jobs; after the run that socket is gone, and so is it.
-    worker_log = (workdir / "logs" / "warm_worker.log").read_text()
+    # The log's first part: later tests rerun Snakemake here, and each run's worker appends its own.
+    runs = (workdir / "logs" / "warm_worker.log").read_text().split(warm.RUN_HEADER)
+    worker_log = runs[1]
     socket_path = worker_log.split("accepting jobs on ")[1].split()[0]
     assert not Path(socket_path).exists()
     # The QAT job named its method: the worker traced torchao's patterns once, before forking it,

@@ -68,6 +68,8 @@ PRELOAD = (
 # SIGINT is not: Ctrl-C reaches the whole process group, the child included.
 FORWARDED = (signal.SIGTERM, signal.SIGHUP)
 READY_TIMEOUT_S = 180
+# The line that opens each run's part of the worker's log.
+RUN_HEADER = "== warm worker for the run started"
 
 
 def preload() -> None:
@@ -306,7 +308,10 @@ def start(scripts_dir: str, log_path: str) -> subprocess.Popen | None:
     # One thread while loading: OpenMP and BLAS keep no pools that the fork would leave behind.
     env |= {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "joulebench.warm", path, str(os.getpid())]
-    with open(log_path, "w") as worker_log:
+    # Appended: a rerun's worker (after a failure, `--forcerun`) keeps the earlier runs' lines.
+    with open(log_path, "a") as worker_log:
+        worker_log.write(f"{RUN_HEADER} {time.strftime('%Y-%m-%d %H:%M:%S')}, Snakemake pid {os.getpid()}\n")
+        worker_log.flush()
         worker = subprocess.Popen(
             command, env=env, stdin=subprocess.DEVNULL, stdout=worker_log, stderr=worker_log
         )
