@@ -38,7 +38,9 @@ PRECISIONS = ["fp32", "fp16", "bf16"]
 
 def load_arrays(cifar10_root: str | None) -> dict:
     if cifar10_root:
-        source = data.load_source({"name": "cifar10", "source": "torchvision", "root": cifar10_root})
+        source = data.load_source(
+            {"name": "cifar10", "source": "torchvision", "root": cifar10_root, "download": False}
+        )
         images, labels = source.images, source.labels
     else:
         images, labels, _ = data.load_digits_source()

@@ -243,12 +243,15 @@ def test_default_config_shows_each_technique_and_a_chain():
 
 # -- accuracy after fine-tuning ----------------------------------------------------------------
 
+# Largest test-accuracy drop (fraction) of a fine-tuned compressed default variant below its baseline.
+ACCURACY_TOLERANCE = 0.05
+
 
 @pytest.mark.slow
 def test_every_default_variant_stays_within_tolerance_of_the_baseline(digits_arrays_module):
     """Baseline trained for 4 epochs; each compression variant of the default config from it."""
     config = resolved_config()  # the shipped config, as the rules see it
-    tolerance = config["evaluation"]["accuracy_tolerance"]
+    tolerance = ACCURACY_TOLERANCE
     arrays = digits_arrays_module
     seed_everything(0)
     baseline = small_model()

@@ -107,7 +107,7 @@ def test_imagefolder_empty_class_folder_is_named(tmp_path):
 
 def test_a_single_class_is_rejected(tmp_path):
     make_image_tree(tmp_path, {"cat": 3})
-    dataset = {"name": "pets", "source": "imagefolder", "root": str(tmp_path)}
+    dataset = {"name": "pets", "source": "imagefolder", "root": str(tmp_path), "resize": "stretch"}
     with pytest.raises(data.DatasetError) as err:
         data.load_source(dataset)
     assert str(err.value) == (
@@ -170,7 +170,7 @@ def test_torchvision_reads_a_local_mnist_root(tmp_path):
 
 def test_labels_outside_the_classes_are_rejected(tmp_path):
     write_mnist_root(tmp_path, [0, 1, 12, 1], [0, 1])
-    dataset = {"name": "MNIST", "source": "torchvision", "root": str(tmp_path)}
+    dataset = {"name": "MNIST", "source": "torchvision", "root": str(tmp_path), "download": False}
     with pytest.raises(data.DatasetError) as err:
         data.load_source(dataset)
     assert str(err.value) == (
@@ -208,7 +208,7 @@ def test_cifar10_root_in_torchvision_format_is_prepared_as_uint8(tmp_path, monke
     monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
     labels = [label for label in range(3) for _ in range(10)]
     write_cifar10_root(tmp_path / "cifar", labels, [0, 1, 2] * 3)
-    dataset = {"name": "CIFAR10", "source": "torchvision", "root": str(tmp_path / "cifar")}
+    dataset = {"name": "CIFAR10", "source": "torchvision", "root": str(tmp_path / "cifar"), "download": False}
     dataset |= {"val_fraction": 0.2, "test_fraction": 0.2, "split_seed": 0}
     names = {
         "splits": "splits.npz",

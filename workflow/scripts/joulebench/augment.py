@@ -28,7 +28,7 @@ def build_pipeline(transforms: list[dict], seed: int | None = None):
     steps = []
     for position, spec in enumerate(transforms):
         key = f"augmentation.transforms[{position}]"
-        name, params = spec["name"], spec.get("params", {})
+        name, params = spec["name"], spec["params"]
         transform_class = getattr(A, name, None)
         if not (isinstance(transform_class, type) and issubclass(transform_class, A.BasicTransform)):
             known = [

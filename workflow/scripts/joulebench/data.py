@@ -280,7 +280,7 @@ def load_source(dataset: dict, skip_unusable: bool = False, workers: int = 1) ->
             dataset["root"],
             skip_unusable,
             dataset.get("image_size"),
-            dataset.get("resize", "stretch"),
+            dataset["resize"],
             workers,
         )
     else:
@@ -291,7 +291,7 @@ def load_source(dataset: dict, skip_unusable: bool = False, workers: int = 1) ->
             images = np.rint(images * pixel_max).astype(np.uint8)
         elif kind == "torchvision":
             images, labels, classes = load_torchvision_source(
-                dataset["name"], dataset["root"], dataset.get("download", False)
+                dataset["name"], dataset["root"], dataset["download"]
             )
         else:
             raise DatasetError(f"unknown dataset source {kind!r}")

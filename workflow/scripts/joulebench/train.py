@@ -66,8 +66,8 @@ class Distillation:
     """Hinton et al. (2015) knowledge distillation: soft targets at a temperature, mixed by alpha."""
 
     teacher: nn.Module
-    temperature: float = 4.0
-    alpha: float = 0.7
+    temperature: float
+    alpha: float
 
 
 def seed_everything(seed: int) -> None:
