@@ -56,9 +56,13 @@ def report_files(directory) -> dict:
         "config": "config.yaml",
     }
     files = {key: directory / name for key, name in names.items()}
-    files["figures"] = [directory / f"{name}.png" for name in REPORT_FIGURES]
-    files["pdf"] = [directory / f"{name}.pdf" for name in REPORT_FIGURES]
-    return files
+    return files | figure_files(directory)
+
+
+def figure_files(directory) -> dict:
+    """Each report figure's declared [PDF, PNG] by figure name (report_figures in common.smk)."""
+    directory = Path(directory)
+    return {name: [directory / f"{name}.pdf", directory / f"{name}.png"] for name in REPORT_FIGURES}
 
 
 def tiny_config(**overrides) -> dict:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from snakemake.utils import validate
 
-from conftest import REPORT_FIGURES, ROOT, model_files, tiny_config
+from conftest import ROOT, figure_files, model_files, tiny_config
 from joulebench import devices, report_figures, stages
 from joulebench.config import ConfigError, check_config
 from joulebench.recipes import needs_gpu, pinned_device
@@ -179,11 +179,11 @@ def test_every_figure_marks_the_device_of_each_row(cross_device_table, tmp_path,
     legends = {}
     save = report_figures.save_figure
 
-    def keep_legend(fig, base):
-        legends[base.name] = _legend_texts(fig) + [
+    def keep_legend(fig, files):
+        legends[files[0].stem] = _legend_texts(fig) + [
             t.get_text() for ax in fig.axes for t in ax.get_yticklabels()
         ]
-        return save(fig, base)
+        return save(fig, files)
 
     monkeypatch.setattr(report_figures, "save_figure", keep_legend)
     histories = pd.DataFrame(
@@ -193,9 +193,7 @@ def test_every_figure_marks_the_device_of_each_row(cross_device_table, tmp_path,
             for (v, s), (a, j, _, _) in CROSS.items() for e in (1, 2)
         ]
     )  # fmt: skip
-    paths = report_figures.write_figures(
-        summary, histories, {name: tmp_path / name for name in REPORT_FIGURES}
-    )
+    paths = report_figures.write_figures(summary, histories, figure_files(tmp_path))
     assert len(paths) == 14
     for name, texts in legends.items():
         if name == "energy_by_stage":  # bars have no markers: each bar's label names its device
@@ -211,5 +209,5 @@ def test_every_figure_marks_the_device_of_each_row(cross_device_table, tmp_path,
     # Every row on one device: one legend line says which.
     legends.clear()
     one = summary[summary["variant"] != "cpu"]
-    report_figures.plot_time_vs_energy(one, tmp_path / "one_device")
+    report_figures.plot_time_vs_energy(one, [tmp_path / "one_device.pdf", tmp_path / "one_device.png"])
     assert "all trained on NVIDIA H200" in legends["one_device"]

@@ -163,9 +163,9 @@ def test_skipped_runs_are_split_off_and_listed_once_per_variant(tmp_path):
 
 def test_time_vs_energy_figure_has_a_panel_per_model_as_pdf_and_300_dpi_png(summary, tmp_path):
     two_models = pd.concat([summary, summary.assign(model="resnet18")], ignore_index=True)
-    paths = report_figures.plot_time_vs_energy(two_models, tmp_path / "time_vs_energy")
-    assert [p.name for p in paths] == ["time_vs_energy.pdf", "time_vs_energy.png"]
-    assert paths[0].read_bytes().startswith(b"%PDF")
-    with Image.open(paths[1]) as png:
+    files = [tmp_path / "time_vs_energy.pdf", tmp_path / "time_vs_energy.png"]
+    assert report_figures.plot_time_vs_energy(two_models, files) == files
+    assert files[0].read_bytes().startswith(b"%PDF")
+    with Image.open(files[1]) as png:
         assert round(png.info["dpi"][0]) == 300
         assert png.width > 2.5 * 300  # about one 3.5 in column at 300 dpi

@@ -490,6 +490,19 @@ def test_write_report_is_byte_identical_on_a_rerun(hand_made_run, tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "first" / "results.parquet"), table)
 
 
+def test_figures_go_to_the_files_the_rule_declares_whatever_their_names(hand_made_run, tmp_path):
+    """Renaming a figure's files is one edit, in the rule: the package writes the declared paths."""
+    entries, data_energy = hand_made_run
+    table = build_table(entries, VARIANTS, data_energy, CARBON)
+    outputs = report_files(tmp_path)
+    renamed = [tmp_path / "fig" / "pareto-vector.pdf", tmp_path / "fig" / "pareto.png"]
+    outputs["accuracy_vs_training_energy"] = renamed
+    write_report(table, read_histories(entries, table), {"accuracy_target": 0.95}, outputs)
+    assert renamed[0].read_bytes().startswith(b"%PDF") and renamed[1].read_bytes().startswith(b"\x89PNG")
+    assert not (tmp_path / "accuracy_vs_training_energy.png").exists()
+    assert (tmp_path / "accuracy_vs_size.pdf").exists()
+
+
 def test_break_even_flags_noise_in_the_production_difference_and_crossed_devices():
     from joulebench.report_summary import break_even_markdown
 
@@ -539,11 +552,12 @@ def test_data_diversity_of_each_stage_in_the_report(tmp_path):
         tmp_path / "cleaning_report.json",
         {"diversity": {"raw": {**values, "vendi_score": 40.0}, "cleaned": {**values, "vendi_score": 41.0}}},
     )
-    subset = tmp_path / "subsets" / "subset50" / "seed0" / "subset.json"
+    subset = tmp_path / "subset.json"  # the record names its variant: the path plays no part
     io.write_json(
         subset,
-        {"method": "el2n", "seed": 0, "diversity": {"cleaned": {**values, "vendi_score": 41.0},
-                                                     "sampled": {**values, "vendi_score": 35.5}}},
+        {"variant": "subset50", "method": "el2n", "seed": 0,
+         "diversity": {"cleaned": {**values, "vendi_score": 41.0},
+                       "sampled": {**values, "vendi_score": 35.5}}},
     )  # fmt: skip
     diversity = read_diversity([tmp_path / "cleaning_report.json", subset])
     assert list(diversity["data"]) == ["raw", "cleaned", "cleaned", "sampled"]

@@ -56,7 +56,7 @@ def test_sample_dataset_writes_subset_balance_and_energy(tmp_path, digits_arrays
         key: tmp_path / name
         for key, name in (("splits", "s.npz"), ("summary", "s.json"), ("energy", "e.json"))
     }
-    stages.sample_dataset({"splits": splits, "facts": facts}, out, variant, TRAINING, 0, ENERGY)
+    stages.sample_dataset({"splits": splits, "facts": facts}, out, "subset50", variant, TRAINING, 0, ENERGY)
     full, subset, summary = (
         io.load_arrays(splits),
         io.load_arrays(out["splits"]),
@@ -69,6 +69,7 @@ def test_sample_dataset_writes_subset_balance_and_energy(tmp_path, digits_arrays
         assert len(subset["train_y"]) == sample.subset_size(len(full["train_y"]), 0.5)
     for split in ("val", "test"):
         assert np.array_equal(subset[f"{split}_x"], full[f"{split}_x"])
+    assert (summary["variant"], summary["seed"]) == ("subset50", 0)  # the report reads them here
     kept = summary["diversity"]
     assert kept["sampled"]["images"] == len(subset["train_y"]) == summary["after"]["count"]
     assert kept["sampled"]["vendi_score"] > 1.0 and kept["cleaned"]["class_evenness"] > 0.99

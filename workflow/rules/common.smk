@@ -168,15 +168,14 @@ REPORT_FIGURES = {
 }
 
 
-def report_figures(extension):
-    """Figure files of the report; PNGs go into the HTML report with their captions."""
-    paths = []
+def report_figures():
+    """The report's figures as named outputs: figure name -> [its PDF, its PNG]. The package draws
+    each figure by its name into these files; PNGs go into the HTML report with their captions."""
+    files = {}
     for name, category in REPORT_FIGURES.items():
-        path = f"{REPORT_DIR}/{name}.{extension}"
-        if extension == "png":
-            path = report(path, category=category, caption=f"../report/{name}.rst")
-        paths.append(path)
-    return paths
+        png = report(f"{REPORT_DIR}/{name}.png", category=category, caption=f"../report/{name}.rst")
+        files[name] = [f"{REPORT_DIR}/{name}.pdf", png]
+    return files
 
 
 def data_outputs():
@@ -193,7 +192,7 @@ def report_outputs():
     return [
         f"{REPORT_DIR}/results.csv",
         f"{REPORT_DIR}/summary.md",
-        *report_figures("pdf"),
+        *[pdf for pdf, _png in report_figures().values()],
     ]
 
 

@@ -11,6 +11,7 @@ rule aggregate_report:
         data_records=data_energy_inputs(),
         diversity=diversity_inputs(),
     output:
+        **report_figures(),
         table=f"{REPORT_DIR}/results.csv",
         parquet=f"{REPORT_DIR}/results.parquet",
         summary_table=f"{REPORT_DIR}/summary.csv",
@@ -31,8 +32,6 @@ rule aggregate_report:
             category="Tables",
             caption="../report/table.rst",
         ),
-        figures=report_figures("png"),
-        pdf=report_figures("pdf"),
     log:
         "logs/aggregate_report.log",
     conda:

@@ -10,6 +10,7 @@ if __name__ == "__main__":
     sample_dataset(
         dict(snakemake.input.items()),
         dict(snakemake.output.items()),
+        variant_name=snakemake.wildcards.variant,
         seed=int(snakemake.wildcards.seed),
         **dict(snakemake.params.items()),
     )

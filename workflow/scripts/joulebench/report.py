@@ -8,7 +8,6 @@ report_* modules; write_report ties them together.
 """
 
 import logging
-from pathlib import Path
 
 import pandas as pd
 import yaml
@@ -175,13 +174,11 @@ DIVERSITY_COLUMNS = [
 def read_diversity(paths) -> pd.DataFrame:
     """Diversity of the training data at each data stage: raw and cleaned (cleaning_report.json),
     and for each subset variant and seed the cleaned data it chose from and its sample
-    (subset.json); joulebench.diversity made the numbers."""
+    (subset.json, which names its variant and seed); joulebench.diversity made the numbers."""
     rows = []
     for path in paths:
         report = io.read_json(path)
-        variant, seed = None, None
-        if "method" in report:  # a subset variant's summary
-            variant, seed = Path(path).parent.parent.name, report["seed"]
+        variant, seed = report.get("variant"), report.get("seed")  # neither in the cleaning report
         stages = report.get("diversity", {})
         for data in sorted(stages, key=DATA_STAGES.index):
             rows.append({"data": data, "variant": variant, "seed": seed, **stages[data]})
@@ -256,8 +253,9 @@ def write_report(
     skipped: list[dict] | None = None,
     diversity: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Every report file, at the aggregate_report rule's declared `outputs`; `settings` is config
-    `report` (targets, budgets, constraints, the time-energy cost).
+    """Every report file, at the aggregate_report rule's declared `outputs` (each figure at the
+    output named after it: its PNG and PDF); `settings` is config `report` (targets, budgets,
+    constraints, the time-energy cost).
 
     `rounds`: the interleaved comparisons' windows (read_rounds), on which the inference
     differences rest; `protocol`: the measurement protocol, printed in summary.md; `skipped`: the
@@ -279,8 +277,7 @@ def write_report(
     io.write_csv(outputs["curves"], histories)
     io.write_csv(outputs["diversity_table"], diversity)
     io.write_json(outputs["decisions"], decisions)
-    stems = {Path(path).stem: Path(path).with_suffix("") for path in outputs["pdf"]}
-    report_figures.write_figures(summary, histories, stems)
+    report_figures.write_figures(summary, histories, outputs)
     header, rows, footnotes = report_tables.paper_table(summary)
     io.write_text(outputs["markdown"], report_tables.markdown_with_notes(header, rows, footnotes))
     io.write_text(outputs["latex"], report_tables.latex_table(header, rows, footnotes))

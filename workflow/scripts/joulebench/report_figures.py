@@ -67,13 +67,14 @@ STYLE = {
 _NO_DATES = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None, "Creator": None}}
 
 
-def save_figure(fig, base: Path) -> list[Path]:
-    """Write base.pdf and base.png atomically, without timestamps; close the figure."""
+def save_figure(fig, files) -> list[Path]:
+    """Write the figure to its declared `files` (its PDF, then its PNG) atomically, without
+    timestamps; close the figure. The order is part of the bytes: each save lays the figure out."""
+    pdf, png = files
     paths = []
-    for fmt in ("pdf", "png"):
-        path = Path(base).with_suffix(f".{fmt}")
+    for path, fmt in ((pdf, "pdf"), (png, "png")):
         io.write_atomic(path, lambda tmp, f=fmt: fig.savefig(tmp, format=f, metadata=_NO_DATES[f]))
-        paths.append(path)
+        paths.append(Path(path))
     plt.close(fig)
     return paths
 
@@ -171,13 +172,14 @@ def _provenance_handles(measured_flags) -> list:
 
 
 def plot_accuracy_vs(
-    summary, x: str, x_ci: str | None, measured, xlabel: str, base: Path, log_x=False, kind="training"
+    summary, x: str, x_ci: str | None, measured, xlabel: str, files, log_x=False, kind="training"
 ):
     """Accuracy (mean, 95% CI) against one cost, with the Pareto front on the means as a step line.
 
     `measured` names the column saying whether x is a measured energy (hollow markers where not);
     None for costs that are not energy (size, MACs). `kind`: whose device the markers tell, where
-    the model was made (training) or where it inferred (inference).
+    the model was made (training) or where it inferred (inference). `files`: the figure's declared
+    PDF and PNG (save_figure), as for every plot_ function.
     """
     colours, markers, several = _looks(summary, kind)
     divisor, unit = energy_unit(summary[x].max()) if "{unit}" in xlabel else (1.0, "")
@@ -214,10 +216,10 @@ def plot_accuracy_vs(
         provenance = _provenance_handles(summary[measured]) if measured else []
         ax.set_ylabel("Test accuracy (%)")
         _legend_below(fig, [*handles, front_handle, *provenance, *_device_handles(summary, markers, kind)])
-        return save_figure(fig, base)
+        return save_figure(fig, files)
 
 
-def plot_energy_by_stage(summary, base: Path):
+def plot_energy_by_stage(summary, files):
     """Horizontal stacked bars: mean energy of each pipeline stage per variant."""
     _, markers, several = _looks(summary)
     devices = _devices(summary)
@@ -254,10 +256,10 @@ def plot_energy_by_stage(summary, base: Path):
         # The device key shares the stage legend, in two columns (device names are long).
         key = named if mixed else _device_handles(summary, markers)
         _legend_below(fig, [*ax.get_legend_handles_labels()[0], *key], ncols=2)
-        return save_figure(fig, base)
+        return save_figure(fig, files)
 
 
-def plot_training_curves(histories, summary, base: Path):
+def plot_training_curves(histories, summary, files):
     """Validation accuracy vs cumulative energy from raw data, one line per (variant, seed).
 
     A model made from another starts where its lineage ended, so curves share one energy axis.
@@ -280,10 +282,10 @@ def plot_training_curves(histories, summary, base: Path):
         ax.set_ylabel("Validation accuracy (%)")
         ax.set_ylim(top=min(ax.get_ylim()[1], 100.5))
         _legend_below(fig, ax.get_legend_handles_labels()[0] + _device_handles(summary, markers))
-        return save_figure(fig, base)
+        return save_figure(fig, files)
 
 
-def plot_time_vs_energy(summary, base: Path):
+def plot_time_vs_energy(summary, files):
     """Wall time vs energy to produce (means, 95% CIs), one panel per model on shared axes, so
     every variant of every model is read on the same scales."""
     colours, markers, several = _looks(summary)
@@ -317,36 +319,37 @@ def plot_time_vs_energy(summary, base: Path):
         handles = list(handles.values())
         provenance = _provenance_handles(summary["pipeline_energy_measured"])
         _legend_below(fig, [*handles, *provenance, *_device_handles(summary, markers)])
-        return save_figure(fig, base)
+        return save_figure(fig, files)
 
 
-def write_figures(summary, histories, stems: dict) -> list[Path]:
-    """Every figure of the report, as <stem>.pdf and <stem>.png; `stems`: figure name -> the
-    declared path without its extension (REPORT_FIGURES in common.smk names them, with captions).
+def write_figures(summary, histories, files: dict) -> list[Path]:
+    """Every figure of the report into its declared files; `files`: figure name -> its PDF and PNG
+    (the aggregate_report rule's outputs of that name; REPORT_FIGURES in common.smk names them,
+    with captions).
     """
     summary = summary.assign(size_kb=summary["size_bytes"] / 1000, mmacs=summary["macs"] / 1e6)
     paths = []
     paths += plot_accuracy_vs(
         summary, "pipeline_energy_j", "pipeline_energy_j_ci95", "pipeline_energy_measured",
-        "Energy to produce the model ({unit})", stems["accuracy_vs_training_energy"],
+        "Energy to produce the model ({unit})", files["accuracy_vs_training_energy"],
         log_x=_spans(summary["pipeline_energy_j"], SPREAD_FOR_LOG_ENERGY),
     )  # fmt: skip
     paths += plot_accuracy_vs(
         summary, "inference_joules_per_1k", "inference_joules_per_1k_ci95", "inference_energy_measured",
-        "Inference energy per 1,000 samples ({unit})", stems["accuracy_vs_inference_energy"],
+        "Inference energy per 1,000 samples ({unit})", files["accuracy_vs_inference_energy"],
         log_x=_spans(summary["inference_joules_per_1k"], SPREAD_FOR_LOG_ENERGY), kind="inference",
     )  # fmt: skip
     paths += plot_accuracy_vs(
         summary, "size_kb", None, None, "Model size on disk (kB)",
-        stems["accuracy_vs_size"], log_x=_spans(summary["size_kb"], 10), kind="inference",
+        files["accuracy_vs_size"], log_x=_spans(summary["size_kb"], 10), kind="inference",
     )  # fmt: skip
     paths += plot_accuracy_vs(
         summary, "mmacs", None, None, "MACs per sample (millions)",
-        stems["accuracy_vs_macs"], log_x=_spans(summary["mmacs"], 10), kind="inference",
+        files["accuracy_vs_macs"], log_x=_spans(summary["mmacs"], 10), kind="inference",
     )  # fmt: skip
-    paths += plot_energy_by_stage(summary, stems["energy_by_stage"])
-    paths += plot_training_curves(histories, summary, stems["training_curves"])
-    paths += plot_time_vs_energy(summary, stems["time_vs_energy"])
+    paths += plot_energy_by_stage(summary, files["energy_by_stage"])
+    paths += plot_training_curves(histories, summary, files["training_curves"])
+    paths += plot_time_vs_energy(summary, files["time_vs_energy"])
     return paths
 
 

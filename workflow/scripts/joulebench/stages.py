@@ -119,10 +119,17 @@ def clean_dataset(inputs: dict, outputs: dict, cleaning: dict, estimate: dict) -
 
 
 def sample_dataset(
-    inputs: dict, outputs: dict, variant: dict, training: dict, seed: int, estimate: dict
+    inputs: dict,
+    outputs: dict,
+    variant_name: str,
+    variant: dict,
+    training: dict,
+    seed: int,
+    estimate: dict,
 ) -> None:
     """A training subset by `variant["method"]` (joulebench.sample); a scoring method's proxy run
-    is metered here, where the variant is pinned, else on the GPU where there is one."""
+    is metered here, where the variant is pinned, else on the GPU where there is one. The summary
+    names its variant and seed, for the report."""
     from joulebench import sample
 
     arrays, facts = io.open_arrays(inputs["splits"]), io.read_json(inputs["facts"])
@@ -133,6 +140,7 @@ def sample_dataset(
         chosen, choice = sample.select_subset(arrays, facts, variant, training, seed, meter)
     subset = sample.take_train_subset(arrays, chosen)
     summary = {
+        "variant": variant_name,
         "method": variant["method"],
         "fraction": variant["fraction"],
         "seed": seed,
