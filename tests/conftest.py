@@ -87,12 +87,9 @@ def tiny_config(**overrides) -> dict:
     return config
 
 
-def snakemake_command(
-    workdir: Path, config: dict, *args: str, profile: Path | None = None, cores: bool = True
-) -> list[str]:
+def snakemake_command(workdir: Path, config: dict, *args: str, profile: Path | None = None) -> list[str]:
     """The command that runs the real workflow from this checkout on `config`, results under
-    `workdir`: on 2 local cores, or with every setting from a workflow `profile` (SLURM). `cores`
-    False leaves --cores out, as the README's --unlock and --report commands do."""
+    `workdir`: on 2 local cores, or with every setting from a workflow `profile` (SLURM)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -104,7 +101,7 @@ def snakemake_command(
     ]  # fmt: skip
     if profile is not None:
         command += ["--workflow-profile", str(profile)]
-    elif cores:
+    else:
         command += ["--cores", "2"]
     return [*command, *args]
 
@@ -117,6 +114,32 @@ def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def checkout_files() -> list[str]:
+    """This checkout's files, tracked or untracked but not ignored, as paths relative to ROOT."""
+    command = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    listed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    # A tracked file deleted from the working tree is not part of it.
+    return [name for name in listed.split("\0") if name and (ROOT / name).is_file()]
+
+
+def readme_checkout(directory: Path, config: dict | None = None) -> Path:
+    """A checkout laid out the way the README's commands assume, in `directory`: a copy of this
+    checkout's files, `.venv` linked to the environment running the tests, and `config` (if given)
+    as config/config.yaml."""
+    for name in checkout_files():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, directory / name)
+    (directory / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    if config is not None:
+        (directory / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return directory
+
+
+def run_as_printed(command: str, checkout: Path) -> subprocess.CompletedProcess:
+    """Run a command the README prints, unchanged, the way a shell in `checkout` runs it."""
+    return subprocess.run(command, shell=True, cwd=checkout, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="session")

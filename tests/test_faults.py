@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from test_readme import readme_inline_command
 
-from conftest import ROOT, make_image_tree, run_snakemake, snakemake_command, tiny_config
+from conftest import ROOT, make_image_tree, readme_checkout, run_as_printed, run_snakemake, tiny_config
 from joulebench import io
 
 # ---------------------------------------------------------------- outputs are atomic
@@ -117,12 +118,18 @@ def test_bad_image_folder_fails_its_rule_with_the_message_and_no_output(tmp_path
     assert written == []
 
 
+# The README's run, on the two cores the tests keep to.
+README_RUN = ".venv/bin/snakemake --cores 2"
+
+
 @pytest.mark.slow
 def test_sigkill_of_the_whole_run_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_run):
     reference_dir, config, _ = tiny_run
-    workdir = tmp_path / "killed"
+    # Run, kill and recover in a checkout as the README has it, so its recovery runs as printed.
+    workdir = readme_checkout(tmp_path / "killed", config)
     process = subprocess.Popen(
-        snakemake_command(workdir, config),
+        README_RUN,
+        shell=True,
         cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -134,17 +141,12 @@ def test_sigkill_of_the_whole_run_then_rerun_equals_an_uninterrupted_run(tmp_pat
     assert not (workdir / "results" / "report" / "results.csv").exists()
 
     # A SIGKILLed Snakemake cannot remove its lock; the documented recovery is --unlock, then rerun.
-    locked = run_snakemake(workdir, config, check=False)
+    locked = run_as_printed(README_RUN, workdir)
     assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
-    # The README's recovery step as it prints it: no --cores.
-    unlocked = subprocess.run(
-        snakemake_command(workdir, config, "--unlock", cores=False),
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-    )
+    unlocked = run_as_printed(readme_inline_command("When things go wrong", "--unlock"), workdir)
     assert unlocked.returncode == 0 and "Unlocked" in unlocked.stdout + unlocked.stderr
-    run_snakemake(workdir, config)
+    rerun = run_as_printed(README_RUN, workdir)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
 
     killed = pd.read_csv(workdir / "results/report/results.csv")
     reference = pd.read_csv(reference_dir / "results/report/results.csv")

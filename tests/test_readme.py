@@ -8,15 +8,27 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, readme_checkout, run_as_printed
+
+
+def readme_section(section: str) -> str:
+    """The README's text under the heading `## <section>`, up to the next heading."""
+    text = (ROOT / "README.md").read_text()
+    return re.search(rf"^## {re.escape(section)}\n(.*?)(?=^## )", text, re.MULTILINE | re.DOTALL).group(1)
 
 
 def readme_commands(section: str) -> list[str]:
     """The commands of the bash blocks under the README heading `## <section>`, comments left out."""
-    text = (ROOT / "README.md").read_text()
-    body = re.search(rf"^## {re.escape(section)}\n(.*?)(?=^## )", text, re.MULTILINE | re.DOTALL).group(1)
-    blocks = re.findall(r"```bash\n(.*?)```", body, re.DOTALL)
+    blocks = re.findall(r"```bash\n(.*?)```", readme_section(section), re.DOTALL)
     return [line for block in blocks for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def readme_inline_command(section: str, words: str) -> str:
+    """The one command printed inline (in a sentence or a table) under `## <section>` that holds
+    `words`: a code span starting with the program the README's install puts in .venv/bin/."""
+    spans = re.findall(r"`([^`\n]+)`", readme_section(section))
+    (command,) = [span for span in spans if span.startswith(".venv/bin/") and words in span]
+    return command
 
 
 def test_the_readme_keeps_two_set_up_commands_and_prints_the_fast_suite():
@@ -25,9 +37,9 @@ def test_the_readme_keeps_two_set_up_commands_and_prints_the_fast_suite():
 
 
 @pytest.mark.slow  # it runs the whole fast suite (about a minute)
-def test_the_fast_suite_passes_as_printed():
+def test_the_fast_suite_passes_as_printed(tmp_path):
     (command,) = [c for c in readme_commands("Tests") if "pytest" in c]
-    result = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True)
+    result = run_as_printed(command, readme_checkout(tmp_path))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert " passed" in result.stdout and " deselected" in result.stdout
 

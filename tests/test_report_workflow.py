@@ -2,12 +2,13 @@
 
 import hashlib
 import json
-import subprocess
+import shutil
 
 import pandas as pd
 import pytest
+from test_readme import readme_inline_command
 
-from conftest import REPORT_FIGURES, run_snakemake, snakemake_command
+from conftest import REPORT_FIGURES, readme_checkout, run_as_printed, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -59,13 +60,24 @@ def test_report_has_every_figure_and_table(tiny_run):
     assert "int8_dynamic" not in set(curves["variant"]) and "baseline" in set(curves["variant"])
 
 
-def test_snakemake_report_html_holds_every_figure_with_its_caption(tiny_run):
-    workdir, config, _ = tiny_run
+def with_finished_run(checkout, run_dir):
+    """`checkout` after the run made in `run_dir`: its results and Snakemake's record of the jobs
+    that made them (.snakemake/metadata: without it --report warns of missing metadata for every
+    file and its runtime statistics lose each job's start and end)."""
+    shutil.rmtree(checkout / "results")  # the checkout's own holds only .gitkeep
+    shutil.copytree(run_dir / "results", checkout / "results")
+    shutil.copytree(run_dir / ".snakemake" / "metadata", checkout / ".snakemake" / "metadata")
+    return checkout
+
+
+def test_snakemake_report_html_holds_every_figure_with_its_caption(tiny_run, tmp_path):
+    run_dir, config, _ = tiny_run
+    checkout = with_finished_run(readme_checkout(tmp_path, config), run_dir)
     # As the README prints it: no --cores (the idle rule's threads once needed them at parse time).
-    command = snakemake_command(workdir, config, "--report", "report.html", cores=False)
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
+    result = run_as_printed(readme_inline_command("What you get", "--report"), checkout)
     assert result.returncode == 0, result.stdout + result.stderr
-    html = (workdir / "report.html").read_text()
+    assert "Missing metadata" not in result.stderr  # it knows the job behind every file
+    html = (checkout / "report.html").read_text()
     # The front page describes the experiment, not a bare DAG.
     assert "what Green-AI techniques really buy" in html and "How to read the categories" in html
     for figure in FIGURES:
