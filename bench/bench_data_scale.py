@@ -70,7 +70,7 @@ def run_stage(stage: str, folder: Path, work: Path, threads: int) -> None:
     raw = {key: work / name for key, name in names.items()}
     if stage == "prepare":
         dataset = {"name": "scale", "source": "imagefolder", "root": str(folder), "image_size": IMAGE_SIZE}
-        dataset |= {"val_fraction": 0.15, "test_fraction": 0.2, "split_seed": 0}
+        dataset |= {"resize": "stretch", "val_fraction": 0.15, "test_fraction": 0.2, "split_seed": 0}
         stages.prepare_dataset({}, raw, dataset, CLEANING["enabled"], ENERGY)
     else:
         out = {key: work / f"{key}.out" for key in ("splits", "facts", "report", "removed", "energy")}

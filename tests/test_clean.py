@@ -84,7 +84,7 @@ def planted_tree(tmp_path_factory):
 
 
 def run_cleaning(root, tmp_path, settings=SETTINGS):
-    dataset = {"name": "tree", "source": "imagefolder", "root": str(root)}
+    dataset = {"name": "tree", "source": "imagefolder", "root": str(root), "resize": "stretch"}
     dataset |= {"val_fraction": 0.2, "test_fraction": 0.3, "split_seed": 0, "image_size": 32}
     raw = {
         key: tmp_path / f"raw_{name}"
