@@ -83,8 +83,22 @@ def simulated_run(tmp_path_factory):
             env={**os.environ, **variables},
         )
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    (workdir / "console.txt").write_text(result.stderr)
     records = {path: json.loads(path.read_text()) for path in (workdir / "results").rglob("energy.json")}
     return workdir, records
+
+
+@pytest.mark.slow
+def test_no_job_on_a_gpu_host_is_forked_from_a_process_that_loaded_torch(simulated_run):
+    # On an NVIDIA host CUDA cannot be used in a process forked from one that started the driver:
+    # the simulated GPU fails the way CUDA does there (simulated_host/sitecustomize.py), and the run
+    # above completed. The console says how its jobs started, and why.
+    workdir, _ = simulated_run
+    console = (workdir / "console.txt").read_text()
+    assert "each job starts in its own interpreter, not from a warm worker: NVML answers" in console
+    assert not (workdir / "logs" / "warm_worker.log").exists()
+    for log in (workdir / "logs").rglob("*.log"):
+        assert "started from the run's warm worker" not in log.read_text(), log
 
 
 @pytest.mark.slow

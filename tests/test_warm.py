@@ -4,8 +4,10 @@ import json
 import os
 import shlex
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -16,9 +18,6 @@ from conftest import ROOT
 from joulebench import warm
 
 SCRIPTS = ROOT / "workflow" / "scripts"
-# Each test starts real interpreters and a worker that imports torch and the stages (about 25 s in
-# all): outside the fast suite.
-pytestmark = pytest.mark.slow
 
 # A rule script's shape: ask the worker first; what follows runs in the forked child (or here).
 JOB = textwrap.dedent(
@@ -57,12 +56,21 @@ JOB = textwrap.dedent(
 )
 
 
+# The tests that start real interpreters and a worker that imports torch and the stages (about 25 s
+# in all) are outside the fast suite.
+slow = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
     """A warm worker started as the Snakefile's onstart starts it (this process is its parent)."""
     directory = tmp_path_factory.mktemp("warm")
-    process = warm.start(str(SCRIPTS), str(directory / "worker.log"))
+    process, started = warm.start(str(SCRIPTS), str(directory / "worker.log"))
     assert process is not None, (directory / "worker.log").read_text()
+    assert (
+        started
+        == f"joulebench: jobs start from the warm worker (pid {process.pid}, log {directory}/worker.log)"
+    )
     socket_path = os.environ[warm.SOCKET_VARIABLE]
     yield socket_path, process
     warm.stop(process)
@@ -70,9 +78,32 @@ def worker(tmp_path_factory):
     assert not Path(socket_path).exists()
 
 
-def run_job(tmp_path, socket_path, *args, env=None, python=sys.executable):
+# A job that names its set-up, as the QAT job does (torchao's PT2E patterns, traced in the worker),
+# and reports the CUDA state it started with.
+CUDA_JOB = textwrap.dedent(
+    """
+    import json, os, sys
+    if __name__ == "__main__":
+        from joulebench.warm import run_in_worker
+
+        run_in_worker(work=tuple(sys.argv[1:3]) if len(sys.argv) > 2 else None)
+        import torch
+
+        facts = {
+            "child": os.environ.get("JOULEBENCH_WARM_CHILD"),
+            "bad_fork": torch.cuda._is_in_bad_fork(),
+            "initialized": torch.cuda.is_initialized(),
+            "device_query": type(torch._C._cuda_getDeviceCount).__name__,
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        }
+        print(json.dumps(facts))
+    """
+)
+
+
+def run_job(tmp_path, socket_path, *args, env=None, python=sys.executable, script_text=JOB):
     script = tmp_path / "job.py"
-    script.write_text(JOB)
+    script.write_text(script_text)
     environment = {
         **os.environ,
         "PYTHONPATH": str(SCRIPTS),
@@ -90,6 +121,7 @@ def run_job(tmp_path, socket_path, *args, env=None, python=sys.executable):
     )
 
 
+@slow
 def test_a_forked_job_gets_the_jobs_streams_directory_environment_and_threads(tmp_path, worker):
     socket_path, process = worker
     job = run_job(tmp_path, socket_path, "report", env={"JOB_MARKER": "seen", "OMP_NUM_THREADS": "2"})
@@ -106,6 +138,7 @@ def test_a_forked_job_gets_the_jobs_streams_directory_environment_and_threads(tm
     assert "to stderr" in err
 
 
+@slow
 def test_exit_status_and_uncaught_errors_are_the_scripts(tmp_path, worker):
     socket_path, _ = worker
     job = run_job(tmp_path, socket_path, "exit", "3")
@@ -136,6 +169,7 @@ def _gone(pid: int, timeout=10) -> bool:
     return False
 
 
+@slow
 def test_sigterm_to_the_jobs_process_reaches_the_child(tmp_path, worker):
     socket_path, _ = worker
     marker, pid_file = tmp_path / "sigterm", tmp_path / "pid"
@@ -148,6 +182,7 @@ def test_sigterm_to_the_jobs_process_reaches_the_child(tmp_path, worker):
     assert _gone(child)
 
 
+@slow
 def test_a_killed_jobs_child_dies_with_it(tmp_path, worker):
     """Snakemake kills a job's process (SIGKILL), not its child: the child must not train on."""
     socket_path, _ = worker
@@ -159,6 +194,7 @@ def test_a_killed_jobs_child_dies_with_it(tmp_path, worker):
     assert _gone(child)
 
 
+@slow
 def test_a_job_in_another_interpreter_or_without_a_worker_runs_on_its_own(tmp_path, worker):
     socket_path, _ = worker
     for env in ({warm.SOCKET_VARIABLE: str(tmp_path / "no-such.sock")}, {warm.SWITCH_VARIABLE: "0"}):
@@ -176,13 +212,14 @@ def test_a_job_in_another_interpreter_or_without_a_worker_runs_on_its_own(tmp_pa
     assert json.loads(out) == {"pid": job.pid, "child": None}
 
 
+@slow
 def test_the_worker_stops_when_the_process_that_started_it_is_gone(tmp_path):
     starter = textwrap.dedent(
         f"""
         import os, sys
         sys.path.insert(0, {str(SCRIPTS)!r})
         from joulebench import warm
-        process = warm.start({str(SCRIPTS)!r}, {str(tmp_path / "worker.log")!r})
+        process, _ = warm.start({str(SCRIPTS)!r}, {str(tmp_path / "worker.log")!r})
         print(process.pid, os.environ[warm.SOCKET_VARIABLE], flush=True)
         os._exit(0)  # no warm.stop: a Snakemake killed with SIGKILL
         """
@@ -194,8 +231,10 @@ def test_the_worker_stops_when_the_process_that_started_it_is_gone(tmp_path):
 
 
 # It reads the shared tiny run.
+@slow
 def test_a_local_run_starts_its_jobs_from_the_warm_worker_and_stops_it(tiny_run):
-    workdir, _, _ = tiny_run
+    workdir, _, result = tiny_run
+    assert "joulebench: jobs start from the warm worker (pid " in result.stderr
     warm_logs = {path for path in (workdir / "logs").rglob("*.log") if "warm worker" in path.read_text()}
     for rule in ("prepare_dataset", "clean_dataset", "train_model", "evaluate_model", "compare_inference"):
         assert any(rule in str(path) for path in warm_logs), rule
@@ -217,6 +256,7 @@ def test_a_local_run_starts_its_jobs_from_the_warm_worker_and_stops_it(tiny_run)
 
 
 # About 30 s: ten job start-ups and the worker's own.
+@slow
 def test_warm_start_benchmark_runs_as_printed():
     from test_readme import readme_commands
 
@@ -229,3 +269,105 @@ def test_warm_start_benchmark_runs_as_printed():
     assert result.returncode == 0, result.stdout + result.stderr
     ratio = float(result.stdout.split("warm worker: ")[-1])
     assert ratio > 1, result.stdout  # a forked job starts faster than one importing torch itself
+
+
+@slow
+def test_a_forked_job_starts_with_clean_cuda_state(tmp_path, worker):
+    """The worker imported torchao (whose import queries CUDA) and, for the QAT job, traced the PT2E
+    patterns (which query it again): neither may reach the CUDA driver, whose start arms torch's fork
+    guard. A job forked afterwards must be able to start CUDA itself, with its own
+    CUDA_VISIBLE_DEVICES, and must query the real device count."""
+    socket_path, _ = worker
+    for work in ((), ("joulebench.quantize", "int8_qat")):
+        env = {"CUDA_VISIBLE_DEVICES": "3"}
+        job = run_job(tmp_path, socket_path, *work, env=env, script_text=CUDA_JOB)
+        out, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err
+        facts = json.loads(out)
+        assert facts == {
+            "child": "1",  # forked from the worker
+            "bad_fork": False,  # the worker never started the CUDA driver
+            "initialized": False,
+            "device_query": "builtin_function_or_method",  # torch's own, not the worker's stand-in
+            "visible": "3",
+        }, work
+
+
+def _python(code: str, env: dict | None = None) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(SCRIPTS), **(env or {})},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@slow
+def test_the_fork_check_sees_a_started_cuda_driver_and_the_guard_keeps_torchao_from_it():
+    # Without the guard, torchao's import alone arms torch's fork guard (it calls
+    # torch.cuda.is_available()); with it, it does not. The check sees both, in a forked probe.
+    check = "from joulebench import warm; print(warm._check_fork_is_clean())"
+    assert _python(f"import torch, torchao; {check}").startswith("a process forked from the worker")
+    assert (
+        _python(f"from joulebench import warm; warm._cuda_answers_no_gpu(); import torchao; {check}")
+        == "None"
+    )
+    assert "NVML library is loaded" in _python(f"import torch, pynvml; pynvml.nvmlLib = object(); {check}")
+
+
+@slow
+def test_a_worker_that_would_hand_jobs_a_started_cuda_driver_refuses_and_the_console_says_so(
+    tmp_path, monkeypatch
+):
+    # A library that reaches the driver past the guard, here at interpreter start-up (sitecustomize).
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import torch\ntorch.cuda.is_available()\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.delenv(warm.SOCKET_VARIABLE, raising=False)
+    process, started = warm.start(str(SCRIPTS), str(tmp_path / "worker.log"))
+    assert process is None and warm.SOCKET_VARIABLE not in os.environ
+    assert started.startswith(
+        "joulebench: each job starts in its own interpreter: the warm worker did not start"
+    )
+    assert f"exited with status {warm.REFUSED_STATUS}" in started
+    assert "a process forked from the worker could not use CUDA" in started
+
+
+def test_no_worker_on_a_host_with_a_gpu(monkeypatch):
+    # Zeus's NVML check answers (an NVIDIA host): no worker starts, and the console says why.
+    import zeus.device.gpu
+
+    monkeypatch.delenv(warm.SWITCH_VARIABLE, raising=False)
+    assert warm.gpu_on_host() is None  # this host has none
+    monkeypatch.setattr(zeus.device.gpu, "nvml_is_available", lambda: True)
+    assert warm.gpu_on_host() == "NVML answers on this host (an NVIDIA GPU)"
+    process, started = warm.start(str(SCRIPTS), "/nonexistent/worker.log")
+    assert process is None
+    assert started == (
+        "joulebench: each job starts in its own interpreter, not from a warm worker: NVML answers on "
+        "this host (an NVIDIA GPU), and CUDA cannot be used in a forked process"
+    )
+    monkeypatch.setattr(zeus.device.gpu, "nvml_is_available", lambda: False)
+    monkeypatch.setattr(warm, "GPU_DEVICE_NODES", (str(ROOT / "README.m[d]"),))  # a node that exists
+    assert warm.gpu_on_host() == f"this host has GPU device nodes ({ROOT / 'README.md'})"
+
+
+def test_sockets_live_in_a_private_directory_and_a_killed_runs_are_swept(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    directory = warm.socket_directory()
+    assert directory.parent == tmp_path and stat.S_IMODE(directory.stat().st_mode) == 0o700
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left_behind = directory / f"{dead.pid}-1.sock"  # its Snakemake process is gone
+    ours = directory / f"{os.getpid()}-2.sock"
+    for path in (left_behind, ours):
+        path.touch()
+    warm.sweep_sockets(directory)
+    assert not left_behind.exists() and ours.exists()
+    directory.chmod(0o755)  # another user could connect: refused
+    with pytest.raises(OSError, match="not a directory of this user's alone"):
+        warm.socket_directory()

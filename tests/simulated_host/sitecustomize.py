@@ -7,7 +7,10 @@ Nothing here runs on a real host. It patches modules as they are imported:
 - zeus.device.cpu.rapl.RAPL_DIR -> the powercap tree that rapl_writer.py keeps moving (Zeus's
   real RAPL classes read it, and its real wrap-around tracker process is spawned);
 - joulebench.devices.accelerator -> "GPU 0 does the work" while torch computes on the CPU, its
-  stand-in; Placement.synchronize is then a no-op, the stand-in for CUDA's sync.
+  stand-in. Its Placement.synchronize stands in for CUDA's sync, and fails as CUDA does in a
+  process that inherited a started CUDA driver: torch's real fork guard (armed wherever something
+  queried CUDA before a fork, `torch.cuda._is_in_bad_fork()` in the child) decides, so a job forked
+  from a process that touched CUDA breaks here as it would on an NVIDIA host.
 Power model parameters come from the environment (SIMULATED_GPU_IDLE_W, SIMULATED_GPU_BUSY_W).
 """
 
@@ -35,10 +38,22 @@ def _rapl(module):
     module.RAPL_DIR = os.path.join(HOST_DIR, "intel-rapl")
 
 
+# What torch.cuda raises on first use in a process forked after the CUDA driver started.
+BAD_FORK = (
+    "Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, you must use "
+    "the 'spawn' start method"
+)
+
+
 def _devices(module):
     import torch
 
-    simulated_gpu = module.Placement(torch.device("cpu"), 0)
+    class SimulatedGpuPlacement(module.Placement):
+        def synchronize(self) -> None:
+            if torch.cuda._is_in_bad_fork():
+                raise RuntimeError(BAD_FORK)
+
+    simulated_gpu = SimulatedGpuPlacement(torch.device("cpu"), 0)
     module.accelerator = lambda: simulated_gpu
 
 

@@ -1,6 +1,7 @@
 import sys
 from pathlib import Path
 
+from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -216,15 +217,17 @@ def idle_baseline(wildcards):
     return {}
 
 
-# Jobs of a local run fork from one warm worker that has imported torch and the stages, instead of
-# each importing them (joulebench.warm); JOULEBENCH_WARM=0 switches it off. SLURM jobs start as before.
+# Jobs of a local run on a host without a GPU fork from one warm worker that has imported torch and
+# the stages, instead of each importing them (joulebench.warm); JOULEBENCH_WARM=0 switches it off.
+# SLURM jobs, and every job on a host with a GPU, start in their own interpreters.
 WARM_WORKER = {}
 
 
 onstart:
     if workflow.local_exec:
         scripts = str(Path(workflow.basedir) / "workflow" / "scripts")
-        WARM_WORKER["process"] = warm.start(scripts, "logs/warm_worker.log")
+        WARM_WORKER["process"], started = warm.start(scripts, "logs/warm_worker.log")
+        logger.info(started)
 
 
 onsuccess:

@@ -14,8 +14,21 @@ A job may also name the work it is about to do (`run_in_worker(work=(stage, meth
 then runs that work's set-up before the window once (joulebench.stages.prepare_before_window, such
 as tracing torchao's PT2E patterns), and the job and every job forked after it inherit the result.
 
-Where no worker answers (SLURM jobs, scripts run outside Snakemake, JOULEBENCH_WARM=0, a worker
-that failed to start), the job runs in its own interpreter, as it always did.
+Where no worker answers (SLURM jobs, scripts run outside Snakemake, JOULEBENCH_WARM=0, a host
+with a GPU, a worker that failed to start), the job runs in its own interpreter, and Snakemake's
+console says why.
+
+CUDA and NVML. A process forked from one that has started the CUDA driver cannot use CUDA ("Cannot
+re-initialize CUDA in forked subprocess"), and torch starts it on the first device query:
+`torch.cuda.is_available()`, which torchao runs when it is imported and again when it traces its
+conv-bn patterns. So the worker runs only where no GPU can be used at all (`gpu_on_host` finds
+none: no NVML, no AMD SMI, no GPU device node), and in it torch's device query answers "no GPU"
+without reaching the driver (`_cuda_answers_no_gpu`), a true answer on such a host; each child gets
+the real query back before its script runs. Before it accepts the first job, and again after each
+set-up it runs for a job, the worker forks a probe and refuses to serve unless the probe starts
+clean: torch's fork guard not armed, CUDA not initialised, NVML not loaded (`_check_fork_is_clean`).
+A library that found another way to the driver turns the worker off; it can never hand a job
+poisoned CUDA state.
 
 Why by hand: no library forks prepared interpreters for Snakemake jobs; multiprocessing's
 forkserver preloads modules the same way but only for its own Process objects, not for a script
@@ -25,6 +38,7 @@ that Snakemake starts with its own standard streams, environment and exit status
 import atexit
 import contextlib
 import gc
+import glob
 import importlib
 import json
 import logging
@@ -33,8 +47,10 @@ import runpy
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -70,6 +86,72 @@ FORWARDED = (signal.SIGTERM, signal.SIGHUP)
 READY_TIMEOUT_S = 180
 # The line that opens each run's part of the worker's log.
 RUN_HEADER = "== warm worker for the run started"
+# The worker's exit status when it refuses to serve (it would hand jobs CUDA or NVML state).
+REFUSED_STATUS = 3
+# Device nodes of GPUs that torch can use: NVIDIA (Linux), AMD ROCm, NVIDIA/others under WSL 2.
+GPU_DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
+
+
+# torch._C's entries to the CUDA driver, replaced in the worker (_cuda_answers_no_gpu); name -> real.
+_REAL_CUDA_ENTRIES: dict = {}
+
+
+def _cuda_answers_no_gpu() -> None:
+    """In the worker: torch's CUDA device query answers 0 GPUs and its CUDA start-up refuses, both
+    without reaching the driver (whose start arms torch's fork guard, even where it finds no GPU).
+    The worker runs only where gpu_on_host found none, so the answer is true."""
+    import torch
+
+    def refuse():
+        raise RuntimeError("the warm worker never starts CUDA: this host has no GPU it could use")
+
+    for name, stand_in in (("_cuda_getDeviceCount", lambda: 0), ("_cuda_init", refuse)):
+        if hasattr(torch._C, name):  # a CPU-only build of torch has neither
+            _REAL_CUDA_ENTRIES[name] = getattr(torch._C, name)
+            setattr(torch._C, name, stand_in)
+
+
+def _real_cuda_entries() -> None:
+    """In a forked child: torch's own CUDA entries again, before the job's script runs."""
+    import torch
+
+    for name, real in _REAL_CUDA_ENTRIES.items():
+        setattr(torch._C, name, real)
+
+
+def _check_fork_is_clean() -> str | None:
+    """What a job forked now would inherit of CUDA or NVML state, or None where nothing: CUDA
+    initialised, the NVML library loaded, or torch's fork guard armed (seen in a forked probe)."""
+    import torch
+
+    pynvml = sys.modules.get("pynvml")
+    if torch.cuda.is_initialized():
+        return "CUDA is initialised in the worker"
+    if pynvml is not None and getattr(pynvml, "nvmlLib", None) is not None:
+        return "the NVML library is loaded in the worker"
+    probe = os.fork()
+    if probe == 0:
+        os._exit(1 if torch.cuda._is_in_bad_fork() else 0)
+    _, status = os.waitpid(probe, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return "a process forked from the worker could not use CUDA (something started the CUDA driver)"
+    return None
+
+
+def gpu_on_host() -> str | None:
+    """Why a job on this host could compute on a GPU, or None: a GPU device node exists, or NVML or
+    AMD SMI answers (through Zeus, which the jobs meter with). Runs in Snakemake's process, whose
+    jobs are new programs (fork + exec) that inherit none of its state."""
+    nodes = sorted(node for pattern in GPU_DEVICE_NODES for node in glob.glob(pattern))
+    if nodes:
+        return f"this host has GPU device nodes ({', '.join(nodes[:3])})"
+    from zeus.device import gpu
+
+    if gpu.nvml_is_available():
+        return "NVML answers on this host (an NVIDIA GPU)"
+    if gpu.amdsmi_is_available():
+        return "AMD SMI answers on this host (an AMD GPU)"
+    return None
 
 
 def preload() -> None:
@@ -86,8 +168,14 @@ def preload() -> None:
 
 
 def serve(path: str, parent: int) -> None:
-    """Accept jobs on the Unix socket `path` until SIGTERM or until process `parent` is gone."""
+    """Accept jobs on the Unix socket `path` until SIGTERM or until process `parent` is gone; exit
+    with REFUSED_STATUS, before accepting any, where a forked job would not start clean."""
+    _cuda_answers_no_gpu()
     preload()
+    problem = _check_fork_is_clean()
+    if problem:
+        log.error("warm worker: not serving jobs: %s", problem)
+        sys.exit(REFUSED_STATUS)
     gc.collect()  # what the children inherit frozen (_start_job) is what is alive, not garbage
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
@@ -101,15 +189,20 @@ def serve(path: str, parent: int) -> None:
     )
     jobs = {}  # child pid -> the connection of the job that waits for it
     prepared = set()  # the (stage, method) pairs whose set-up the worker has run
+    accepting = True
     try:
-        while os.getppid() == parent:
-            ready, _, _ = select.select([listener, wake_read], [], [], 1.0)
+        # After it stops accepting, the worker still reports the jobs it runs until they end.
+        while os.getppid() == parent and (accepting or jobs):
+            ready, _, _ = select.select([listener, wake_read] if accepting else [wake_read], [], [], 1.0)
             if wake_read in ready:
                 os.read(wake_read, 512)
             _report_finished(jobs)
-            if listener in ready:
+            if accepting and listener in ready:
                 connection, _ = listener.accept()
-                _start_job(connection, jobs, prepared, (listener, wake_read, wake_write))
+                accepting = _start_job(connection, jobs, prepared, (listener, wake_read, wake_write))
+                if not accepting:  # later jobs find no socket and start in their own interpreters
+                    listener.close()
+                    Path(path).unlink(missing_ok=True)
     finally:
         listener.close()
         Path(path).unlink(missing_ok=True)
@@ -126,17 +219,20 @@ def _report_finished(jobs: dict) -> None:
             connection.close()
 
 
-def _start_job(connection: socket.socket, jobs: dict, prepared: set, worker_fds: tuple) -> None:
+def _start_job(connection: socket.socket, jobs: dict, prepared: set, worker_fds: tuple) -> bool:
+    """Fork the job `connection` asks for; False where the worker must stop accepting jobs (the
+    job's set-up left state that a forked job would inherit: this job then starts on its own)."""
     message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
     request = json.loads(message)
     if request["executable"] != sys.executable:  # a job in another environment (--use-conda)
-        for fd in fds:
-            os.close(fd)
-        _send(connection, {"refused": f"the worker runs {sys.executable}"})
-        connection.close()
-        return
-    if request.get("work"):
-        _prepare(tuple(request["work"]), prepared)
+        _refuse(connection, fds, f"the worker runs {sys.executable}")
+        return True
+    if request.get("work") and _prepare(tuple(request["work"]), prepared):
+        problem = _check_fork_is_clean()
+        if problem:
+            log.error("warm worker: no more jobs after the set-up of %s %s: %s", *request["work"], problem)
+            _refuse(connection, fds, problem)
+            return False
     # Every object the worker holds is left out of the child's collections: a full collection in
     # the child would touch, and so copy, every page of them (1.2 CPU-seconds), maybe in a window.
     gc.freeze()
@@ -149,13 +245,23 @@ def _start_job(connection: socket.socket, jobs: dict, prepared: set, worker_fds:
         os.close(fd)
     jobs[pid] = connection
     _send(connection, {"pid": pid})
+    return True
 
 
-def _prepare(work: tuple[str, str], prepared: set) -> None:
-    """Run the set-up of `work` (stage module, method) here, once, so that its jobs fork with it done.
-    A failure is only logged: the job runs the same set-up itself, and fails there in its own log."""
+def _refuse(connection: socket.socket, fds: list[int], reason: str) -> None:
+    """Answer a job that it must run in its own interpreter."""
+    for fd in fds:
+        os.close(fd)
+    _send(connection, {"refused": reason})
+    connection.close()
+
+
+def _prepare(work: tuple[str, str], prepared: set) -> bool:
+    """Run the set-up of `work` (stage module, method) here, once, so that its jobs fork with it done;
+    True where it ran now. A failure is only logged: the job runs the same set-up itself, and fails
+    there in its own log."""
     if work in prepared:
-        return
+        return False
     prepared.add(work)
     from joulebench.stages import prepare_before_window
 
@@ -164,9 +270,10 @@ def _prepare(work: tuple[str, str], prepared: set) -> None:
         prepare_before_window(importlib.import_module(work[0]), work[1])
     except Exception:
         log.exception("warm worker: the set-up of %s %s failed", *work)
-        return
+        return True
     gc.collect()
     log.info("warm worker: prepared %s %s for this run's jobs (%.1f s)", *work, time.perf_counter() - started)
+    return True
 
 
 def _send(connection: socket.socket, message: dict) -> None:
@@ -187,6 +294,7 @@ def _run_child(connection: socket.socket, request: dict, fds: list[int]) -> None
     os.umask(request["umask"])
     os.environ.clear()
     os.environ.update(request["env"], **{CHILD_VARIABLE: "1"})
+    _real_cuda_entries()
     _apply_thread_limits(os.environ)
     script = request["script"]
     sys.argv = [script, *request["argv"][1:]]
@@ -294,12 +402,24 @@ def _current_umask() -> int:
 # ---------------------------------------------------------------------------------------- the run
 
 
-def start(scripts_dir: str, log_path: str) -> subprocess.Popen | None:
-    """Start the run's worker and wait until it accepts jobs; None (jobs start as before) where it
-    is switched off or did not come up. Sets the socket variable for the run's jobs."""
+COLD = "joulebench: each job starts in its own interpreter"
+
+
+def start(scripts_dir: str, log_path: str) -> tuple[subprocess.Popen | None, str]:
+    """Start the run's worker and wait until it accepts jobs; sets the socket variable for the
+    run's jobs. Returns the worker (None where it is switched off, the host has a GPU, or it did
+    not come up) and a line for Snakemake's console that says how jobs start, and why."""
     if os.environ.get(SWITCH_VARIABLE) == "0":
-        return None
-    path = f"/tmp/joulebench-warm-{os.getpid()}-{time.monotonic_ns()}.sock"
+        return None, f"{COLD} ({SWITCH_VARIABLE}=0)"
+    gpu = gpu_on_host()
+    if gpu:
+        return None, f"{COLD}, not from a warm worker: {gpu}, and CUDA cannot be used in a forked process"
+    try:
+        directory = socket_directory()
+    except OSError as error:
+        return None, f"{COLD}: no private directory for the warm worker's socket ({error})"
+    sweep_sockets(directory)
+    path = str(directory / f"{os.getpid()}-{time.monotonic_ns()}.sock")
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
@@ -319,10 +439,50 @@ def start(scripts_dir: str, log_path: str) -> subprocess.Popen | None:
     while time.monotonic() < deadline and worker.poll() is None:
         if Path(path).exists():
             os.environ[SOCKET_VARIABLE] = path
-            return worker
+            return worker, f"joulebench: jobs start from the warm worker (pid {worker.pid}, log {log_path})"
         time.sleep(0.1)
-    worker.kill()
-    return None
+    if worker.poll() is None:
+        worker.kill()
+        why = f"it was not ready after {READY_TIMEOUT_S} s"
+    else:
+        why = f"it exited with status {worker.returncode}: {_last_line(log_path)}"
+    worker.wait()
+    return None, f"{COLD}: the warm worker did not start ({why}; see {log_path})"
+
+
+def _last_line(log_path: str) -> str:
+    lines = Path(log_path).read_text().strip().splitlines()
+    return lines[-1] if lines else "its log is empty"
+
+
+def socket_directory() -> Path:
+    """This user's directory for worker sockets, mode 0700, so no other user can send a job to a
+    worker; raises OSError where the path exists but is not such a directory."""
+    directory = Path(tempfile.gettempdir()) / f"joulebench-warm-{os.getuid()}"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    facts = directory.lstat()
+    if not stat.S_ISDIR(facts.st_mode) or facts.st_uid != os.getuid() or facts.st_mode & 0o077:
+        raise OSError(f"{directory} is not a directory of this user's alone (mode 0700): remove it")
+    return directory
+
+
+def sweep_sockets(directory: Path) -> None:
+    """Remove the sockets of workers whose Snakemake process is gone (a run killed with SIGKILL
+    leaves its socket behind); each socket is named after that process's pid."""
+    for socket_path in directory.glob("*.sock"):
+        pid = socket_path.name.split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            socket_path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def stop(worker: subprocess.Popen | None) -> None:
