@@ -50,9 +50,9 @@ def main() -> None:
         script = Path(folder) / "job.py"
         script.write_text(JOB)
         started = time.perf_counter()
-        worker, started = warm.start(str(SCRIPTS), str(Path(folder) / "worker.log"))
+        worker, how_jobs_start = warm.start(str(SCRIPTS), str(Path(folder) / "worker.log"))
         if worker is None:
-            sys.exit(started)
+            sys.exit(how_jobs_start)
         worker_s = time.perf_counter() - started
         env = {**os.environ, "PYTHONPATH": str(SCRIPTS), "OMP_NUM_THREADS": "1"}
         cold, hot = [], []
