@@ -1,4 +1,8 @@
+import multiprocessing
+import sys
 import time
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -6,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from joulebench.checkpoint import Checkpointer
+from joulebench.devices import CPU
 from joulebench.energy import EnergyMeter
 from joulebench.models import build_model
 from joulebench.train import (
@@ -246,3 +251,54 @@ def test_a_cpu_allocation_failure_reads_as_out_of_memory():
     expected = "during evaluation with batch size 256; lower evaluation.batch_size"
     with pytest.raises(DeviceOutOfMemory, match=expected), fits:
         torch.empty(2**60, dtype=torch.uint8)
+
+
+# -- the GPU path, without a GPU: CUDA's answers are MOCKED where the test says so ---------------
+
+
+class MockMeter:
+    """MOCK of the meter train() uses (`placement`, `window(name)`): no Zeus, no energy counters,
+    so a test sees only what training itself does."""
+
+    def __init__(self, placement):
+        self.placement = placement
+
+    @contextmanager
+    def window(self, name):
+        window = SimpleNamespace(record=None)
+        yield window
+        window.record = {"joules": 1.0, "source": "mock"}
+
+
+def test_cpu_training_with_workers_and_checkpoints_never_asks_for_cuda(tmp_path, digits_arrays, monkeypatch):
+    # Asking starts the CUDA driver (torch.cuda.is_available -> cudaGetDeviceCount) and arms
+    # torch's fork guard; pinning batches creates a CUDA context. A CPU run of ours does neither.
+    # (torch.optim's AdamW asks at every step: that is torch's own, not counted here.)
+    askers = []
+
+    def is_available():
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith("joulebench"):
+            askers.append(caller)
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", is_available)
+    arrays = subset(digits_arrays[0], train=256, val=64)
+    settings = TrainSettings(epochs=2, batch_size=64, lr=3e-3, loader_workers=2)
+    checkpointer = Checkpointer(tmp_path / "last.pt", "test-run")
+    history = train(build_model(RECIPE), arrays, settings, MockMeter(CPU), checkpointer=checkpointer)
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert askers == []
+
+
+def test_loader_workers_end_with_the_training_when_an_epoch_fails(digits_arrays):
+    # Persistent DataLoader workers live as long as the loader, which the exception's traceback
+    # holds while it travels up through the rule's meter.
+    arrays = subset(digits_arrays[0], train=256, val=64)
+    settings = TrainSettings(epochs=2, batch_size=64, lr=3e-3, loader_workers=2)
+    before = set(multiprocessing.active_children())
+    model = FailsInSecondEpoch(batches_per_epoch=256 // 64, failure=simulated_cuda_oom)
+    with pytest.raises(DeviceOutOfMemory) as failure:
+        train(model, arrays, settings, MockMeter(CPU))
+    assert failure.traceback  # still held, as a rule's meter holds it while it closes its window
+    assert set(multiprocessing.active_children()) - before == set()

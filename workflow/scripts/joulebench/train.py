@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from joulebench.checkpoint import Checkpointer, restore_rng_state, rng_state
-from joulebench.data import check_batch_size, loader
+from joulebench.data import check_batch_size, loader, workers_stopped
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def accuracy(
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
     total = 0
-    for images, labels in loader(arrays, split, batch_size):
+    for images, labels in loader(arrays, split, batch_size, device=device):
         logits = model(images.to(device, memory_format=memory_format))
         correct += (logits.argmax(1) == labels.to(device)).sum()
         total += len(labels)
@@ -167,7 +167,7 @@ def training_summary(history: list[dict], settings: TrainSettings) -> dict:
     }
 
 
-def _resume(checkpointer, model, optimizer, scaler, batches) -> list[dict]:
+def _resume(checkpointer, model, optimizer, scaler, batches, device: torch.device) -> list[dict]:
     """Load the last checkpoint into the run's state; returns the history so far (empty if none)."""
     state = checkpointer.load() if checkpointer else None
     if state is None:
@@ -175,7 +175,7 @@ def _resume(checkpointer, model, optimizer, scaler, batches) -> list[dict]:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"], batches)
+    restore_rng_state(state["rng"], batches, device)
     return list(state["history"])
 
 
@@ -215,85 +215,89 @@ def train(
         seed=settings.seed,
         augment=settings.augmentation,
         workers=settings.loader_workers,
+        device=device,
     )
-    history = _resume(checkpointer, model, optimizer, scaler, batches)
-    epoch_windows = list(checkpointer.prior_windows) if checkpointer else []
-    for epoch in range(len(history) + 1, settings.epochs + 1):
-        if target_reached(history, settings.target_val_accuracy):
-            break
-        started = time.perf_counter()
-        fits = out_of_memory_hint(
-            device, f"training epoch {epoch}", settings.batch_size, "training.batch_size"
-        )
-        with fits, meter.window(f"epoch{epoch}") as window:
-            forward.train()
-            # Running sums stay on the device: no host sync per batch.
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            seen = 0
-            for images, labels in batches:
-                if callback is not None:
-                    callback.on_step_begin()
-                images = images.to(device, memory_format=memory_format, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = forward(images)
-                    if teacher is None:
-                        loss = F.cross_entropy(logits, labels)
-                    else:
-                        with torch.no_grad():
-                            teacher_logits = teacher(images)
-                        loss = distillation_loss(
-                            logits, teacher_logits, labels, distillation.temperature, distillation.alpha
-                        )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum += loss.detach().float() * len(labels)
-                correct += (logits.argmax(1) == labels).sum()
-                seen += len(labels)
-            train_loss = loss_sum.item() / seen
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(
-                    f"loss became {train_loss} in epoch {epoch}; lower the learning rate "
-                    f"(now {settings.lr}) or use fp32 precision"
-                )
-            val_accuracy = accuracy(forward, arrays, "val", memory_format=memory_format)
-        if callback is not None:
-            callback.on_epoch_end()
-        record = window.record
-        seconds = time.perf_counter() - started
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_accuracy": correct.item() / seen,
-            "val_accuracy": val_accuracy,
-            "seconds": seconds,
-            "cumulative_seconds": (history[-1]["cumulative_seconds"] if history else 0.0) + seconds,
-            "joules": record["joules"],
-            "cumulative_joules": (history[-1]["cumulative_joules"] if history else 0.0) + record["joules"],
-            "energy_source": record["source"],
-        }
-        history.append(row)
-        epoch_windows.append(record)
-        log.info(
-            "epoch %d/%d loss %.4f train_acc %.4f val_acc %.4f %.2fs %.2f J (%s)",
-            epoch, settings.epochs, row["train_loss"], row["train_accuracy"], val_accuracy,
-            row["seconds"], row["joules"], row["energy_source"],
-        )  # fmt: skip
-        if checkpointer:
-            checkpointer.save(
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": rng_state(batches),
-                    "history": history,
-                    "windows": epoch_windows,
-                }
+    # The loader's worker processes end with the training, also when an epoch fails.
+    with workers_stopped(batches):
+        history = _resume(checkpointer, model, optimizer, scaler, batches, device)
+        epoch_windows = list(checkpointer.prior_windows) if checkpointer else []
+        for epoch in range(len(history) + 1, settings.epochs + 1):
+            if target_reached(history, settings.target_val_accuracy):
+                break
+            started = time.perf_counter()
+            fits = out_of_memory_hint(
+                device, f"training epoch {epoch}", settings.batch_size, "training.batch_size"
             )
+            with fits, meter.window(f"epoch{epoch}") as window:
+                forward.train()
+                # Running sums stay on the device: no host sync per batch.
+                loss_sum = torch.zeros((), device=device)
+                correct = torch.zeros((), dtype=torch.int64, device=device)
+                seen = 0
+                for images, labels in batches:
+                    if callback is not None:
+                        callback.on_step_begin()
+                    images = images.to(device, memory_format=memory_format, non_blocking=True)
+                    labels = labels.to(device, non_blocking=True)
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                        logits = forward(images)
+                        if teacher is None:
+                            loss = F.cross_entropy(logits, labels)
+                        else:
+                            with torch.no_grad():
+                                teacher_logits = teacher(images)
+                            loss = distillation_loss(
+                                logits, teacher_logits, labels, distillation.temperature, distillation.alpha
+                            )
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    loss_sum += loss.detach().float() * len(labels)
+                    correct += (logits.argmax(1) == labels).sum()
+                    seen += len(labels)
+                train_loss = loss_sum.item() / seen
+                if not math.isfinite(train_loss):
+                    raise FloatingPointError(
+                        f"loss became {train_loss} in epoch {epoch}; lower the learning rate "
+                        f"(now {settings.lr}) or use fp32 precision"
+                    )
+                val_accuracy = accuracy(forward, arrays, "val", memory_format=memory_format)
+            if callback is not None:
+                callback.on_epoch_end()
+            record = window.record
+            seconds = time.perf_counter() - started
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_accuracy": correct.item() / seen,
+                "val_accuracy": val_accuracy,
+                "seconds": seconds,
+                "cumulative_seconds": (history[-1]["cumulative_seconds"] if history else 0.0) + seconds,
+                "joules": record["joules"],
+                "cumulative_joules": (history[-1]["cumulative_joules"] if history else 0.0)
+                + record["joules"],
+                "energy_source": record["source"],
+            }
+            history.append(row)
+            epoch_windows.append(record)
+            log.info(
+                "epoch %d/%d loss %.4f train_acc %.4f val_acc %.4f %.2fs %.2f J (%s)",
+                epoch, settings.epochs, row["train_loss"], row["train_accuracy"], val_accuracy,
+                row["seconds"], row["joules"], row["energy_source"],
+            )  # fmt: skip
+            if checkpointer:
+                checkpointer.save(
+                    {
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "rng": rng_state(batches, device),
+                        "history": history,
+                        "windows": epoch_windows,
+                    }
+                )
     if target_reached(history, settings.target_val_accuracy) and len(history) < settings.epochs:
         log.info(
             "validation accuracy reached %s: stopped after epoch %d",
