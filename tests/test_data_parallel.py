@@ -206,6 +206,9 @@ def test_two_processes_train_a_model_a_single_process_can_load(two_process_run):
     training = io.read_json(out / "training.json")
     assert training["data_parallel"] == {"processes": 2, "backend": "gloo", "per_process_batch_size": 32}
     assert training["batch_size"] == 64
+    # Each rank trains under the recipe's numeric flags; both records say which.
+    assert training["numerics"]["deterministic_algorithms_warn_only"] is True
+    assert io.read_json(out / "energy.json")["numerics"] == training["numerics"]
 
 
 def test_energy_is_counted_once_per_node_not_once_per_rank(two_process_run):

@@ -1,8 +1,10 @@
 import multiprocessing
+import os
 import sys
 import time
 from contextlib import contextmanager
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -302,3 +304,56 @@ def test_loader_workers_end_with_the_training_when_an_epoch_fails(digits_arrays)
         train(model, arrays, settings, MockMeter(CPU))
     assert failure.traceback  # still held, as a rule's meter holds it while it closes its window
     assert set(multiprocessing.active_children()) - before == set()
+
+
+# train_model's declared outputs (joulebench.resume.write_trained), by name.
+TRAINED_FILES = {
+    "model": "model.pt",
+    "recipe": "recipe.json",
+    "history": "history.csv",
+    "energy": "energy.json",
+    "training": "training.json",
+}
+BAD_FORK = (
+    "Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, you must use "
+    "the 'spawn' start method"
+)
+
+
+@pytest.mark.skipif(torch.cuda.is_initialized(), reason="CUDA already started: torch skips _lazy_init")
+def test_effective_precision_lets_a_cuda_start_failure_through(monkeypatch):
+    # MOCK: CUDA cannot start in this process (torch's own message for a job forked after the
+    # parent started the driver). That is not "bf16 unsupported": it must not become fp32.
+    monkeypatch.setattr(torch.cuda, "_lazy_init", mock.MagicMock(side_effect=RuntimeError(BAD_FORK)))
+    with pytest.raises(RuntimeError, match="Cannot re-initialize CUDA in forked subprocess"):
+        effective_precision("bf16", torch.device("cuda"))
+
+
+def test_effective_precision_falls_back_where_autocast_refuses_the_dtype(monkeypatch):
+    # MOCK: a CUDA GPU without bf16; torch.autocast itself raises its "does not support" error.
+    monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert effective_precision("bf16", torch.device("cuda")) == "fp32"
+
+
+def test_numeric_flags_are_the_recipes_choice_and_land_in_the_training_records(tmp_path, digits_arrays):
+    from joulebench import io
+    from joulebench.resume import train_resumably
+    from joulebench.train import numeric_flags
+
+    seed_everything(0)
+    flags = numeric_flags()
+    assert flags["deterministic_algorithms"] is True and flags["deterministic_algorithms_warn_only"] is True
+    # TF32 and cuDNN's choices are torch's defaults: not set by the recipe.
+    assert flags["cuda_matmul_allow_tf32"] is torch.backends.cuda.matmul.allow_tf32
+    assert flags["cudnn_allow_tf32"] is torch.backends.cudnn.allow_tf32
+    assert flags["cudnn_benchmark"] is torch.backends.cudnn.benchmark
+    assert flags["cudnn_deterministic"] is torch.backends.cudnn.deterministic
+    assert flags["float32_matmul_precision"] == torch.get_float32_matmul_precision()
+    assert flags["cublas_workspace_config"] == os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    outputs = {name: tmp_path / file for name, file in TRAINED_FILES.items()}
+    arrays = subset(digits_arrays[0], train=128, val=64)
+    settings = TrainSettings(epochs=1, batch_size=64, lr=3e-3)
+    train_resumably("train_model", build_model(RECIPE), RECIPE, arrays, settings, CPU, {}, outputs, None, {})
+    assert io.read_json(outputs["training"])["numerics"] == flags
+    assert io.read_json(outputs["energy"])["numerics"] == flags

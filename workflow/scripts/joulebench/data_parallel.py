@@ -280,7 +280,7 @@ def train_worker(spec: dict) -> None:
     from joulebench.distributed import init_process_group, rank_from_env
     from joulebench.models import build_model, check_input, model_recipe
     from joulebench.resume import run_fingerprint, with_prior_epochs, write_trained
-    from joulebench.train import seed_everything, train, training_settings, training_summary
+    from joulebench.train import numeric_flags, seed_everything, train, training_settings, training_summary
 
     rank = rank_from_env()
     logging.basicConfig(
@@ -340,8 +340,9 @@ def train_worker(spec: dict) -> None:
                 "lr": settings.lr,
                 "cpu_threads": torch.get_num_threads(),
                 "data_parallel": parallel,
+                "numerics": numeric_flags(),
             }
-            record = {**record, "cpu_threads": torch.get_num_threads()}
+            record = {**record, "cpu_threads": torch.get_num_threads(), "numerics": summary["numerics"]}
             write_trained(spec["outputs"], model, recipe, history, record, summary)
             if checkpointer:
                 checkpointer.remove()

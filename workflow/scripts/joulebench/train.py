@@ -2,6 +2,8 @@
 
 import logging
 import math
+import os
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,6 +77,31 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def numeric_flags() -> dict:
+    """The settings that decide how this process computes on a GPU, as they stand now: cuDNN's
+    algorithm choice, TF32 for matmuls and convolutions, deterministic algorithms and cuBLAS's
+    workspace (which deterministic cuBLAS needs). Reading them does not touch CUDA."""
+    return {
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "deterministic_algorithms_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+
+
+# The errors that mean "this device cannot compute in this dtype": torch.autocast's own refusal
+# (torch/amp/autocast_mode.py, a CUDA GPU without bf16) and a kernel with no half-precision
+# implementation on this build ("addmm_impl_cpu_" not implemented for 'Half'). Any other error
+# (a CUDA context that cannot start, an out-of-memory) is not about the dtype and propagates.
+UNSUPPORTED_DTYPE = re.compile(
+    r"Current CUDA Device does not support bfloat16|not implemented for '(Half|BFloat16)'"
+)
+
+
 def effective_precision(requested: str, device: torch.device) -> str:
     """The precision autocast really computes in on this device, found by running it.
 
@@ -87,7 +114,9 @@ def effective_precision(requested: str, device: torch.device) -> str:
         try:
             with torch.autocast(device.type, dtype=dtype):
                 out = nn.Linear(4, 4).to(device)(torch.ones(2, 4, device=device))
-        except RuntimeError:
+        except RuntimeError as error:
+            if not UNSUPPORTED_DTYPE.search(str(error)):
+                raise
             continue
         if out.dtype is dtype:
             return name
