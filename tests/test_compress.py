@@ -56,6 +56,38 @@ def test_iterative_schedule_reaches_the_same_sparsity(steps):
     assert prune.weight_sparsity(model) == pytest.approx(0.9, abs=2e-3)
 
 
+def test_a_pruning_step_after_a_device_move_prunes_the_weights_where_they_now_are():
+    # A fine-tune on a GPU leaves each pruned module's plain `weight` attribute (set by torch's
+    # pruning hook at every forward) on the GPU; model.cpu() moves weight_orig and weight_mask
+    # only. Here 'meta' stands in for the GPU, the one other device torch has on every host.
+    moved, reference = small_model(), small_model()
+    first, second = prune.step_amounts(0.8, 2)
+    for model in (moved, reference):
+        prune.global_magnitude_prune(model, first)
+    for module, name in prune.prunable_weights(moved):
+        setattr(module, name, getattr(module, name).to("meta"))  # the stale attribute
+    for model in (moved, reference):
+        prune.global_magnitude_prune(model, second)
+    for (module, name), (same, _) in zip(
+        prune.prunable_weights(moved), prune.prunable_weights(reference), strict=True
+    ):
+        assert getattr(module, name).device == module.weight_orig.device == module.weight_mask.device
+        assert torch.equal(module.weight_mask, same.weight_mask)
+    assert prune.weight_sparsity(moved) == pytest.approx(0.8, abs=2e-3)
+
+
+def test_a_pruning_step_ranks_the_weights_as_trained_since_the_last_forward_pass():
+    layer = nn.Linear(8, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.arange(1.0, 9.0))
+    model = nn.Sequential(layer)
+    prune.global_magnitude_prune(model, 0.25)  # 1 and 2 go
+    with torch.no_grad():  # an optimizer step: the surviving magnitudes now run the other way
+        layer.weight_orig.copy_(torch.tensor([0.0, 0.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0]))
+    prune.global_magnitude_prune(model, 2 / 6)  # the two smallest of today's weights: 4 and 3
+    assert layer.weight_mask.tolist() == [[0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]]
+
+
 def test_pruned_weights_stay_zero_through_fine_tuning():
     model = prune.global_magnitude_prune(small_model().train(), 0.8)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

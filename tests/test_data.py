@@ -1,3 +1,6 @@
+import multiprocessing
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -293,3 +296,27 @@ def test_mixed_size_image_folder_runs_end_to_end(tmp_path):
     raw = io.read_json(results / "data" / "photos" / "raw" / "dataset.json")
     assert sum(raw[f"{s}_count"] for s in data.SPLITS) == 2 * (12 + 5)  # none dropped
     assert list(results.rglob("metrics.json"))
+
+
+def test_batches_are_pinned_only_for_a_cuda_device(digits_arrays, monkeypatch):
+    # MOCK: torch says CUDA exists. Pinning for a CPU placement would create a CUDA context inside
+    # a CPU rule's energy window; the loader must not even ask.
+    asked = mock.MagicMock(return_value=True)
+    monkeypatch.setattr(torch.cuda, "is_available", asked)
+    arrays, _ = digits_arrays
+    assert data.loader(arrays, "val", 64).pin_memory is False
+    assert data.loader(arrays, "val", 64, device=torch.device("cpu"), workers=2).pin_memory is False
+    assert asked.call_count == 0
+    assert data.loader(arrays, "val", 64, device=torch.device("cuda", 1)).pin_memory is True
+
+
+def test_loader_workers_load_every_batch_and_stop_with_the_loader(digits_arrays):
+    arrays, _ = digits_arrays
+    before = set(multiprocessing.active_children())
+    batches = data.loader(arrays, "train", 100, shuffle=True, workers=2)
+    with data.workers_stopped(batches):
+        for _ in range(2):  # persistent workers serve every epoch
+            assert sum(len(labels) for _, labels in batches) == len(arrays["train_y"])
+        assert len(set(multiprocessing.active_children()) - before) == 2
+    assert set(multiprocessing.active_children()) - before == set()
+    data.stop_workers(data.loader(arrays, "val", 64))  # a loader without workers: nothing to stop

@@ -8,9 +8,11 @@ import subprocess
 import sys
 import time
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pandas as pd
+import pynvml
 import pytest
 import torch
 import yaml
@@ -22,6 +24,7 @@ from joulebench.config import ConfigError, check_config, resolved_config
 from joulebench.data_parallel import combine_windows, launch_training, shard_arrays
 from joulebench.distributed import launch_command
 from joulebench.models import build_model, load_model
+from simulated_host.nvml import autospec_pynvml
 
 PROCESSES = 2
 
@@ -203,6 +206,9 @@ def test_two_processes_train_a_model_a_single_process_can_load(two_process_run):
     training = io.read_json(out / "training.json")
     assert training["data_parallel"] == {"processes": 2, "backend": "gloo", "per_process_batch_size": 32}
     assert training["batch_size"] == 64
+    # Each rank trains under the recipe's numeric flags; both records say which.
+    assert training["numerics"]["deterministic_algorithms_warn_only"] is True
+    assert io.read_json(out / "energy.json")["numerics"] == training["numerics"]
 
 
 def test_energy_is_counted_once_per_node_not_once_per_rank(two_process_run):
@@ -418,3 +424,81 @@ def test_a_data_parallel_run_refuses_a_foreign_checkpoint(tmp_path, two_process_
     assert refused.count(f"ForeignCheckpointError: checkpoint {checkpoint}") >= PROCESSES, refused[-3000:]
     assert f"rm {checkpoint}" in refused
     assert checkpoint.exists(), "a refused checkpoint is left for the user to inspect"
+
+
+# -- which GPUs a node meters (MOCK NVML, a real ZeusMonitor, as tests/test_energy.py does) -------
+
+
+class MockNode:
+    """MOCK of an 8-GPU node's NVML: every GPU draws `watts` all the time (its energy counter, in
+    whole mJ, advances with wall time), busy with this job's ranks or idle or another user's."""
+
+    def __init__(self, gpus: int, watts: float):
+        self.started, self.watts = time.time(), watts
+        self.module = nvml = autospec_pynvml()
+        nvml.nvmlDeviceGetCount.return_value = gpus
+        nvml.nvmlDeviceGetArchitecture.return_value = pynvml.NVML_DEVICE_ARCH_HOPPER
+        nvml.nvmlDeviceGetName.return_value = "NVIDIA H200 (MOCK)"
+        nvml.nvmlDeviceGetTotalEnergyConsumption.side_effect = self.counter_mj
+        power = SimpleNamespace(nvmlReturn=pynvml.NVML_SUCCESS, value=SimpleNamespace(uiVal=watts * 1000))
+        nvml.nvmlDeviceGetFieldValues.return_value = [power]
+
+    def counter_mj(self, handle) -> int:
+        return int(1_000_000 + self.watts * (time.time() - self.started) * 1000)
+
+
+def sibling_of(value):
+    """What the other rank of a 2-rank node hands to an all_gather where rank 0 hands `value`:
+    its (host, rank, local rank, GPU) one higher, its CPU use, and no record (it meters nothing)."""
+    if isinstance(value, tuple):
+        return tuple(item + 1 if isinstance(item, int) else item for item in value)
+    if isinstance(value, dict) and "cpu_seconds" in value and "window" not in value:
+        return {**value, "rank": value["rank"] + 1}
+    return None
+
+
+@pytest.fixture
+def node_of_8_gpus(monkeypatch):
+    """MOCK: an 8-GPU node (NVML and CUDA's device count) and a 2-rank job on it, rank 0 here;
+    the collectives answer for rank 1 (sibling_of)."""
+    import zeus.device.cpu
+    import zeus.device.cpu.rapl
+    import zeus.device.gpu
+    import zeus.monitor.energy
+    from zeus.device.gpu import nvidia
+
+    from joulebench import data_parallel, energy
+
+    node = MockNode(gpus=8, watts=70.0)
+    zeus.device.gpu._gpus = None
+    zeus.device.cpu._cpus = None
+    zeus.device.cpu.rapl.rapl_is_available.cache_clear()
+    monkeypatch.setattr(nvidia, "pynvml", node.module)
+    monkeypatch.setattr(zeus.device.gpu, "nvml_is_available", lambda: True)
+    monkeypatch.setattr(zeus.monitor.energy, "sync_execution_fn", mock.MagicMock())
+    monkeypatch.setattr(energy, "NVML_COUNTER_PERIOD_S", 0.0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(data_parallel, "_gather", lambda value: [value, sibling_of(value)])
+    monkeypatch.setattr(data_parallel.dist, "barrier", lambda: None)
+    yield node
+    zeus.device.gpu._gpus = None
+    zeus.device.cpu._cpus = None
+    zeus.device.cpu.rapl.rapl_is_available.cache_clear()
+
+
+def test_a_node_meters_the_gpus_of_its_ranks_and_no_other(node_of_8_gpus):
+    from joulebench.data_parallel import DataParallelMeter
+    from joulebench.devices import Placement
+    from joulebench.distributed import Rank
+    from joulebench.energy import EstimateModel
+
+    # Rank 0 computes on GPU 0, rank 1 on GPU 1; GPUs 2-7 are idle or another user's.
+    rank = Rank(rank=0, world_size=2, local_rank=0, host="node-a")
+    on_gpu0 = Placement(torch.device("cpu"), 0)  # no CUDA here: tensors stay on the CPU
+    with DataParallelMeter("train_model", EstimateModel(), rank, on_gpu0) as meter, meter.window("epoch1"):
+        time.sleep(0.3)
+    record = meter.record()
+    assert sorted(record["devices"]) == ["gpu0", "gpu1"]
+    gpu_joules = sum(part["joules"] for part in record["parts"] if part["part"].startswith("gpu"))
+    assert gpu_joules / record["wall_time_s"] == pytest.approx(2 * 70.0, rel=0.05)  # not 8 x 70 W
+    assert record["nodes"][0]["ranks"] == [0, 1]

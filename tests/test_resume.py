@@ -150,10 +150,10 @@ def test_rng_state_round_trip_covers_the_shuffle_and_online_augmentation(digits_
 
     first = data.loader(arrays, "train", 256, shuffle=True, seed=0, augment=flips)
     epoch(first)
-    saved = rng_state(first)
+    saved = rng_state(first, torch.device("cpu"))
     expected = epoch(first)
     fresh = data.loader(arrays, "train", 256, shuffle=True, seed=0, augment=flips)
-    restore_rng_state(saved, fresh)
+    restore_rng_state(saved, fresh, torch.device("cpu"))
     assert torch.equal(epoch(fresh), expected)
 
 

@@ -1,4 +1,10 @@
+import multiprocessing
+import os
+import sys
 import time
+from contextlib import contextmanager
+from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -6,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from joulebench.checkpoint import Checkpointer
+from joulebench.devices import CPU
 from joulebench.energy import EnergyMeter
 from joulebench.models import build_model
 from joulebench.train import (
@@ -246,3 +253,107 @@ def test_a_cpu_allocation_failure_reads_as_out_of_memory():
     expected = "during evaluation with batch size 256; lower evaluation.batch_size"
     with pytest.raises(DeviceOutOfMemory, match=expected), fits:
         torch.empty(2**60, dtype=torch.uint8)
+
+
+# -- the GPU path, without a GPU: CUDA's answers are MOCKED where the test says so ---------------
+
+
+class MockMeter:
+    """MOCK of the meter train() uses (`placement`, `window(name)`): no Zeus, no energy counters,
+    so a test sees only what training itself does."""
+
+    def __init__(self, placement):
+        self.placement = placement
+
+    @contextmanager
+    def window(self, name):
+        window = SimpleNamespace(record=None)
+        yield window
+        window.record = {"joules": 1.0, "source": "mock"}
+
+
+def test_cpu_training_with_workers_and_checkpoints_never_asks_for_cuda(tmp_path, digits_arrays, monkeypatch):
+    # Asking starts the CUDA driver (torch.cuda.is_available -> cudaGetDeviceCount) and arms
+    # torch's fork guard; pinning batches creates a CUDA context. A CPU run of ours does neither.
+    # (torch.optim's AdamW asks at every step: that is torch's own, not counted here.)
+    askers = []
+
+    def is_available():
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith("joulebench"):
+            askers.append(caller)
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", is_available)
+    arrays = subset(digits_arrays[0], train=256, val=64)
+    settings = TrainSettings(epochs=2, batch_size=64, lr=3e-3, loader_workers=2)
+    checkpointer = Checkpointer(tmp_path / "last.pt", "test-run")
+    history = train(build_model(RECIPE), arrays, settings, MockMeter(CPU), checkpointer=checkpointer)
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert askers == []
+
+
+def test_loader_workers_end_with_the_training_when_an_epoch_fails(digits_arrays):
+    # Persistent DataLoader workers live as long as the loader, which the exception's traceback
+    # holds while it travels up through the rule's meter.
+    arrays = subset(digits_arrays[0], train=256, val=64)
+    settings = TrainSettings(epochs=2, batch_size=64, lr=3e-3, loader_workers=2)
+    before = set(multiprocessing.active_children())
+    model = FailsInSecondEpoch(batches_per_epoch=256 // 64, failure=simulated_cuda_oom)
+    with pytest.raises(DeviceOutOfMemory) as failure:
+        train(model, arrays, settings, MockMeter(CPU))
+    assert failure.traceback  # still held, as a rule's meter holds it while it closes its window
+    assert set(multiprocessing.active_children()) - before == set()
+
+
+# train_model's declared outputs (joulebench.resume.write_trained), by name.
+TRAINED_FILES = {
+    "model": "model.pt",
+    "recipe": "recipe.json",
+    "history": "history.csv",
+    "energy": "energy.json",
+    "training": "training.json",
+}
+BAD_FORK = (
+    "Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, you must use "
+    "the 'spawn' start method"
+)
+
+
+@pytest.mark.skipif(torch.cuda.is_initialized(), reason="CUDA already started: torch skips _lazy_init")
+def test_effective_precision_lets_a_cuda_start_failure_through(monkeypatch):
+    # MOCK: CUDA cannot start in this process (torch's own message for a job forked after the
+    # parent started the driver). That is not "bf16 unsupported": it must not become fp32.
+    monkeypatch.setattr(torch.cuda, "_lazy_init", mock.MagicMock(side_effect=RuntimeError(BAD_FORK)))
+    with pytest.raises(RuntimeError, match="Cannot re-initialize CUDA in forked subprocess"):
+        effective_precision("bf16", torch.device("cuda"))
+
+
+def test_effective_precision_falls_back_where_autocast_refuses_the_dtype(monkeypatch):
+    # MOCK: a CUDA GPU without bf16; torch.autocast itself raises its "does not support" error.
+    monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert effective_precision("bf16", torch.device("cuda")) == "fp32"
+
+
+def test_numeric_flags_are_the_recipes_choice_and_land_in_the_training_records(tmp_path, digits_arrays):
+    from joulebench import io
+    from joulebench.resume import train_resumably
+    from joulebench.train import numeric_flags
+
+    seed_everything(0)
+    flags = numeric_flags()
+    assert flags["deterministic_algorithms"] is True and flags["deterministic_algorithms_warn_only"] is True
+    # TF32 and cuDNN's choices are torch's defaults: not set by the recipe.
+    assert flags["cuda_matmul_allow_tf32"] is torch.backends.cuda.matmul.allow_tf32
+    assert flags["cudnn_allow_tf32"] is torch.backends.cudnn.allow_tf32
+    assert flags["cudnn_benchmark"] is torch.backends.cudnn.benchmark
+    assert flags["cudnn_deterministic"] is torch.backends.cudnn.deterministic
+    assert flags["float32_matmul_precision"] == torch.get_float32_matmul_precision()
+    assert flags["cublas_workspace_config"] == os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    outputs = {name: tmp_path / file for name, file in TRAINED_FILES.items()}
+    arrays = subset(digits_arrays[0], train=128, val=64)
+    settings = TrainSettings(epochs=1, batch_size=64, lr=3e-3)
+    train_resumably("train_model", build_model(RECIPE), RECIPE, arrays, settings, CPU, {}, outputs, None, {})
+    assert io.read_json(outputs["training"])["numerics"] == flags
+    assert io.read_json(outputs["energy"])["numerics"] == flags

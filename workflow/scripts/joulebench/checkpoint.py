@@ -87,11 +87,12 @@ class Checkpointer:
             folder.rmdir()
 
 
-def rng_state(batches) -> dict:
+def rng_state(batches, device: torch.device) -> dict:
     """Every random state the next epoch draws from: global torch RNG, the DataLoader's shuffle
-    generator and, with online augmentation, the albumentations pipeline's numpy/python RNGs."""
+    generator, the CUDA generators where training computes on CUDA (`device`; a CPU run never
+    touches CUDA) and, with online augmentation, the albumentations pipeline's numpy/python RNGs."""
     state = {"torch": torch.get_rng_state(), "loader": batches.generator.get_state()}
-    if torch.cuda.is_available():
+    if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state_all()
     pipeline = getattr(batches.dataset, "pipeline", None)
     if pipeline is not None:
@@ -114,10 +115,11 @@ def _augmentation_nodes(pipeline) -> list:
     return nodes
 
 
-def restore_rng_state(state: dict, batches) -> None:
+def restore_rng_state(state: dict, batches, device: torch.device) -> None:
+    """Put back what rng_state saved; CUDA's generators only where this run computes on CUDA."""
     torch.set_rng_state(state["torch"])
     batches.generator.set_state(state["loader"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and device.type == "cuda":
         torch.cuda.set_rng_state_all(state["cuda"])
     if "augment" in state:
         nodes = _augmentation_nodes(batches.dataset.pipeline)

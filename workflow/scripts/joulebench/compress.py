@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 
 
 def training_batches(arrays: dict, batch_size: int, count: int) -> list[torch.Tensor]:
-    """The first `count` unshuffled training batches (deterministic calibration data)."""
+    """The first `count` unshuffled training batches (deterministic calibration data), for work on
+    the CPU (calibration, tracing): never pinned for a GPU."""
     batches = []
-    for images, _ in loader(arrays, "train", batch_size):
+    for images, _ in loader(arrays, "train", batch_size, device=torch.device("cpu")):
         if len(batches) == count:
             break
         batches.append(images)

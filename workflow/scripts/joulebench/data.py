@@ -11,6 +11,7 @@ import importlib
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,8 @@ SPLITS = ("train", "val", "test")
 TORCHVISION_SOURCES = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "SVHN")
 # dataset.resize: how an image folder of mixed sizes is brought to dataset.image_size.
 RESIZE_METHODS = ("stretch", "pad", "crop")
+# Where batches are consumed unless a caller says otherwise.
+CPU_DEVICE = torch.device("cpu")
 
 
 class DatasetError(ValueError):
@@ -405,14 +408,17 @@ def loader(
     seed: int = 0,
     augment=None,
     workers: int = 0,
+    device: torch.device = CPU_DEVICE,
 ):
     """A DataLoader over one split, float32 images in [0, 1] and int64 labels per batch.
 
     `arrays` holds uint8 images and `pixel_max` as stored (io.open_arrays) or float images
     (io.load_arrays). `augment`: albumentations transforms (config `augmentation.transforms`)
     applied online. `workers` (config `training.loader_workers`): 0 keeps loading in this process,
-    so the energy windows see all of its work; more start that many worker processes. Batches are
-    put in pinned memory when CUDA is available, so copies to the GPU can overlap compute.
+    so the energy windows see all of its work; more start that many worker processes, kept for
+    the loader's life (`stop_workers` ends them). `device`: where the batches are consumed. For
+    a CUDA device they are put in pinned memory, so copies to the GPU overlap compute; for any
+    other the loader never touches CUDA (pinning would create a CUDA context in a CPU rule).
     """
     images, labels = arrays[f"{split}_x"], arrays[f"{split}_y"]
     pixel_max = int(arrays.get("pixel_max", 255))
@@ -420,7 +426,7 @@ def loader(
     options = {
         "generator": generator,
         "num_workers": workers,
-        "pin_memory": torch.cuda.is_available(),
+        "pin_memory": torch.device(device).type == "cuda",
         "persistent_workers": workers > 0,
     }
     if augment:
@@ -441,3 +447,25 @@ def loader(
     return DataLoader(
         dataset, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None, **options
     )
+
+
+def stop_workers(batches: DataLoader) -> None:
+    """End a loader's worker processes now and wait for them (a no-op without workers).
+
+    Persistent workers otherwise live as long as the loader object, which a traceback can keep
+    alive after its work failed; waiting for them also makes their CPU time count as this
+    process's reaped children (RUSAGE_CHILDREN). DataLoader has no public way to do this.
+    """
+    iterator = batches._iterator
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    batches._iterator = None
+
+
+@contextmanager
+def workers_stopped(batches: DataLoader):
+    """Use `batches` and stop its worker processes on the way out, whether the work ended or failed."""
+    try:
+        yield batches
+    finally:
+        stop_workers(batches)

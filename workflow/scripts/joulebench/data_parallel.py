@@ -9,8 +9,9 @@ model.pt a single process saves).
 Energy is counted once per node, never once per rank. Device counters (NVML, RAPL) see the whole
 device, so N ranks each metering would book every joule N times. Instead:
 
-- the rank with LOCAL_RANK 0 on each node meters every device the job owns on that node (all
-  the GPUs visible to the job, the CPU packages); the other ranks start no Zeus monitor at all;
+- the rank with LOCAL_RANK 0 on each node meters the devices its node's ranks compute on (the
+  GPU of each of them, by CUDA index, and the CPU packages); other GPUs of the node, idle or
+  another user's, are never metered; the other ranks start no Zeus monitor at all;
 - the Green Algorithms estimate (CPU without RAPL) charges CPU time: at each window's end every
   rank reports its own CPU seconds and peak memory (all_gather), and the measuring rank charges
   the sum over the ranks of its node, once. The same sum is left out of "other processes", so
@@ -107,16 +108,17 @@ def combine_windows(node_records: list[dict]) -> dict:
     }
 
 
-def node_meter(rule: str, estimate: EstimateModel, placement) -> EnergyMeter:
-    """The meter of one node: every GPU the job sees on it (where NVML can read them) and the CPU
-    packages. The placement's own GPU decides whether NVML is usable at all."""
+def node_meter(rule: str, estimate: EstimateModel, placement, gpu_indices: list[int]) -> EnergyMeter:
+    """The meter of one node: the GPUs its ranks compute on (`gpu_indices`, CUDA indices, where
+    NVML can read them) and the CPU packages. The placement's own GPU decides whether NVML is
+    usable at all."""
     from zeus.monitor import ZeusMonitor
 
     from joulebench.devices import probe_gpu
 
     monitor = None
-    if placement.gpu is not None and probe_gpu(placement).metered:
-        monitor = ZeusMonitor(gpu_indices=list(range(torch.cuda.device_count())), approx_instant_energy=True)
+    if gpu_indices and placement.gpu is not None and probe_gpu(placement).metered:
+        monitor = ZeusMonitor(gpu_indices=sorted(gpu_indices), approx_instant_energy=True)
     return EnergyMeter(rule, estimate, placement, monitor)
 
 
@@ -131,13 +133,19 @@ class DataParallelMeter:
         self.rule = rule
         self.rank = rank
         self.placement = placement
-        peers = _gather((rank.host, rank.rank, rank.local_rank))
-        self.node_ranks = [r for host, r, _ in peers if host == rank.host]
-        measuring = [r for host, r, local in peers if host == rank.host and local == 0]
+        peers = [
+            p for p in _gather((rank.host, rank.rank, rank.local_rank, placement.gpu)) if p[0] == rank.host
+        ]
+        self.node_ranks = [r for _, r, _, _ in peers]
+        measuring = [r for _, r, local, _ in peers if local == 0]
         if len(measuring) != 1:
             raise RuntimeError(f"node {rank.host}: ranks {measuring} claim LOCAL_RANK 0; expected one")
         self.measuring_rank = measuring[0]
-        self.meter = node_meter(rule, estimate, placement) if rank.rank == self.measuring_rank else None
+        # The GPUs this node's ranks compute on, and no other GPU of the node.
+        self.node_gpus = sorted({gpu for _, _, _, gpu in peers if gpu is not None})
+        self.meter = None
+        if rank.rank == self.measuring_rank:
+            self.meter = node_meter(rule, estimate, placement, self.node_gpus)
         self.windows: list[dict] = []
         self.total: dict | None = None
         self._record: dict | None = None
@@ -223,8 +231,9 @@ class DataParallelMeter:
         record["data_parallel"] = {
             "world_size": self.rank.world_size,
             "backend": backend(),
-            "attribution": "one measuring rank (LOCAL_RANK 0) per node meters every device of the "
-            "job on its node and estimates the CPU time of all its node's ranks; node totals summed once",
+            "attribution": "one measuring rank (LOCAL_RANK 0) per node meters the GPUs its node's "
+            "ranks compute on and the CPU packages, and estimates the CPU time of all its node's ranks; "
+            "node totals summed once",
         }
         return record
 
@@ -271,7 +280,7 @@ def train_worker(spec: dict) -> None:
     from joulebench.distributed import init_process_group, rank_from_env
     from joulebench.models import build_model, check_input, model_recipe
     from joulebench.resume import run_fingerprint, with_prior_epochs, write_trained
-    from joulebench.train import seed_everything, train, training_settings, training_summary
+    from joulebench.train import numeric_flags, seed_everything, train, training_settings, training_summary
 
     rank = rank_from_env()
     logging.basicConfig(
@@ -331,8 +340,9 @@ def train_worker(spec: dict) -> None:
                 "lr": settings.lr,
                 "cpu_threads": torch.get_num_threads(),
                 "data_parallel": parallel,
+                "numerics": numeric_flags(),
             }
-            record = {**record, "cpu_threads": torch.get_num_threads()}
+            record = {**record, "cpu_threads": torch.get_num_threads(), "numerics": summary["numerics"]}
             write_trained(spec["outputs"], model, recipe, history, record, summary)
             if checkpointer:
                 checkpointer.remove()

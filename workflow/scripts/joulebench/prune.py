@@ -31,7 +31,23 @@ def global_magnitude_prune(model: nn.Module, amount: float) -> nn.Module:
     Masks stay attached (fine-tuning keeps pruned weights at zero) and compose across calls
     (iterative pruning), until `make_pruning_permanent` folds them into the weights.
     """
+    refresh_pruned_weights(model)
     prune.global_unstructured(prunable_weights(model), pruning_method=prune.L1Unstructured, amount=amount)
+    return model
+
+
+def refresh_pruned_weights(model: nn.Module) -> nn.Module:
+    """Recompute each pruned `weight` (weight_orig x weight_mask) where those two now live.
+
+    A pruned module's `weight` is a plain attribute that torch's pruning hook sets at each forward
+    pass; `model.to()` moves weight_orig and weight_mask but not it. After a fine-tune on a GPU and
+    a move back, it still lies on the GPU (and holds the values of the last forward pass), and the
+    next pruning step would rank those stale weights against masks on the CPU.
+    """
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                hook(module, ())  # what a forward pass does first
     return model
 
 

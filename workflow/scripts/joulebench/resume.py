@@ -16,7 +16,7 @@ from joulebench.checkpoint import Checkpointer, exit_on_sigterm, fingerprint, me
 from joulebench.energy import rule_meter
 from joulebench.lazy import pandas as pd
 from joulebench.models import save_model
-from joulebench.train import train, training_summary
+from joulebench.train import numeric_flags, train, training_summary
 
 
 def write_trained(
@@ -76,7 +76,8 @@ def train_resumably(
     `conditions`: a context manager holding a hardware setting for the whole run (a GPU power
     limit, joulebench.power_limit), entered inside the SIGTERM handler so it is undone on
     preemption too; the facts of what it held go into the energy record and the training summary,
-    as do the CPU thread count and the devices metered (`device`, device_record).
+    as do the CPU thread count, the devices metered (`device`, device_record) and the numeric
+    flags the run computed under (`numerics`, train.numeric_flags).
     """
     checkpointer = (
         Checkpointer(checkpoint_path, run_fingerprint(facts, recipe, settings)) if checkpoint_path else None
@@ -90,6 +91,7 @@ def train_resumably(
                 **(limit.facts() if limit else {}),
                 "cpu_threads": torch.get_num_threads(),
                 "device": device_record(recipe.get("device"), meter),
+                "numerics": numeric_flags(),
             }
         resumed_after = checkpointer.resumed_after_epoch if checkpointer else 0
         record = with_prior_epochs(meter.record(), checkpointer) | held

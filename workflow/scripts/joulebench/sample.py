@@ -48,7 +48,7 @@ def el2n_scores(model: torch.nn.Module, arrays: dict, batch_size: int = 512) -> 
     device = next(model.parameters()).device
     model.eval()
     scores = []
-    for images, labels in loader(arrays, "train", batch_size):
+    for images, labels in loader(arrays, "train", batch_size, device=device):
         probabilities = torch.softmax(model(images.to(device)).float(), dim=1).cpu()
         onehot = torch.nn.functional.one_hot(labels, probabilities.shape[1]).float()
         scores.append(torch.linalg.vector_norm(probabilities - onehot, dim=1))

@@ -362,7 +362,8 @@ def prune_variant(
     import_before_window([*train.WORK_MODULES, *prune.WORK_MODULES[variant["method"]]])
     with rule_meter("prune_model", estimate, placement_on(recipe.get("device"))) as meter:
         model, history, facts = compress.prune_model(model, variant, arrays, settings, meter)
-    write_trained(outputs, model, {**recipe, "pruning": {**variant, **facts}}, history, meter.record())
+    record = {**meter.record(), "numerics": train.numeric_flags()}
+    write_trained(outputs, model, {**recipe, "pruning": {**variant, **facts}}, history, record)
 
 
 def quantize_variant(
@@ -384,7 +385,9 @@ def quantize_variant(
     recipe = {**recipe, "quantization": variant["method"]}
     compress.save_quantized(model, recipe, arrays, outputs["model"], outputs["recipe"])
     io.write_csv(outputs["history"], pd.DataFrame(history, columns=None if history else ["epoch"]))
-    io.write_json(outputs["energy"], meter.record())
+    # A QAT fine-tune trains: its record says under which numeric flags.
+    numerics = {"numerics": train.numeric_flags()} if variant["method"] == "int8_qat" else {}
+    io.write_json(outputs["energy"], {**meter.record(), **numerics})
 
 
 def inference_placement(recipe: dict) -> Placement:

@@ -2,6 +2,8 @@
 
 import logging
 import math
+import os
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from joulebench.checkpoint import Checkpointer, restore_rng_state, rng_state
-from joulebench.data import check_batch_size, loader
+from joulebench.data import check_batch_size, loader, workers_stopped
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,31 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def numeric_flags() -> dict:
+    """The settings that decide how this process computes on a GPU, as they stand now: cuDNN's
+    algorithm choice, TF32 for matmuls and convolutions, deterministic algorithms and cuBLAS's
+    workspace (which deterministic cuBLAS needs). Reading them does not touch CUDA."""
+    return {
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "deterministic_algorithms_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+
+
+# The errors that mean "this device cannot compute in this dtype": torch.autocast's own refusal
+# (torch/amp/autocast_mode.py, a CUDA GPU without bf16) and a kernel with no half-precision
+# implementation on this build ("addmm_impl_cpu_" not implemented for 'Half'). Any other error
+# (a CUDA context that cannot start, an out-of-memory) is not about the dtype and propagates.
+UNSUPPORTED_DTYPE = re.compile(
+    r"Current CUDA Device does not support bfloat16|not implemented for '(Half|BFloat16)'"
+)
+
+
 def effective_precision(requested: str, device: torch.device) -> str:
     """The precision autocast really computes in on this device, found by running it.
 
@@ -87,7 +114,9 @@ def effective_precision(requested: str, device: torch.device) -> str:
         try:
             with torch.autocast(device.type, dtype=dtype):
                 out = nn.Linear(4, 4).to(device)(torch.ones(2, 4, device=device))
-        except RuntimeError:
+        except RuntimeError as error:
+            if not UNSUPPORTED_DTYPE.search(str(error)):
+                raise
             continue
         if out.dtype is dtype:
             return name
@@ -132,7 +161,7 @@ def accuracy(
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
     total = 0
-    for images, labels in loader(arrays, split, batch_size):
+    for images, labels in loader(arrays, split, batch_size, device=device):
         logits = model(images.to(device, memory_format=memory_format))
         correct += (logits.argmax(1) == labels.to(device)).sum()
         total += len(labels)
@@ -167,7 +196,7 @@ def training_summary(history: list[dict], settings: TrainSettings) -> dict:
     }
 
 
-def _resume(checkpointer, model, optimizer, scaler, batches) -> list[dict]:
+def _resume(checkpointer, model, optimizer, scaler, batches, device: torch.device) -> list[dict]:
     """Load the last checkpoint into the run's state; returns the history so far (empty if none)."""
     state = checkpointer.load() if checkpointer else None
     if state is None:
@@ -175,7 +204,7 @@ def _resume(checkpointer, model, optimizer, scaler, batches) -> list[dict]:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"], batches)
+    restore_rng_state(state["rng"], batches, device)
     return list(state["history"])
 
 
@@ -215,85 +244,89 @@ def train(
         seed=settings.seed,
         augment=settings.augmentation,
         workers=settings.loader_workers,
+        device=device,
     )
-    history = _resume(checkpointer, model, optimizer, scaler, batches)
-    epoch_windows = list(checkpointer.prior_windows) if checkpointer else []
-    for epoch in range(len(history) + 1, settings.epochs + 1):
-        if target_reached(history, settings.target_val_accuracy):
-            break
-        started = time.perf_counter()
-        fits = out_of_memory_hint(
-            device, f"training epoch {epoch}", settings.batch_size, "training.batch_size"
-        )
-        with fits, meter.window(f"epoch{epoch}") as window:
-            forward.train()
-            # Running sums stay on the device: no host sync per batch.
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            seen = 0
-            for images, labels in batches:
-                if callback is not None:
-                    callback.on_step_begin()
-                images = images.to(device, memory_format=memory_format, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = forward(images)
-                    if teacher is None:
-                        loss = F.cross_entropy(logits, labels)
-                    else:
-                        with torch.no_grad():
-                            teacher_logits = teacher(images)
-                        loss = distillation_loss(
-                            logits, teacher_logits, labels, distillation.temperature, distillation.alpha
-                        )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum += loss.detach().float() * len(labels)
-                correct += (logits.argmax(1) == labels).sum()
-                seen += len(labels)
-            train_loss = loss_sum.item() / seen
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(
-                    f"loss became {train_loss} in epoch {epoch}; lower the learning rate "
-                    f"(now {settings.lr}) or use fp32 precision"
-                )
-            val_accuracy = accuracy(forward, arrays, "val", memory_format=memory_format)
-        if callback is not None:
-            callback.on_epoch_end()
-        record = window.record
-        seconds = time.perf_counter() - started
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_accuracy": correct.item() / seen,
-            "val_accuracy": val_accuracy,
-            "seconds": seconds,
-            "cumulative_seconds": (history[-1]["cumulative_seconds"] if history else 0.0) + seconds,
-            "joules": record["joules"],
-            "cumulative_joules": (history[-1]["cumulative_joules"] if history else 0.0) + record["joules"],
-            "energy_source": record["source"],
-        }
-        history.append(row)
-        epoch_windows.append(record)
-        log.info(
-            "epoch %d/%d loss %.4f train_acc %.4f val_acc %.4f %.2fs %.2f J (%s)",
-            epoch, settings.epochs, row["train_loss"], row["train_accuracy"], val_accuracy,
-            row["seconds"], row["joules"], row["energy_source"],
-        )  # fmt: skip
-        if checkpointer:
-            checkpointer.save(
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": rng_state(batches),
-                    "history": history,
-                    "windows": epoch_windows,
-                }
+    # The loader's worker processes end with the training, also when an epoch fails.
+    with workers_stopped(batches):
+        history = _resume(checkpointer, model, optimizer, scaler, batches, device)
+        epoch_windows = list(checkpointer.prior_windows) if checkpointer else []
+        for epoch in range(len(history) + 1, settings.epochs + 1):
+            if target_reached(history, settings.target_val_accuracy):
+                break
+            started = time.perf_counter()
+            fits = out_of_memory_hint(
+                device, f"training epoch {epoch}", settings.batch_size, "training.batch_size"
             )
+            with fits, meter.window(f"epoch{epoch}") as window:
+                forward.train()
+                # Running sums stay on the device: no host sync per batch.
+                loss_sum = torch.zeros((), device=device)
+                correct = torch.zeros((), dtype=torch.int64, device=device)
+                seen = 0
+                for images, labels in batches:
+                    if callback is not None:
+                        callback.on_step_begin()
+                    images = images.to(device, memory_format=memory_format, non_blocking=True)
+                    labels = labels.to(device, non_blocking=True)
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                        logits = forward(images)
+                        if teacher is None:
+                            loss = F.cross_entropy(logits, labels)
+                        else:
+                            with torch.no_grad():
+                                teacher_logits = teacher(images)
+                            loss = distillation_loss(
+                                logits, teacher_logits, labels, distillation.temperature, distillation.alpha
+                            )
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    loss_sum += loss.detach().float() * len(labels)
+                    correct += (logits.argmax(1) == labels).sum()
+                    seen += len(labels)
+                train_loss = loss_sum.item() / seen
+                if not math.isfinite(train_loss):
+                    raise FloatingPointError(
+                        f"loss became {train_loss} in epoch {epoch}; lower the learning rate "
+                        f"(now {settings.lr}) or use fp32 precision"
+                    )
+                val_accuracy = accuracy(forward, arrays, "val", memory_format=memory_format)
+            if callback is not None:
+                callback.on_epoch_end()
+            record = window.record
+            seconds = time.perf_counter() - started
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_accuracy": correct.item() / seen,
+                "val_accuracy": val_accuracy,
+                "seconds": seconds,
+                "cumulative_seconds": (history[-1]["cumulative_seconds"] if history else 0.0) + seconds,
+                "joules": record["joules"],
+                "cumulative_joules": (history[-1]["cumulative_joules"] if history else 0.0)
+                + record["joules"],
+                "energy_source": record["source"],
+            }
+            history.append(row)
+            epoch_windows.append(record)
+            log.info(
+                "epoch %d/%d loss %.4f train_acc %.4f val_acc %.4f %.2fs %.2f J (%s)",
+                epoch, settings.epochs, row["train_loss"], row["train_accuracy"], val_accuracy,
+                row["seconds"], row["joules"], row["energy_source"],
+            )  # fmt: skip
+            if checkpointer:
+                checkpointer.save(
+                    {
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "rng": rng_state(batches, device),
+                        "history": history,
+                        "windows": epoch_windows,
+                    }
+                )
     if target_reached(history, settings.target_val_accuracy) and len(history) < settings.epochs:
         log.info(
             "validation accuracy reached %s: stopped after epoch %d",
