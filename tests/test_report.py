@@ -227,6 +227,42 @@ def test_build_table_has_stage_energy_and_lineage(hand_made_run):
     assert set(table["pipeline_energy_sources"]) == {"estimate:green-algorithms"}
 
 
+def metered_on(path: str, host: str, devices: dict) -> None:
+    """Rewrite the record at `path` as metered on `host`: joules per device id."""
+    record = io.read_json(path)
+    record["devices"] = {
+        f"d{i}": {"joules": joules, "source": "nvml-counter", "name": "dev", "device_id": device_id}
+        for i, (device_id, joules) in enumerate(devices.items())
+    }
+    io.write_json(path, {**record, "host": host, "measured": True, "estimated_joules": 0.0})
+
+
+def test_idle_baseline_is_subtracted_only_on_its_own_host_and_devices(hand_made_run):
+    """The idle job ran on node1 and measured its GPU A and CPU package 0. A job on another node
+    (whose CPU package has the same id) or on another GPU of node1 gets no dynamic energy, and
+    the row says why; every row says why where none applies."""
+    entries, data_energy = hand_made_run
+    idle = {**energy_record("measure_idle_power", 1.0, 0.0), "host": "node1"}
+    idle["idle_power_w"] = {"gpu:A": 50.0, "cpu:package0": 20.0}
+    own = {(e["variant"], e["seed"]): e["energy"] for e in entries}
+    metered_on(own[("baseline", 0)], "node1", {"gpu:A": 100.0, "cpu:package0": 30.0})
+    metered_on(own[("fp16", 0)], "node2", {"gpu:C": 80.0, "cpu:package0": 30.0})
+    metered_on(own[("fp16", 1)], "node2", {"cpu:package0": 30.0})
+    metered_on(own[("prune80", 0)], "node1", {"gpu:B": 40.0})
+    table = build_table(entries, VARIANTS, data_energy, CARBON, idle).set_index(["variant", "seed"])
+    dynamic, why = table["own_dynamic_energy_j"], table["own_dynamic_energy_unknown_because"]
+    # 1 s windows: 100 - 50 W x 1 s on GPU A, 30 - 20 W x 1 s on package 0.
+    assert dynamic[("baseline", 0)] == pytest.approx(60.0) and pd.isna(why[("baseline", 0)])
+    for key in (("fp16", 0), ("fp16", 1)):
+        assert pd.isna(dynamic[key])
+        assert why[key] == "idle baseline taken on host node1, this job ran on node2"
+    assert pd.isna(dynamic[("prune80", 0)])
+    assert why[("prune80", 0)] == "idle baseline on node1 did not measure gpu:B"
+    assert why[("baseline", 1)] == "nothing metered: an estimate has no idle share"
+    no_idle = build_table(entries, VARIANTS, data_energy, CARBON)["own_dynamic_energy_unknown_because"]
+    assert no_idle.str.startswith("no idle baseline in this run").all()
+
+
 def test_read_histories_starts_each_curve_where_its_lineage_ended(hand_made_run):
     entries, data_energy = hand_made_run
     table = build_table(entries, VARIANTS, data_energy, CARBON)

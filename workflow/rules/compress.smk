@@ -18,6 +18,7 @@ rule prune_model:
     threads: 2
     resources:
         measured=1,
+        gpu=fine_tuning_gpus,
     params:
         variant=variant_settings,
         training=config["training"],
@@ -46,6 +47,7 @@ rule quantize_model:
     threads: 2
     resources:
         measured=1,
+        gpu=quantization_gpus,
     params:
         variant=variant_settings,
         training=config["training"],

@@ -69,6 +69,7 @@ rule sample_dataset:
     threads: 2
     resources:
         measured=1,
+        gpu=sampling_gpus,
     params:
         variant=variant_settings,
         training=config["training"],

@@ -15,6 +15,7 @@ rule evaluate_model:
     threads: config["evaluation"]["threads"]
     resources:
         measured=1,
+        gpu=inference_gpus,
     params:
         evaluation=config["evaluation"],
         estimate=config["energy"]["estimate"],
@@ -38,6 +39,9 @@ rule compare_inference:
     threads: config["evaluation"]["threads"]
     resources:
         measured=1,
+        # The baseline, always a float model, infers on the accelerator, and the comparison's
+        # meter reads it there.
+        gpu=1,
     params:
         evaluation=config["evaluation"],
         estimate=config["energy"]["estimate"],

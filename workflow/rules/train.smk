@@ -62,6 +62,7 @@ rule distill_model:
     threads: 2
     resources:
         measured=1,
+        gpu=fine_tuning_gpus,
     params:
         variant=variant_settings,
         training=config["training"],

@@ -50,6 +50,7 @@ class EnergyColumns:
             "own_busy_host": bool(record.get("busy_host_windows")),
             "pipeline_busy_host": any(self.records[label].get("busy_host_windows") for label in chain),
             "own_dynamic_energy_j": dynamic_joules(record, self.idle),
+            "own_dynamic_energy_unknown_because": idle_baseline_gap(record, self.idle),
             **self.host_speed_columns(record, chain),
             "host": record["host"],
             "slurm_job_id": record.get("slurm_job_id"),
@@ -84,19 +85,36 @@ class EnergyColumns:
         }
 
 
+def idle_baseline_gap(record: dict, idle: dict | None) -> str | None:
+    """Why the idle baseline cannot be subtracted from `record`, or None where it can.
+
+    It can only where the idle record was taken on the record's host and measured every device the
+    record metered (by physical id: a GPU's UUID, a CPU package): under SLURM the idle job runs on
+    one node and GPU, and another node's or another GPU's idle draw is never this job's.
+    """
+    if idle is None:
+        return "no idle baseline in this run (energy.idle_baseline_seconds is 0 or auto without a counter)"
+    if not record["devices"]:
+        return "nothing metered: an estimate has no idle share"
+    if idle.get("host") != record["host"]:
+        return f"idle baseline taken on host {idle.get('host')}, this job ran on {record['host']}"
+    idle_power = idle.get("idle_power_w", {})
+    missing = [d["device_id"] for d in record["devices"].values() if d["device_id"] not in idle_power]
+    if missing:
+        return f"idle baseline on {record['host']} did not measure {', '.join(missing)}"
+    return None
+
+
 def dynamic_joules(record: dict, idle: dict | None) -> float | None:
     """Energy above the idle baseline: each metered device's joules - its idle power x wall time,
     plus the estimated parts (an estimate charges the work only: it has no idle share).
 
-    None where it cannot be known: nothing was metered, there is no idle record, it was taken on
-    another host, or it lacks one of the record's devices.
+    None where it cannot be known (idle_baseline_gap says why).
     """
-    if idle is None or not record["devices"] or idle.get("host") != record["host"]:
+    if idle_baseline_gap(record, idle) is not None:
         return None
-    idle_power = idle.get("idle_power_w", {})
+    idle_power = idle["idle_power_w"]
     total = record.get("estimated_joules", 0.0)
     for device in record["devices"].values():
-        if device["device_id"] not in idle_power:
-            return None
         total += device["joules"] - idle_power[device["device_id"]] * record["wall_time_s"]
     return total
