@@ -61,24 +61,29 @@ def sample_power(nvml_index: int, period: float, stop, connection) -> None:
     until `stop` is set, then the samples and this process's id through `connection`.
 
     pynvml comes from zeus.device.gpu.nvidia, the module Zeus itself reads NVML through (and the
-    one a simulated host replaces). Each reading is stamped with the middle of its call.
+    one a simulated host replaces). Each reading is stamped with the middle of its call. The first
+    reading precedes the "sampling" message and the last one follows `stop`, so the samples
+    enclose any window that opens after the message and closes before `stop`.
     """
     from zeus.device.gpu import nvidia
 
     pynvml = nvidia.pynvml
     pynvml.nvmlInit()
     handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index)
-    samples = []
-    due = time.time()
-    while not stop.is_set():
+
+    def reading() -> tuple[float, float]:
         before = time.time()
         milliwatts = pynvml.nvmlDeviceGetPowerUsage(handle)
-        after = time.time()
-        samples.append(((before + after) / 2, milliwatts / 1000.0))
-        if len(samples) == 1:
-            connection.send("sampling")
+        return (before + time.time()) / 2, milliwatts / 1000.0
+
+    samples = [reading()]
+    connection.send("sampling")
+    due = time.time()
+    while not stop.is_set():
         due += period
         time.sleep(max(0.0, due - time.time()))
+        samples.append(reading())
+    samples.append(reading())
     connection.send({"pid": os.getpid(), "samples": samples})
     pynvml.nvmlShutdown()
 

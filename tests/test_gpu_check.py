@@ -106,8 +106,8 @@ def test_the_sampler_reads_nvml_power_usage_every_10_ms_in_a_process_of_its_own(
 
 
 def test_the_counter_check_passes_against_a_simulated_gpu_counter(simulated_gpu):
-    # The README's command on a (simulated) GPU host: Zeus's counter of the trainer's process against
-    # the power samples of another process, over the same 5 s window.
+    # The counter check on a (simulated) GPU host: Zeus's counter, read in the trainer's process,
+    # against the power samples of another process, over the same window of at least 5 s.
     result = run_check(
         "--no-workflow", "--seconds", "5", "--arch", "small_cnn", "--image-size", "8", env=simulated_gpu
     )
