@@ -213,21 +213,3 @@ def test_simulated_host_is_off_unless_asked():
     # The simulation is inert in a normal process: no patch hooks without its variable.
     assert not any(type(finder).__name__ == "PatchOnImport" for finder in sys.meta_path)
     assert Path(SIMULATED_HOST / "sitecustomize.py").exists()
-
-
-@pytest.mark.slow
-def test_gpu_energy_check_runs_as_the_readme_prints_it():
-    # `python bench/gpu_energy_check.py`: here (no GPU) the counter check says SKIP, and the
-    # tiny workflow's table names every record's rule, device, source and joules.
-    result = subprocess.run(
-        [sys.executable, "bench/gpu_energy_check.py"], cwd=ROOT, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SKIP: " in result.stdout
-    rows = [
-        line.split()
-        for line in result.stdout.splitlines()
-        if line.startswith(("train_model", "evaluate_model"))
-    ]
-    assert rows and all(row[-2] == "estimate:green-algorithms" and float(row[-1]) > 0 for row in rows)
-    assert any(row[0] == "evaluate_model" and "int8_dynamic" in row[1] for row in rows)
