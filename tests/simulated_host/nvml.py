@@ -53,6 +53,7 @@ class SimulatedNVML:
         nvml.nvmlDeviceGetName.return_value = "NVIDIA H200 (SIMULATED)"
         nvml.nvmlDeviceGetTotalEnergyConsumption.side_effect = self.counter_mj
         nvml.nvmlDeviceGetFieldValues.side_effect = self.instant_power
+        nvml.nvmlDeviceGetPowerUsage.side_effect = self.power_usage_mw
 
     def _follow_forked_child(self) -> None:
         self.updated, self.cpu = time.time(), own_cpu_seconds()
@@ -77,3 +78,7 @@ class SimulatedNVML:
     def instant_power(self, handle, fields):
         watts = self._advance()
         return [SimpleNamespace(nvmlReturn=pynvml.NVML_SUCCESS, value=SimpleNamespace(uiVal=watts * 1000))]
+
+    def power_usage_mw(self, handle) -> int:
+        """nvmlDeviceGetPowerUsage: the power model's watts now, in mW."""
+        return int(self._advance() * 1000)
