@@ -28,6 +28,12 @@ def autospec_pynvml():
     module.nvmlSystemGetDriverVersion.return_value = "550.54.15"
     module.nvmlDeviceGetUUID.side_effect = lambda handle: f"GPU-SIM-{handle}"
     module.nvmlDeviceGetHandleByIndex.side_effect = lambda index: f"handle{index}"
+    # A whole GPU, not in MIG mode, alone on it, at its default 700 W limit (an H200's).
+    module.nvmlDeviceGetMigMode.side_effect = pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+    module.nvmlDeviceGetComputeRunningProcesses.return_value = []
+    module.nvmlDeviceGetPowerManagementLimit.return_value = 700_000
+    module.nvmlDeviceGetPowerManagementDefaultLimit.return_value = 700_000
+    module.nvmlDeviceGetPowerManagementLimitConstraints.return_value = [200_000, 700_000]
     return module
 
 
