@@ -19,6 +19,7 @@ import zeus.device.cpu
 import zeus.device.gpu
 import zeus.monitor.energy
 from zeus.device.gpu import nvidia
+from zeus.optimizer.power_limit import ZeusCost
 
 from conftest import model_files
 from joulebench import checkpoint, devices, io, resume, stages
@@ -30,14 +31,17 @@ from simulated_host.nvml import autospec_pynvml
 # The rule's work "runs on GPU 0"; no CUDA here, so tensors stay on the CPU, its stand-in.
 ON_GPU0 = Placement(torch.device("cpu"), 0)
 DEFAULT_MW, ALLOWED_MW = 700_000, (200_000, 700_000)
+SITE_CAP_MW = 500_000  # a cap the site keeps on its 700 W GPUs
 
 
 class PowerLimitNVML:
-    """MOCK NVML of one H200 whose power limit is kept as state; records every setter call."""
+    """MOCK NVML of one H200 whose power limit is kept as state: nvmlDeviceSetPowerManagementLimit
+    changes it, nvmlDeviceGetPowerManagementLimit answers it (`limit_mw`, the default unless a cap
+    is in force); records every setter call."""
 
-    def __init__(self, permitted: bool = True):
+    def __init__(self, permitted: bool = True, limit_mw: int = DEFAULT_MW):
         self.permitted = permitted
-        self.limit_mw = DEFAULT_MW
+        self.limit_mw = limit_mw
         self.module = nvml = autospec_pynvml()
         nvml.nvmlDeviceGetCount.return_value = 1
         nvml.nvmlDeviceGetArchitecture.return_value = pynvml.NVML_DEVICE_ARCH_HOPPER
@@ -74,8 +78,8 @@ def gpu(monkeypatch):
         zeus.device.gpu._gpus = None
         zeus.device.cpu._cpus = None
 
-    def install(permitted=True):
-        nvml = PowerLimitNVML(permitted)
+    def install(permitted=True, limit_mw=DEFAULT_MW):
+        nvml = PowerLimitNVML(permitted, limit_mw)
         monkeypatch.setattr(nvidia, "pynvml", nvml.module)
         monkeypatch.setattr(zeus.device.gpu, "nvml_is_available", lambda: True)
         for name in ("ZEUSD_SOCK_PATH", "ZEUSD_HOST_PORT", "CUDA_VISIBLE_DEVICES"):
@@ -122,6 +126,42 @@ def test_reset_after_sigterm(gpu):
         time.sleep(5)  # the handler raises in this thread before the sleep ends
     assert preempted.value.code == checkpoint.SIGTERM_EXIT_STATUS
     assert nvml.set_calls == [("handle0", 300_000), ("handle0", DEFAULT_MW)]
+
+
+def test_a_site_cap_in_force_before_comes_back_after_success_and_is_recorded(gpu, caplog):
+    nvml = gpu(limit_mw=SITE_CAP_MW)
+    with caplog.at_level("WARNING"), held_power_limit(ON_GPU0, {"power_limit_w": 250}) as applied:
+        assert nvml.limit_mw == 250_000
+    assert nvml.set_calls == [("handle0", 250_000), ("handle0", SITE_CAP_MW)]
+    assert nvml.limit_mw == SITE_CAP_MW
+    limit = applied.facts()["power_limit"]
+    assert limit["previous_w"] == 500.0 and limit["restored_w"] == 500.0
+    # The cap may be a killed run's leftover: the log says how to go back to the default.
+    assert "500 W is in force" in caplog.text and "nvidia-smi -i 0 -pl 700" in caplog.text
+
+
+def test_a_site_cap_comes_back_after_an_exception(gpu):
+    nvml = gpu(limit_mw=SITE_CAP_MW)
+    with pytest.raises(FloatingPointError), held_power_limit(ON_GPU0, {"power_limit_fraction": 0.5}):
+        raise FloatingPointError("loss became nan")
+    assert nvml.set_calls == [("handle0", 350_000), ("handle0", SITE_CAP_MW)]
+
+
+def test_a_site_cap_comes_back_after_sigterm(gpu):
+    nvml = gpu(limit_mw=SITE_CAP_MW)
+    limit = held_power_limit(ON_GPU0, {"power_limit_w": 300})
+    with pytest.raises(checkpoint.Preempted), checkpoint.exit_on_sigterm(), limit:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises in this thread before the sleep ends
+    assert nvml.limit_mw == SITE_CAP_MW
+
+
+def test_a_failed_restore_says_how_to_put_the_previous_limit_back(gpu):
+    nvml = gpu(limit_mw=SITE_CAP_MW)
+    failed = pytest.raises(PowerLimitError, match=r"nvidia-smi -i 0 -pl 500$")
+    with failed, held_power_limit(ON_GPU0, {"power_limit_w": 250}):
+        nvml.permitted = False  # e.g. the capability dropped, or zeusd went away, mid-run
+    assert nvml.limit_mw == 250_000
 
 
 @pytest.mark.parametrize(
@@ -249,6 +289,31 @@ def test_global_search_profiles_the_limits_records_the_choice_and_resets(
         assert limit["optimizer"] == "global" and limit["finished"] is True, name
         assert [p["power_limit_w"] for p in limit["profiled"]] == [700, 450, 200]
         assert limit["chosen_w"] in (700, 450, 200)
+
+
+def test_global_search_ends_with_the_previous_limit_even_after_zeus_exit_hook(
+    search_host, tmp_path, digits_arrays
+):
+    nvml = search_host(limit_mw=SITE_CAP_MW)
+    splits, facts, training, energy = _tiny_inputs(tmp_path, digits_arrays)
+    # The lowest limit wins, so the optimizer ends away from the largest one its exit hook sets.
+    with (
+        mock.patch("zeus.device.common.has_sys_admin", return_value=True),
+        mock.patch.object(ZeusCost, "select", return_value=200),
+    ):
+        train_into(tmp_path / "out", splits, facts, SEARCH, training, energy)
+    # Zeus starts the search at the largest limit, not at the cap in force.
+    assert nvml.set_calls[:3] == [("handle0", 700_000), ("handle0", 450_000), ("handle0", 200_000)]
+    assert nvml.limit_mw == SITE_CAP_MW
+    hooks = [call.args[0] for call in atexit.register.call_args_list]
+    zeus_hooks = [hook for hook in hooks if "GlobalPowerLimitOptimizer" in hook.__qualname__]
+    assert zeus_hooks
+    for hook in zeus_hooks:
+        hook()  # what the process's exit runs: Zeus's hook that would set the largest limit
+    assert nvml.limit_mw == SITE_CAP_MW
+    limit = io.read_json(tmp_path / "out" / "energy.json")["power_limit"]
+    assert limit["previous_w"] == 500.0 and limit["restored_w"] == 500.0
+    assert limit["chosen_w"] == 200
 
 
 def test_global_search_without_privileges_fails_before_training(

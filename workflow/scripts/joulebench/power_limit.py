@@ -1,14 +1,26 @@
-"""A GPU power limit held for the duration of a training run, always given back.
+"""A GPU power limit held for the duration of a training run, then the one found put back.
 
 `technique: power_limit` trains the baseline recipe with the job's GPU capped at `power_limit_w`
 watts, or at `power_limit_fraction` of the largest limit the GPU allows. The limit goes through
 Zeus's GPU layer (`set_power_management_limit`, NVML underneath, or the Zeus daemon where
-ZEUSD_SOCK_PATH / ZEUSD_HOST_PORT is set) and is reset to the GPU's default
-(`reset_power_management_limit`) on every way out: success, an exception, or SIGTERM, which
-`checkpoint.exit_on_sigterm` turns into an exception (the caller must hold it around this).
+ZEUSD_SOCK_PATH / ZEUSD_HOST_PORT is set). Before setting anything the limit in force is read,
+and exactly that limit is set back on every way out: success, an exception, or SIGTERM, which
+`checkpoint.exit_on_sigterm` turns into an exception (the caller must hold it around this). A
+site cap (say 500 W on a 700 W GPU) therefore stays in force across power_limit jobs. The records
+name both: `power_limit.previous_w` (found) and `restored_w` (put back; a restore that fails
+stops the job with the `nvidia-smi` command that puts the limit back by hand).
 
 With `optimizer: global`, Zeus's GlobalPowerLimitOptimizer chooses the limit during training
-instead (GlobalSearch), on the rule's own ZeusMonitor; the same reset applies.
+instead (GlobalSearch), on the rule's own ZeusMonitor; the same restore applies, persistence mode
+(which the optimizer turns on) is put back too, and the optimizer's exit hook (which would set
+the largest limit) is disarmed, so the previous limit is what stays after the process ends.
+
+A SIGKILL (or an out-of-memory kill, or a node losing power mid-job) runs none of this: the
+variant's limit stays on the GPU until someone resets it. The next power_limit job cannot tell
+such a leftover from a site cap, so it keeps and restores whatever it finds: it does NOT undo a
+leftover. It logs a warning when the limit it finds differs from NVML's default, naming the
+command that resets the default; by hand, `nvidia-smi -q -d POWER` shows the default and current
+limits and `nvidia-smi -i <index> -pl <watts>` sets one (as root).
 
 Setting a power limit needs the SYS_ADMIN capability; without it the variant stops before any
 training with a message saying how to get it. A GPU that NVML cannot read (a MIG slice) cannot be
@@ -118,8 +130,9 @@ class GlobalSearch(HeldLimit):
         }
 
     def disarm(self) -> None:
-        """The optimizer registers an atexit hook that sets the largest limit again; marking that
-        limit as current makes the hook a no-op, so the default we reset to stays."""
+        """The optimizer registers an atexit hook that sets the largest limit again, but skips it
+        when its own idea of the current limit already is that one; marking the largest limit as
+        current makes the hook a no-op, so the previous limit, restored afterwards, stays."""
         if self.optimizer:
             self.optimizer.current_power_limit = max(self.optimizer.power_limits)
 
@@ -133,10 +146,77 @@ def _check_privileges(gpus, index: int) -> None:
         raise PowerLimitError(f"GPU {index}: {PRIVILEGES}")
 
 
+def _watts(milliwatts: int) -> str:
+    return f"{milliwatts / 1000:g}"
+
+
+def _default_mw(gpus, index: int) -> int | None:
+    """NVML's default limit for the GPU (None where NVML does not say); only for the log."""
+    from zeus.device.gpu import nvidia
+
+    try:
+        return nvidia.pynvml.nvmlDeviceGetPowerManagementDefaultLimit(gpus.gpus[index].handle)
+    except Exception as error:  # informational: an unreadable default must not stop the job
+        log.debug("GPU %d: NVML's default power limit is unreadable: %s", index, error)
+        return None
+
+
+def _note_limit_in_force(index: int, nvml_index: int, previous_mw: int, default_mw: int | None) -> None:
+    """A limit other than the default is kept: it may be a site cap. It may also be what a killed
+    run left behind, which looks the same; the warning says how to reset that."""
+    if default_mw is None or previous_mw == default_mw:
+        return
+    log.warning(
+        "GPU %d: a power limit of %s W is in force (NVML's default is %s W); it is kept and restored "
+        "after this run. If it is a leftover from a killed run rather than a site cap, reset it to "
+        "the default: nvidia-smi -i %d -pl %s",
+        index,
+        _watts(previous_mw),
+        _watts(default_mw),
+        nvml_index,
+        _watts(default_mw),
+    )
+
+
+def _restore_limit(gpus, index: int, nvml_index: int, previous_mw: int) -> None:
+    """Set back the limit found before the run and check it took; say how to do it by hand if not."""
+    by_hand = f"put it back by hand (as root): nvidia-smi -i {nvml_index} -pl {_watts(previous_mw)}"
+    try:
+        gpus.set_power_management_limit(index, previous_mw)
+        now_mw = gpus.get_power_management_limit(index)
+    except Exception as error:
+        raise PowerLimitError(
+            f"GPU {index}: restoring its previous power limit of {_watts(previous_mw)} W failed "
+            f"({type(error).__name__}: {error}); {by_hand}"
+        ) from error
+    if now_mw != previous_mw:
+        raise PowerLimitError(
+            f"GPU {index}: its power limit is {_watts(now_mw)} W after restoring the previous "
+            f"{_watts(previous_mw)} W; {by_hand}"
+        )
+    log.info("GPU %d power limit restored to %s W", index, _watts(previous_mw))
+
+
+def _restore_persistence(gpus, index: int, nvml_index: int, enabled: bool) -> None:
+    if gpus.get_persistence_mode(index) == enabled:
+        return
+    try:
+        gpus.set_persistence_mode(index, enabled)
+    except Exception:
+        log.exception(
+            "GPU %d: putting persistence mode back failed; by hand: nvidia-smi -i %d -pm %d",
+            index,
+            nvml_index,
+            int(enabled),
+        )
+        raise
+
+
 @contextmanager
 def held_power_limit(placement: Placement, variant: dict):
     """Hold the variant's power limit on the placement's GPU (fixed, or searched by Zeus's
-    GlobalPowerLimitOptimizer with `optimizer: global`); yield a HeldLimit; reset to the default.
+    GlobalPowerLimitOptimizer with `optimizer: global`); yield a HeldLimit; on every way out set
+    back the limit that was in force before.
     """
     import zeus.device.gpu
     from zeus.device.gpu.common import ZeusGPUNoPermissionError
@@ -148,11 +228,18 @@ def held_power_limit(placement: Placement, variant: dict):
         raise PowerLimitError(f"cannot set a power limit on GPU {placement.gpu}: {access.reason}")
     gpus = zeus.device.gpu.get_gpus()
     index = placement.gpu
+    nvml_index = gpus.gpus[index].gpu_index  # what nvidia-smi -i means; CUDA's index may differ
     allowed = tuple(gpus.get_power_management_limit_constraints(index))
+    # Read before anything is set: this, not NVML's default, is what every way out restores.
+    previous_mw = gpus.get_power_management_limit(index)
+    _note_limit_in_force(index, nvml_index, previous_mw, _default_mw(gpus, index))
     facts = {
         "gpu_cuda_index": index,
         "gpu_name": access.name,
         "allowed_w": [allowed[0] / 1000, allowed[1] / 1000],
+        "previous_w": previous_mw / 1000,
+        # The records are written only after a restore that took (a failed one stops the job).
+        "restored_w": previous_mw / 1000,
     }
     search = variant.get("optimizer") == "global"
     # The search turns persistence mode on (Zeus's optimizer does); it is put back afterwards.
@@ -175,15 +262,6 @@ def held_power_limit(placement: Placement, variant: dict):
     finally:
         if search:
             held.disarm()
-        try:
-            gpus.reset_power_management_limit(index)
-            if search and gpus.get_persistence_mode(index) != persistence:
-                gpus.set_persistence_mode(index, persistence)
-            log.info("GPU %d power limit reset to its default", index)
-        except Exception:
-            log.exception(
-                "GPU %d: resetting the power limit failed; reset it by hand (nvidia-smi -i <index> -pl "
-                "<default watts>, the default is in nvidia-smi -q -d POWER)",
-                index,
-            )
-            raise
+        _restore_limit(gpus, index, nvml_index, previous_mw)
+        if search:
+            _restore_persistence(gpus, index, nvml_index, persistence)
