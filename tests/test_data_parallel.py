@@ -38,7 +38,7 @@ def test_shards_are_equal_and_cover_the_split():
     assert all(np.array_equal(s["val_x"], arrays["val_x"]) for s in shards)
 
 
-def _node_window(host: str, joules: dict, cpu_seconds: float, ranks: list[int]) -> dict:
+def _node_window(host: str, joules: dict, cpu_seconds: float, ranks: list[int], others_on_gpu=()) -> dict:
     """One node's record of a window, as its measuring rank (the first of `ranks`) writes it."""
     parts = [{"part": name, "joules": value, "source": "rapl"} for name, value in joules.items()]
     devices = {
@@ -59,6 +59,8 @@ def _node_window(host: str, joules: dict, cpu_seconds: float, ranks: list[int]) 
         "short_window": False,
         "other_processes_cpu_share": 0.0,
         "busy_host": False,
+        "other_gpu_processes": list(others_on_gpu),
+        "busy_gpu": bool(others_on_gpu),
         "devices": devices,
         "estimate": {**estimate, "gpu_joules": None},
         "node": {"host": host, "measured_by_rank": ranks[0], "ranks": ranks},
@@ -76,6 +78,16 @@ def test_node_records_are_summed_once_with_their_host():
     assert two["estimate"]["cpu_seconds"] == 30.0
     measured = [(n["host"], n["measured_by_rank"], n["joules"]) for n in two["nodes"]]
     assert measured == [("a", 0, 50.0), ("b", 2, 30.0)]
+
+
+def test_another_process_on_one_nodes_gpu_flags_the_combined_window_naming_the_node():
+    stranger = {"device": "gpu0", "pid": 77, "used_gpu_memory_mib": 100.0}
+    nodes = [_node_window("a", {"cpu0": 5.0}, 1.0, [0]), _node_window("b", {"cpu0": 5.0}, 1.0, [1], [stranger])]
+    combined = combine_windows(nodes)
+    assert combined["busy_gpu"] is True
+    assert combined["other_gpu_processes"] == [{**stranger, "device": "b/gpu0"}]
+    unknown = _node_window("a", {"cpu0": 5.0}, 1.0, [0]) | {"other_gpu_processes": None}
+    assert combine_windows([unknown, nodes[1]])["other_gpu_processes"] is None
 
 
 def test_launcher_uses_torchrun_outside_slurm_and_srun_inside():

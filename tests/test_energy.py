@@ -10,6 +10,7 @@ hardware this machine does not have.
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -248,6 +249,7 @@ def test_volta_counter_beside_the_estimated_cpu_with_device_facts_and_sync(gpus,
         "source": "nvml-counter",
         "name": "NVIDIA H200 (MOCK)",
         "device_id": "gpu:GPU-MOCK-handle0",
+        "covers": ["gpu"],
     }
     assert record["hardware"]["gpu0"] | {} == {
         "kind": "gpu",
@@ -258,6 +260,7 @@ def test_volta_counter_beside_the_estimated_cpu_with_device_facts_and_sync(gpus,
         "uuid": "GPU-MOCK-handle0",
         "driver_version": "550.54.15",
         "device_id": "gpu:GPU-MOCK-handle0",
+        "covers": ["gpu"],
     }
     assert record["placement"] == {"device": "cuda", "torch_device": "cpu", "gpu_cuda_index": 0}
     assert record["gpu"] == {"used": True, "metered": True, "reason": None, "name": "NVIDIA H200 (MOCK)"}
@@ -536,15 +539,23 @@ def test_other_processes_loading_the_host_flag_the_window_busy_host():
 
     # Real load: one spinning process per core while this process sleeps through the window, which
     # opens after the meter waited its longest for a quiet host.
+    # They are started detached (a shell that exits at once): a process this one started is its own.
     spin = f"import time\nend = time.time() + 3 + {QUIET_MAX_WAIT_S}\nwhile time.time() < end: pass"
-    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 1)]
+    detach = f"{shlex.quote(sys.executable)} -c {shlex.quote(spin)} > /dev/null 2>&1 & echo $!"
+    spinners = [
+        int(subprocess.run(["sh", "-c", detach], capture_output=True, text=True, check=True).stdout)
+        for _ in range(os.cpu_count() or 1)
+    ]
     try:
         time.sleep(0.5)  # interpreters started, spinning
         with EnergyMeter("unit") as meter, meter.window("while_loaded"):
             time.sleep(1.0)
     finally:
-        for spinner in spinners:
-            spinner.wait()
+        for pid in spinners:
+            try:
+                energy.psutil.Process(pid).wait(timeout=30)
+            except energy.psutil.Error:  # ended already (or reaped by its new parent)
+                pass
     window = meter.windows[0]
     assert window["other_processes_cpu_share"] > 0.5  # they had the cores; we slept
     assert window["busy_host"] is True
@@ -669,3 +680,109 @@ def test_steal_share_from_proc_stat():
     assert old_kernel["steal"] == 0
     assert host_speed.parse_proc_stat("intr 1\n") is None
     assert host_speed.read_proc_stat("/nonexistent/stat") is None
+
+
+class BusyItems(torch.utils.data.Dataset):
+    """Items that each take `seconds` of CPU to make, as an augmenting dataset's do."""
+
+    def __init__(self, count: int, seconds: float):
+        self.count, self.seconds = count, seconds
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        busy(self.seconds)
+        return torch.zeros(1)
+
+
+def test_running_loader_workers_are_charged_as_the_rules_own_cpu_time():
+    # Persistent DataLoader workers outlive every epoch window; their CPU time reaches
+    # RUSAGE_CHILDREN only once they are reaped, so it must be read from the running processes.
+    batches = torch.utils.data.DataLoader(BusyItems(8, 0.08), num_workers=1, persistent_workers=True)
+    with EnergyMeter("unit") as meter:
+        with meter.window("epoch1"):
+            for _ in batches:
+                pass
+        worker_alive = any(child.is_running() for child in energy.psutil.Process().children())
+    assert worker_alive
+    epoch = meter.windows[0]
+    # The worker made 8 items of 80 ms each, while this process mostly waited for them.
+    assert epoch["estimate"]["cpu_seconds"] >= 0.5
+    assert os.getpid() in energy.own_process_ids()
+
+
+def test_a_grace_superchip_counter_covers_its_cpu_and_memory_so_nothing_is_added_beside_it(gpus, monkeypatch):
+    # GH200/GB200: NVML's counter reads the whole module (GPU, Grace CPU, LPDDR). Adding the CPU and
+    # memory estimate beside it would count the CPU twice.
+    monkeypatch.setattr(Placement, "synchronize", lambda self: None)
+    nvml = gpus([pynvml.NVML_DEVICE_ARCH_HOPPER])
+    nvml.module.nvmlDeviceGetC2cModeInfoV.side_effect = None
+    nvml.module.nvmlDeviceGetC2cModeInfoV.return_value = SimpleNamespace(isC2cEnabled=1)
+    with EnergyMeter("unit", placement=ON_GPU0) as meter:
+        nvml.burn(500.0)
+    record = meter.record()
+    assert [part["part"] for part in record["parts"]] == ["gpu0"]
+    assert record["joules"] == pytest.approx(500.0)
+    assert record["measured"] is True
+    assert record["hardware"]["gpu0"]["covers"] == ["gpu", "cpu", "dram"]
+    assert "Grace" in record["hardware"]["gpu0"]["scope"]
+
+
+def _compute_process(pid: int, mib: int = 512):
+    return SimpleNamespace(pid=pid, usedGpuMemory=mib * 2**20)
+
+
+def test_another_process_on_the_metered_gpu_flags_the_window_busy_gpu(gpus, monkeypatch):
+    monkeypatch.setattr(Placement, "synchronize", lambda self: None)
+    nvml = gpus([pynvml.NVML_DEVICE_ARCH_HOPPER])
+    stranger = 4_000_000  # above any pid_max: never one of ours
+    nvml.module.nvmlDeviceGetComputeRunningProcesses.return_value = [
+        _compute_process(os.getpid()),
+        _compute_process(stranger, 2048),
+    ]
+    with EnergyMeter("unit", placement=ON_GPU0) as meter:
+        with meter.window("epoch1"):
+            pass
+    record = meter.record()
+    assert record["busy_gpu_windows"] == ["rule:unit", "epoch1"]
+    assert record["windows"][0]["other_gpu_processes"] == [
+        {"device": "gpu0", "pid": stranger, "used_gpu_memory_mib": 2048.0}
+    ]
+
+
+def test_the_rules_own_processes_and_peer_ranks_on_the_gpu_are_not_others(gpus, monkeypatch):
+    monkeypatch.setattr(Placement, "synchronize", lambda self: None)
+    nvml = gpus([pynvml.NVML_DEVICE_ARCH_HOPPER])
+    peer = 4_000_001
+    nvml.module.nvmlDeviceGetComputeRunningProcesses.return_value = [
+        _compute_process(os.getpid()),
+        _compute_process(peer),
+    ]
+    with EnergyMeter("unit", placement=ON_GPU0) as meter:
+        meter.peer_pids = {peer}
+    record = meter.record()
+    assert record["busy_gpu"] is False
+    assert record["other_gpu_processes"] == []
+
+
+def test_process_ids_of_another_pid_namespace_are_unknown_not_busy(gpus, monkeypatch):
+    # In a container NVML reports the host's process IDs: none is ours though this process computes
+    # there, so NVML's list cannot be told apart and the window is not flagged.
+    nvml = gpus([pynvml.NVML_DEVICE_ARCH_HOPPER])
+    nvml.module.nvmlDeviceGetComputeRunningProcesses.return_value = [_compute_process(4_000_002)]
+    computing = Placement(torch.device("cuda", 0), 0)
+    monkeypatch.setattr(Placement, "synchronize", lambda self: None)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with EnergyMeter("unit", placement=computing) as meter:
+        pass
+    record = meter.record()
+    assert record["other_gpu_processes"] is None
+    assert record["busy_gpu"] is False
+
+
+def test_a_cpu_rule_has_no_gpu_neighbours_to_report(gpus):
+    gpus([pynvml.NVML_DEVICE_ARCH_HOPPER])
+    with EnergyMeter("unit") as meter:
+        pass
+    assert meter.record()["other_gpu_processes"] == []

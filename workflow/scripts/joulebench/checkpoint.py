@@ -188,8 +188,10 @@ def merge_prior_energy(record: dict, prior_windows: list[dict], resumed_after_ep
     merged["source"] = "+".join(sorted(set("+".join(sources).split("+"))))
     merged["windows"] = [*prior_windows, *merged["windows"]]
     # Flags of the earlier attempts' epochs are kept with their windows.
-    for flag, list_key in (("short_window", "short_windows"), ("busy_host", "busy_host_windows")):
-        merged[list_key] = [*(w["window"] for w in prior_windows if w[flag]), *merged[list_key]]
+    from joulebench.energy import flagged_windows
+
+    for list_key, names in flagged_windows(prior_windows).items():
+        merged[list_key] = [*names, *merged.get(list_key, [])]
     merged["resumed"] = {
         "after_epoch": resumed_after_epoch,
         "prior_epochs_joules": prior_joules,

@@ -47,7 +47,14 @@ import torch.distributed as dist
 from joulebench import host_speed, io
 from joulebench.checkpoint import Checkpointer
 from joulebench.distributed import Rank, backend, placement_of, run_workers
-from joulebench.energy import EnergyMeter, EstimateModel, Window, _peak_memory_gb, _process_cpu_seconds
+from joulebench.energy import (
+    EnergyMeter,
+    EstimateModel,
+    Window,
+    _peak_memory_gb,
+    _process_cpu_seconds,
+    flagged_windows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +108,21 @@ def combine_windows(node_records: list[dict]) -> dict:
         "short_window": any(r["short_window"] for r in node_records),
         "other_processes_cpu_share": max(r["other_processes_cpu_share"] for r in node_records),
         "busy_host": any(r["busy_host"] for r in node_records),
+        "other_gpu_processes": _other_gpu_processes(node_records, named),
+        "busy_gpu": any(r["busy_gpu"] for r in node_records),
         **host_speed.of_nodes(node_records),
         "devices": {named(r, name): d for r in node_records for name, d in r["devices"].items()},
         "estimate": estimate,
         "nodes": [{**r["node"], "joules": r["joules"]} for r in node_records],
     }
+
+
+def _other_gpu_processes(node_records: list[dict], named) -> list[dict] | None:
+    """Every node's other processes on its metered GPUs, device names as in the combined record;
+    None where any node could not tell."""
+    if any(r["other_gpu_processes"] is None for r in node_records):
+        return None
+    return [{**p, "device": named(r, p["device"])} for r in node_records for p in r["other_gpu_processes"]]
 
 
 def node_meter(rule: str, estimate: EstimateModel, placement, gpu_indices: list[int]) -> EnergyMeter:
@@ -133,19 +150,20 @@ class DataParallelMeter:
         self.rule = rule
         self.rank = rank
         self.placement = placement
-        peers = [
-            p for p in _gather((rank.host, rank.rank, rank.local_rank, placement.gpu)) if p[0] == rank.host
-        ]
-        self.node_ranks = [r for _, r, _, _ in peers]
-        measuring = [r for _, r, local, _ in peers if local == 0]
+        announced = _gather((rank.host, rank.rank, rank.local_rank, placement.gpu, os.getpid()))
+        peers = [p for p in announced if p[0] == rank.host]
+        self.node_ranks = [r for _, r, _, _, _ in peers]
+        measuring = [r for _, r, local, _, _ in peers if local == 0]
         if len(measuring) != 1:
             raise RuntimeError(f"node {rank.host}: ranks {measuring} claim LOCAL_RANK 0; expected one")
         self.measuring_rank = measuring[0]
         # The GPUs this node's ranks compute on, and no other GPU of the node.
-        self.node_gpus = sorted({gpu for _, _, _, gpu in peers if gpu is not None})
+        self.node_gpus = sorted({gpu for _, _, _, gpu, _ in peers if gpu is not None})
         self.meter = None
         if rank.rank == self.measuring_rank:
             self.meter = node_meter(rule, estimate, placement, self.node_gpus)
+            # The node's other ranks compute on its GPUs as part of this job, not as other processes.
+            self.meter.peer_pids = {pid for *_, pid in peers}
         self.windows: list[dict] = []
         self.total: dict | None = None
         self._record: dict | None = None
@@ -225,8 +243,7 @@ class DataParallelMeter:
             record["hardware"] = {f"{b['host']}/{k}": v for b in bases for k, v in b["hardware"].items()}
         everything = [self.total, *self.windows]
         record |= {key: value for key, value in self.total.items() if key != "window"}
-        record["short_windows"] = [w["window"] for w in everything if w["short_window"]]
-        record["busy_host_windows"] = [w["window"] for w in everything if w["busy_host"]]
+        record |= flagged_windows(everything)
         record["windows"] = self.windows
         record["data_parallel"] = {
             "world_size": self.rank.world_size,

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 
 import psutil
+import torch
 from zeus.device.gpu import nvidia
 
 from joulebench import host_speed
@@ -169,9 +170,37 @@ def gpu_term(model: EstimateModel, placement: Placement, access: GpuAccess) -> G
 
 
 def _process_cpu_seconds() -> float:
+    """CPU seconds of this process and of every process it started, running or ended."""
     own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (
+        own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime + _running_descendants_cpu_seconds()
+    )
+
+
+def _running_descendants_cpu_seconds() -> float:
+    """CPU seconds of this process's descendants that have not been reaped yet (DataLoader
+    workers, which live as long as their loader; Zeus's polling processes). The kernel adds a
+    child's time to RUSAGE_CHILDREN only once it is waited for, so without this a window that ends
+    while they run misses their work and counts it as other processes'. A descendant's own reaped
+    children are counted with it; read after RUSAGE_CHILDREN, a child reaped in between is missed
+    for that reading rather than counted twice."""
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:  # ended since it was listed
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def own_process_ids() -> set[int]:
+    """This process and its running descendants: the processes whose work is the rule's own."""
+    ids = {os.getpid()}
+    for child in psutil.Process().children(recursive=True):
+        ids.add(child.pid)
+    return ids
 
 
 def _host_busy_cpu_seconds() -> float:
@@ -218,11 +247,26 @@ def host_facts() -> dict:
     }
 
 
+def _grace_module(handle) -> bool:
+    """Whether the GPU is half of a Grace superchip (GH200, GB200: its C2C link to the Grace CPU
+    is enabled). NVML's energy counter then covers the whole module: GPU, Grace CPU and their
+    memory, so no CPU or memory term may be added beside it."""
+    pynvml = nvidia.pynvml
+    try:
+        return bool(pynvml.nvmlDeviceGetC2cModeInfoV(handle).isC2cEnabled)
+    except pynvml.NVMLError:
+        return False
+
+
 def _nvidia_facts(gpus, index: int) -> dict:
-    """Physical identity and driver of one NVIDIA GPU, read through the pynvml Zeus uses."""
+    """Physical identity and driver of one NVIDIA GPU, read through the pynvml Zeus uses, and what
+    its energy counter covers."""
     pynvml = nvidia.pynvml
     gpu = gpus.gpus[index]
     facts = {"nvml_index": gpu.gpu_index, "uuid": None, "driver_version": None}
+    if _grace_module(gpu.handle):
+        facts["covers"] = ["gpu", "cpu", "dram"]
+        facts["scope"] = "module: GPU, Grace CPU and their memory"
     try:
         facts["uuid"] = pynvml.nvmlDeviceGetUUID(gpu.handle)
         facts["driver_version"] = pynvml.nvmlSystemGetDriverVersion()
@@ -247,6 +291,7 @@ def device_facts(monitor: ZeusMonitor) -> dict:
             "name": monitor.gpus.get_name(index),
             "source": f"{vendor}-counter" if volta_or_newer else f"{vendor}-power-integration",
             "cuda_index": index,
+            "covers": ["gpu"],
         }
         if nvidia_gpus:
             facts |= _nvidia_facts(monitor.gpus, index)
@@ -261,6 +306,7 @@ def device_facts(monitor: ZeusMonitor) -> dict:
             "source": "rapl",
             "package": index,
             "device_id": f"cpu:package{index}",
+            "covers": ["cpu"],
         }
         if monitor.cpus.supports_get_dram_energy_consumption(index):
             devices[f"dram{index}"] = {
@@ -269,6 +315,7 @@ def device_facts(monitor: ZeusMonitor) -> dict:
                 "source": "rapl-dram",
                 "package": index,
                 "device_id": f"dram:package{index}",
+                "covers": ["dram"],
             }
     return devices
 
@@ -286,8 +333,52 @@ def measurement_devices(measurement, facts: dict, approximated: set[str]) -> dic
             "source": source,
             "name": facts[name]["name"],
             "device_id": facts[name]["device_id"],
+            "covers": facts[name]["covers"],
         }
     return devices
+
+
+def gpu_processes(monitor) -> dict[int, dict[int, int | None]] | None:
+    """Compute processes on each metered NVIDIA GPU: GPU index -> {pid: used GPU memory in bytes}.
+    None where NVML cannot list them (an AMD GPU, an unsupported query)."""
+    if not monitor.gpu_indices:
+        return {}
+    if not isinstance(monitor.gpus, nvidia.NVIDIAGPUs):
+        return None
+    pynvml = nvidia.pynvml
+    found = {}
+    for index in monitor.gpu_indices:
+        try:
+            listed = pynvml.nvmlDeviceGetComputeRunningProcesses(monitor.gpus.gpus[index].handle)
+        except pynvml.NVMLError:
+            return None
+        found[index] = {process.pid: process.usedGpuMemory for process in listed}
+    return found
+
+
+def other_gpu_processes(seen: list[dict | None], own: set[int], computing_here: bool) -> list[dict] | None:
+    """Processes other than the rule's own on its metered GPUs at either edge of a window: the GPU
+    twin of busy_host (the GPU's counter counts their work too). `seen`: gpu_processes at each
+    edge; `own`: the rule's process IDs; `computing_here`: this process holds a CUDA context, so
+    NVML must list it. None where NVML cannot tell, including when it lists none of the rule's
+    processes although this one computes there: its process IDs are then those of another PID
+    namespace (a container's host) and cannot be told apart."""
+    if any(edge is None for edge in seen):
+        return None
+    listed = {
+        (index, pid): memory for edge in seen for index, pids in edge.items() for pid, memory in pids.items()
+    }
+    if computing_here and listed and not any(pid in own for _, pid in listed):
+        return None
+    return [
+        {
+            "device": f"gpu{index}",
+            "pid": pid,
+            "used_gpu_memory_mib": None if memory is None else memory / 2**20,
+        }
+        for (index, pid), memory in sorted(listed.items())
+        if pid not in own
+    ]
 
 
 class _CounterLog:
@@ -313,6 +404,20 @@ class _CounterLog:
         return gpus.get_total_energy_consumption
 
 
+# What each window flag warns of is in the README; a record lists the windows carrying each.
+WINDOW_FLAGS = {
+    "short_window": "short_windows",
+    "busy_host": "busy_host_windows",
+    "busy_gpu": "busy_gpu_windows",
+}
+
+
+def flagged_windows(windows: list[dict]) -> dict[str, list[str]]:
+    """For each window flag, the names of the windows carrying it (a window recorded before a flag
+    existed carries none)."""
+    return {key: [w["window"] for w in windows if w.get(flag)] for flag, key in WINDOW_FLAGS.items()}
+
+
 @dataclass
 class Window:
     """One named measurement window and, once closed, its record."""
@@ -325,15 +430,16 @@ class Window:
     proc_stat_start: dict | None = None
     host_speed: dict = field(default_factory=dict)
     gpu_counter_start: dict = field(default_factory=dict)
+    gpu_processes_start: dict | None = None
     record: dict = field(default_factory=dict)
 
 
 def window_parts(devices: dict, estimate: dict) -> list[dict]:
     """What a window's total is made of: every metered device, then the estimate's term for each
     component no counter covers (CPU without RAPL, memory without a RAPL DRAM zone, a GPU that
-    computes but cannot be read)."""
+    computes but cannot be read). A Grace superchip's GPU counter covers its CPU and memory too."""
     parts = [{"part": name, "joules": d["joules"], "source": d["source"]} for name, d in devices.items()]
-    covered = {name.rstrip("0123456789") for name in devices}
+    covered = {component for device in devices.values() for component in device["covers"]}
     source = f"estimate:{ESTIMATE_MODEL}"
     for component, key in (("cpu", "cpu_joules"), ("dram", "memory_joules"), ("gpu", "gpu_joules")):
         if component not in covered and estimate.get(key) is not None:
@@ -375,6 +481,8 @@ class EnergyMeter:
         self._open_windows = 0
         self._probe: dict = {}
         self.quiet_host_wait: dict | None = None
+        # Processes of the same job on the same GPUs (data-parallel ranks of one node): not others.
+        self.peer_pids: set[int] = set()
 
     def __enter__(self):
         freeze_long_lived_objects()
@@ -411,6 +519,7 @@ class EnergyMeter:
         # We synchronize the device the rule computes on ourselves (Zeus would call
         # torch.cuda.synchronize on the metered GPU, which fails where torch has no CUDA).
         self.placement.synchronize()
+        processes = gpu_processes(self.monitor)
         window = Window(
             name=name,
             host_speed={**self._probe, "cpu_freq_mhz": host_speed.cpu_freq_mhz()},
@@ -419,6 +528,7 @@ class EnergyMeter:
             cpu_seconds_start=_process_cpu_seconds(),
             host_busy_start=_host_busy_cpu_seconds(),
             modules_start=frozenset(sys.modules),
+            gpu_processes_start=processes,
         )
         self.monitor.begin_window(name, sync_execution=False)
         # Zeus's own start reading of each energy counter, to tell later whether it moved at all.
@@ -442,6 +552,12 @@ class EnergyMeter:
         self._open_windows -= 1
         steal = host_speed.steal_share(window.proc_stat_start, host_speed.read_proc_stat())
         approximated = self._approximated(window) if window.gpu_counter_start else set()
+        computing_here = self.placement.torch_device.type == "cuda" and torch.cuda.is_initialized()
+        others_on_gpu = other_gpu_processes(
+            [window.gpu_processes_start, gpu_processes(self.monitor)],
+            own_process_ids() | self.peer_pids,
+            computing_here,
+        )
         if cpu_seconds is None:
             cpu_seconds = _process_cpu_seconds() - window.cpu_seconds_start
         others = max(0.0, _host_busy_cpu_seconds() - window.host_busy_start - cpu_seconds)
@@ -480,6 +596,8 @@ class EnergyMeter:
             "other_processes_cpu_share": other_share,
             "imported_in_window": imported_packages(window.modules_start),
             "busy_host": other_share > BUSY_HOST_SHARE and others >= BUSY_HOST_MIN_CPU_S,
+            "other_gpu_processes": others_on_gpu,
+            "busy_gpu": bool(others_on_gpu),
             **window.host_speed,
             "steal_share": steal,
             "devices": devices,
@@ -496,6 +614,12 @@ class EnergyMeter:
                 "flagged busy_host (rerun on an idle machine to trust it)",
                 window.name, 100 * other_share,
             )  # fmt: skip
+        if window.record["busy_gpu"]:
+            log.warning(
+                "window %s: other processes computed on the metered GPU (%s); its counter counts their "
+                "work too: flagged busy_gpu (rerun with the GPU to yourself to trust it)",
+                window.name, ", ".join(f"pid {p['pid']} on {p['device']}" for p in others_on_gpu),
+            )  # fmt: skip
         return window.record
 
     def record(self) -> dict:
@@ -510,8 +634,7 @@ class EnergyMeter:
             "gpu": self.gpu_access.describe(),
             "hardware": self.facts,
             **{key: value for key, value in self.total.items() if key != "window"},
-            "short_windows": [w["window"] for w in [self.total, *self.windows] if w["short_window"]],
-            "busy_host_windows": [w["window"] for w in [self.total, *self.windows] if w["busy_host"]],
+            **flagged_windows([self.total, *self.windows]),
             "quiet_host_wait": self.quiet_host_wait,
             "windows": self.windows,
         }
