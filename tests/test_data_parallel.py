@@ -82,7 +82,10 @@ def test_node_records_are_summed_once_with_their_host():
 
 def test_another_process_on_one_nodes_gpu_flags_the_combined_window_naming_the_node():
     stranger = {"device": "gpu0", "pid": 77, "used_gpu_memory_mib": 100.0}
-    nodes = [_node_window("a", {"cpu0": 5.0}, 1.0, [0]), _node_window("b", {"cpu0": 5.0}, 1.0, [1], [stranger])]
+    nodes = [
+        _node_window("a", {"cpu0": 5.0}, 1.0, [0]),
+        _node_window("b", {"cpu0": 5.0}, 1.0, [1], [stranger]),
+    ]
     combined = combine_windows(nodes)
     assert combined["busy_gpu"] is True
     assert combined["other_gpu_processes"] == [{**stranger, "device": "b/gpu0"}]

@@ -461,6 +461,24 @@ def test_summary_names_variants_measured_on_a_busy_host(hand_made_run):
     assert "prune80 (1 of 2 seeds)" in text and "int8_of_prune (1 of 2 seeds)" in text  # built from it
 
 
+def test_summary_names_variants_measured_while_another_process_used_the_gpu(hand_made_run):
+    entries, data_energy = hand_made_run
+    settings = {"accuracy_target": 0.95}
+    prune80 = next(e for e in entries if e["variant"] == "prune80" and e["seed"] == 1)
+    record = energy_record("prune_model", 34.0, 1050.0, measured=True) | {
+        "busy_gpu_windows": ["rule:prune_model"]
+    }
+    io.write_json(prune80["energy"], record)
+    table = build_table(entries, VARIANTS, data_energy, CARBON)
+    assert table.loc[table["variant"] == "prune80", "pipeline_busy_gpu"].tolist() == [False, True]
+    summary = summarize(table)
+    text = summary_markdown(
+        summary, decide(summary, settings), break_even_table(summary), paired_differences(table)
+    )
+    assert "**Busy GPU**: other processes computed on the metered GPU during energy windows of " in text
+    assert "prune80 (1 of 2 seeds)" in text
+
+
 def test_summary_states_the_runs_host_speed_and_flags_variants_made_on_a_slow_host(hand_made_run):
     entries, data_energy = hand_made_run
     settings = {"accuracy_target": 0.95}

@@ -90,6 +90,7 @@ def compare(candidates: dict[str, Candidate], arrays: dict, settings: dict, mete
                         "joules_per_1k": joules * 1000 / (count * test_count),
                         "source": record["source"],
                         "busy_host": record["busy_host"],
+                        "busy_gpu": record["busy_gpu"],
                     }
                 )
             log.info("round %d/%d measured in order %s", round_index, rounds, ", ".join(order))

@@ -49,6 +49,8 @@ class EnergyColumns:
             "own_short_windows": ";".join(record.get("short_windows", [])),
             "own_busy_host": bool(record.get("busy_host_windows")),
             "pipeline_busy_host": any(self.records[label].get("busy_host_windows") for label in chain),
+            "own_busy_gpu": bool(record.get("busy_gpu_windows")),
+            "pipeline_busy_gpu": any(self.records[label].get("busy_gpu_windows") for label in chain),
             "own_dynamic_energy_j": dynamic_joules(record, self.idle),
             "own_dynamic_energy_unknown_because": idle_baseline_gap(record, self.idle),
             **self.host_speed_columns(record, chain),
@@ -68,6 +70,9 @@ class EnergyColumns:
             columns["inference_short_windows"] = ";".join(self.records[evaluation].get("short_windows", []))
             columns["inference_busy_host"] = "inference" in self.records[evaluation].get(
                 "busy_host_windows", []
+            )
+            columns["inference_busy_gpu"] = "inference" in self.records[evaluation].get(
+                "busy_gpu_windows", []
             )
         return columns
 

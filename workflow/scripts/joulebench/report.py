@@ -205,6 +205,7 @@ def interleaved_inference(rounds: pd.DataFrame, entry: dict, metrics: dict) -> d
         "inference_rounds": len(mine),
         "inference_energy_source": "+".join(sorted(set("+".join(mine["source"]).split("+")))),
         "inference_busy_host": bool(mine["busy_host"].any()),
+        "inference_busy_gpu": bool(mine.get("busy_gpu", pd.Series([False])).any()),
     }
 
 

@@ -104,6 +104,13 @@ def pareto_mask(accuracy, cost) -> list[bool]:
     return mask
 
 
+def _flags(group: pd.DataFrame, column: str) -> pd.Series:
+    """A flag column of the group as booleans, all False where the table has no such column."""
+    if column not in group:
+        return pd.Series(False, index=group.index)
+    return group[column].fillna(False).astype(bool)
+
+
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, model, variant): n, means, CI half-widths, provenance, Pareto flags."""
     rows = []
@@ -126,6 +133,10 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         row["pipeline_energy_measured"] = bool(group["pipeline_energy_measured"].all())
         # Seeds with an energy window during which other processes loaded the host (inflated).
         row["busy_host_seeds"] = int((group["pipeline_busy_host"] | group["inference_busy_host"]).sum())
+        # Seeds with an energy window during which other processes computed on the metered GPU.
+        row["busy_gpu_seeds"] = int(
+            (_flags(group, "pipeline_busy_gpu") | _flags(group, "inference_busy_gpu")).sum()
+        )
         # Seeds whose energy to produce includes a job on a notably slow host (joulebench.host_speed).
         row["slow_host_seeds"] = int(group.get("pipeline_slow_host", pd.Series([False])).fillna(False).sum())
         for column in HOST_SPEED_COLUMNS:

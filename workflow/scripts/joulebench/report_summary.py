@@ -231,6 +231,24 @@ def break_even_markdown(break_even: pd.DataFrame, differences: pd.DataFrame) -> 
     return [*lines, markdown_table(header, rows), ""]
 
 
+def busy_gpu_note(summary: pd.DataFrame) -> list[str]:
+    """A warning naming the variants whose energy was taken while other processes used the GPU."""
+    busy = summary[summary.get("busy_gpu_seeds", pd.Series(0, index=summary.index)) > 0]
+    if busy.empty:
+        return []
+    named = ", ".join(
+        f"{row['variant']} ({row['busy_gpu_seeds']} of {row['n']} seeds)" for _, row in busy.iterrows()
+    )
+    return [
+        f"**Busy GPU**: other processes computed on the metered GPU during energy windows of {named}. "
+        "NVML's counter counts the whole GPU, so their work is in these figures: rerun those rules with "
+        "the GPU to yourself before trusting them. Each record's windows list the processes "
+        "(`other_gpu_processes`); columns `pipeline_busy_gpu` and `inference_busy_gpu` of results.csv "
+        "name the rows.",
+        "",
+    ]
+
+
 def busy_host_note(summary: pd.DataFrame) -> list[str]:
     """A warning naming the variants whose energy was taken while other processes loaded the host."""
     busy = summary[summary["busy_host_seeds"] > 0]
@@ -416,6 +434,7 @@ def summary_markdown(
         f"source). Sources: {', '.join(energy_sources(summary))}.",
         "",
         *busy_host_note(summary),
+        *busy_gpu_note(summary),
         *decisions_markdown(decisions, summary),
         *skipped_markdown(decisions.get("skipped", [])),
         *break_even_markdown(break_even, differences),
