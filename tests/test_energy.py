@@ -28,7 +28,7 @@ import zeus.utils.framework
 from zeus.device.gpu import nvidia
 
 from conftest import ROOT
-from joulebench import checkpoint, energy
+from joulebench import checkpoint, devices, energy
 from joulebench.devices import CPU, Placement
 from joulebench.energy import (
     ESTIMATE_MODEL,
@@ -263,7 +263,18 @@ def test_volta_counter_beside_the_estimated_cpu_with_device_facts_and_sync(gpus,
         "covers": ["gpu"],
     }
     assert record["placement"] == {"device": "cuda", "torch_device": "cpu", "gpu_cuda_index": 0}
-    assert record["gpu"] == {"used": True, "metered": True, "reason": None, "name": "NVIDIA H200 (MOCK)"}
+    assert record["gpu"] == {
+        "used": True,
+        "metered": True,
+        "reason": None,
+        "name": "NVIDIA H200 (MOCK)",
+        "index": 0,
+        "instant_power": True,
+        "power_limit_w": 700.0,
+        "default_power_limit_w": 700.0,
+        "power_limit_capped": False,
+        "mig": False,
+    }
     assert record["short_windows"] == []
     # The device the rule computes on is synchronized at both edges of each of the three windows;
     # Zeus's own sync (torch.cuda.synchronize of the metered GPU) is never called.
@@ -332,12 +343,14 @@ def test_unreadable_gpu_of_unknown_board_power_asks_for_gpu_power_w(gpus):
 def test_mig_slice_is_estimated_at_its_share_of_the_board(gpus, monkeypatch):
     # Defect 5: NVML cannot meter a MIG slice; the estimate charged CPU time only.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-5c89d5d6-0f5b-5b4d-9c1e-1f2a3b4c5d6e")
-    monkeypatch.setattr(energy, "gpu_name", lambda placement: "NVIDIA A100-SXM4-40GB MIG 2g.10gb")
+    for module in (energy, devices):
+        monkeypatch.setattr(module, "gpu_name", lambda placement: "NVIDIA A100-SXM4-40GB MIG 2g.10gb")
     gpus([pynvml.NVML_DEVICE_ARCH_AMPERE])
     with EnergyMeter("unit", placement=ON_GPU0) as meter:
         busy(0.1)
     record = meter.record()
-    assert record["gpu"]["reason"].startswith("MIG slice")
+    assert record["gpu"]["reason"].startswith("MIG slice") and "(2/7)" in record["gpu"]["reason"]
+    assert record["gpu"]["mig"] is True
     term = record["estimate"]["gpu"]
     assert (term["board_power_w"], term["share_of_gpu"]) == (400.0, pytest.approx(2 / 7))
     assert term["board_power_source"] == "NVIDIA A100 SXM datasheet"
@@ -395,7 +408,8 @@ def test_cpu_only_rules_never_meter_the_gpu(gpus, rapl):
     record = meter.record()
     assert "gpu0" not in record["devices"] and record["source"] == "rapl+rapl-dram"
     assert record["joules"] == pytest.approx(8.0) and record["measured"] is True
-    assert record["gpu"] == {"used": False, "metered": False, "reason": None, "name": None}
+    assert record["gpu"]["used"] is False and record["gpu"]["metered"] is False
+    assert record["gpu"]["reason"] is None and record["gpu"]["index"] is None
     assert "gpu" not in json.dumps(record["hardware"])
 
 
