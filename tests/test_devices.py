@@ -149,6 +149,20 @@ def test_the_gpu_metered_is_the_one_whose_uuid_cuda_gives_the_rules_device(nvml,
     assert (access.metered, access.index) == (True, 1)
 
 
+def test_the_meter_reads_the_gpu_whose_uuid_cuda_gives_the_rules_device(nvml, monkeypatch):
+    module = nvml(count=2)
+    module.nvmlDeviceGetTotalEnergyConsumption.side_effect = lambda handle: {"handle0": 5, "handle1": 9}[
+        handle
+    ]
+    monkeypatch.setattr(devices, "torch_gpu_uuid", lambda placement: "MOCK-handle1")
+    with EnergyMeter("unit", placement=ON_GPU0) as meter:
+        pass
+    record = meter.record()
+    assert list(record["devices"]) == ["gpu1"]
+    assert record["devices"]["gpu1"]["device_id"] == "gpu:GPU-MOCK-handle1"
+    assert record["gpu"]["index"] == 1
+
+
 def test_a_gpu_zeus_does_not_read_is_estimated_and_the_reason_says_how_to_meter_it(nvml, monkeypatch):
     # CUDA_VISIBLE_DEVICES=1 is CUDA's GPU 1 (fastest first), but Zeus reads NVML's GPU 1.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
@@ -190,6 +204,23 @@ def test_a_gpu_without_instant_power_is_metered_and_says_instant_power_is_unread
     ]
     access = probe_gpu(ON_GPU0)
     assert (access.metered, access.instant_power) == (True, False)
+
+
+def test_without_instant_power_a_window_the_counter_missed_ends_flagged_instead_of_raising(nvml):
+    # Zeus reads instant power at the end of every window its counter did not tick in, where it
+    # approximates; on a GPU without the field that raised ZeusGPUNotSupportedError.
+    module = nvml()
+    module.nvmlDeviceGetFieldValues.return_value = [
+        SimpleNamespace(nvmlReturn=pynvml.NVML_ERROR_NOT_SUPPORTED)
+    ]
+    with EnergyMeter("unit", placement=ON_GPU0) as meter:
+        with meter.window("epoch1"):
+            pass
+    record = meter.record()
+    assert meter.monitor.approx_instant_energy is False
+    assert record["gpu"]["instant_power"] is False
+    assert record["short_windows"] == ["rule:unit", "epoch1"]
+    assert record["devices"]["gpu0"]["source"] == "nvml-counter"
 
 
 def test_a_power_limit_left_below_the_default_is_in_the_record(nvml):

@@ -788,6 +788,8 @@ def test_process_ids_of_another_pid_namespace_are_unknown_not_busy(gpus, monkeyp
     computing = Placement(torch.device("cuda", 0), 0)
     monkeypatch.setattr(Placement, "synchronize", lambda self: None)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(devices, "torch_gpu_uuid", lambda placement: "GPU-MOCK-handle0")
+    monkeypatch.setattr(devices, "gpu_name", lambda placement: "NVIDIA H200 (MOCK)")
     with EnergyMeter("unit", placement=computing) as meter:
         pass
     record = meter.record()

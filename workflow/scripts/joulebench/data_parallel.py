@@ -127,15 +127,22 @@ def _other_gpu_processes(node_records: list[dict], named) -> list[dict] | None:
 
 def node_meter(rule: str, estimate: EstimateModel, placement, gpu_indices: list[int]) -> EnergyMeter:
     """The meter of one node: the GPUs its ranks compute on (`gpu_indices`, CUDA indices, where
-    NVML can read them) and the CPU packages. The placement's own GPU decides whether NVML is
-    usable at all."""
+    NVML can read them, each matched to NVML by UUID) and the CPU packages. The placement's own
+    GPU decides whether NVML is usable at all."""
     from zeus.monitor import ZeusMonitor
 
-    from joulebench.devices import probe_gpu
+    from joulebench.devices import Placement, probe_gpu
 
     monitor = None
     if gpu_indices and placement.gpu is not None and probe_gpu(placement).metered:
-        monitor = ZeusMonitor(gpu_indices=sorted(gpu_indices), approx_instant_energy=True)
+        on_cuda = placement.torch_device.type == "cuda"
+        devices = {
+            gpu: torch.device("cuda", gpu) if on_cuda else placement.torch_device for gpu in gpu_indices
+        }
+        accesses = [probe_gpu(Placement(device, gpu)) for gpu, device in devices.items()]
+        metered = sorted(access.index for access in accesses if access.metered)
+        instant_power = all(access.instant_power for access in accesses if access.metered)
+        monitor = ZeusMonitor(gpu_indices=metered, approx_instant_energy=instant_power)
     return EnergyMeter(rule, estimate, placement, monitor)
 
 

@@ -8,7 +8,9 @@ window becomes a record that says which counter produced each number:
 - `nvml-counter`: NVML's total-energy counter (NVIDIA Volta and newer);
 - `nvml-power-integration`: Zeus integrates NVML power samples (older NVIDIA GPUs);
 - `nvml-instant-power`: the window was shorter than the counter's update period, so Zeus's
-  `approx_instant_energy` took instantaneous power x duration; the window is flagged `short_window`;
+  `approx_instant_energy` took instantaneous power x duration; the window is flagged `short_window`
+  (where NVML has no instant power, an old driver or a vGPU, Zeus does not approximate: the window
+  keeps the counter's reading, 0 J if it did not tick, and is flagged just the same);
 - `rapl` / `rapl-dram`: the CPU package / DRAM counters of Intel RAPL.
 
 Device counters measure the whole device, whoever uses it; `joulebench.contention` finds records
@@ -470,9 +472,13 @@ class EnergyMeter:
         self.placement = placement
         self.gpu_access = probe_gpu(placement)
         self.gpu_term = gpu_term(self.estimate, placement, self.gpu_access)
-        gpu_indices = [placement.gpu] if self.gpu_access.metered else []
+        # Zeus's index of the GPU whose UUID is the one torch computes on (devices.probe_gpu).
+        gpu_indices = [self.gpu_access.index] if self.gpu_access.metered else []
         # The monitor can be injected (tests build one over mocked NVML/RAPL devices).
-        self.monitor = monitor or ZeusMonitor(gpu_indices=gpu_indices, approx_instant_energy=True)
+        # Windows the counter did not tick in are filled from instant power, where NVML has it.
+        self.monitor = monitor or ZeusMonitor(
+            gpu_indices=gpu_indices, approx_instant_energy=self.gpu_access.instant_power
+        )
         self.counter_log = _CounterLog.install(self.monitor.gpus) if self.monitor.gpu_indices else None
         self.facts = device_facts(self.monitor)
         self.windows: list[dict] = []
@@ -535,8 +541,9 @@ class EnergyMeter:
         window.gpu_counter_start = dict(self.monitor.measurement_states[name].gpu_energy)
         return window
 
-    def _approximated(self, window: Window) -> set[str]:
-        """GPUs whose counter Zeus read unchanged at the window's end: it filled them from instant power."""
+    def _unticked(self, window: Window) -> set[str]:
+        """GPUs whose counter Zeus read unchanged at the window's end: Zeus filled them from instant
+        power where it approximates, else they read 0 J."""
         return {
             f"gpu{index}"
             for index, start_joules in window.gpu_counter_start.items()
@@ -551,7 +558,8 @@ class EnergyMeter:
         measurement = self.monitor.end_window(window.name, sync_execution=False)
         self._open_windows -= 1
         steal = host_speed.steal_share(window.proc_stat_start, host_speed.read_proc_stat())
-        approximated = self._approximated(window) if window.gpu_counter_start else set()
+        unticked = self._unticked(window) if window.gpu_counter_start else set()
+        approximated = unticked if self.monitor.approx_instant_energy else set()
         computing_here = self.placement.torch_device.type == "cuda" and torch.cuda.is_initialized()
         others_on_gpu = other_gpu_processes(
             [window.gpu_processes_start, gpu_processes(self.monitor)],
@@ -592,7 +600,7 @@ class EnergyMeter:
             "estimated_joules": sum(part["joules"] for part in estimated),
             "source": "+".join(sorted({part["source"] for part in parts})),
             "parts": parts,
-            "short_window": bool(approximated) or (on_gpu and measurement.time < NVML_COUNTER_PERIOD_S),
+            "short_window": bool(unticked) or (on_gpu and measurement.time < NVML_COUNTER_PERIOD_S),
             "other_processes_cpu_share": other_share,
             "imported_in_window": imported_packages(window.modules_start),
             "busy_host": other_share > BUSY_HOST_SHARE and others >= BUSY_HOST_MIN_CPU_S,

@@ -227,7 +227,7 @@ def held_power_limit(placement: Placement, variant: dict):
     if not access.metered:
         raise PowerLimitError(f"cannot set a power limit on GPU {placement.gpu}: {access.reason}")
     gpus = zeus.device.gpu.get_gpus()
-    index = placement.gpu
+    index = access.index  # Zeus's index of the GPU torch computes on
     nvml_index = gpus.gpus[index].gpu_index  # what nvidia-smi -i means; CUDA's index may differ
     allowed = tuple(gpus.get_power_management_limit_constraints(index))
     # Read before anything is set: this, not NVML's default, is what every way out restores.
