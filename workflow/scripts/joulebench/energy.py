@@ -358,10 +358,11 @@ def gpu_processes(monitor) -> dict[int, dict[int, int | None]] | None:
     return found
 
 
-def other_gpu_processes(seen: list[dict | None], own: set[int], computing_here: bool) -> list[dict] | None:
+def other_gpu_processes(seen: list[dict | None], own_ids, computing_here: bool) -> list[dict] | None:
     """Processes other than the rule's own on its metered GPUs at either edge of a window: the GPU
     twin of busy_host (the GPU's counter counts their work too). `seen`: gpu_processes at each
-    edge; `own`: the rule's process IDs; `computing_here`: this process holds a CUDA context, so
+    edge; `own_ids()`: the rule's process IDs (listing them scans /proc: only done when NVML listed
+    any process); `computing_here`: this process holds a CUDA context, so
     NVML must list it. None where NVML cannot tell, including when it lists none of the rule's
     processes although this one computes there: its process IDs are then those of another PID
     namespace (a container's host) and cannot be told apart."""
@@ -370,7 +371,10 @@ def other_gpu_processes(seen: list[dict | None], own: set[int], computing_here: 
     listed = {
         (index, pid): memory for edge in seen for index, pids in edge.items() for pid, memory in pids.items()
     }
-    if computing_here and listed and not any(pid in own for _, pid in listed):
+    if not listed:
+        return []
+    own = own_ids()
+    if computing_here and not any(pid in own for _, pid in listed):
         return None
     return [
         {
@@ -563,7 +567,7 @@ class EnergyMeter:
         computing_here = self.placement.torch_device.type == "cuda" and torch.cuda.is_initialized()
         others_on_gpu = other_gpu_processes(
             [window.gpu_processes_start, gpu_processes(self.monitor)],
-            own_process_ids() | self.peer_pids,
+            lambda: own_process_ids() | self.peer_pids,
             computing_here,
         )
         if cpu_seconds is None:
