@@ -275,7 +275,6 @@ class MockMeter:
 def test_cpu_training_with_workers_and_checkpoints_never_asks_for_cuda(tmp_path, digits_arrays, monkeypatch):
     # Asking starts the CUDA driver (torch.cuda.is_available -> cudaGetDeviceCount) and arms
     # torch's fork guard; pinning batches creates a CUDA context. A CPU run of ours does neither.
-    # (torch.optim's AdamW asks at every step: that is torch's own, not counted here.)
     askers = []
 
     def is_available():
@@ -291,6 +290,23 @@ def test_cpu_training_with_workers_and_checkpoints_never_asks_for_cuda(tmp_path,
     history = train(build_model(RECIPE), arrays, settings, MockMeter(CPU), checkpointer=checkpointer)
     assert [row["epoch"] for row in history] == [1, 2]
     assert askers == []
+
+
+def test_cpu_training_on_a_gpu_host_never_starts_cuda_in_its_optimizer_steps(digits_arrays, monkeypatch):
+    # SIMULATED GPU host: torch reports a CUDA accelerator. Before each step torch.optim asks its
+    # current stream whether it captures a CUDA graph, which on a real host starts CUDA and a
+    # context on the GPU, inside the CPU rule's epoch window.
+    asked = []
+    monkeypatch.setattr(
+        torch.accelerator, "current_accelerator", lambda check_available=False: torch.device("cuda")
+    )
+    stream = SimpleNamespace(is_capturing=lambda: False)
+    monkeypatch.setattr(torch.accelerator, "current_stream", lambda *args: asked.append(args) or stream)
+    arrays = subset(digits_arrays[0], train=128, val=64)
+    settings = TrainSettings(epochs=1, batch_size=64, lr=3e-3)
+    history = train(build_model(RECIPE), arrays, settings, MockMeter(CPU))
+    assert [row["epoch"] for row in history] == [1]
+    assert asked == []
 
 
 def test_loader_workers_end_with_the_training_when_an_epoch_fails(digits_arrays):

@@ -208,6 +208,18 @@ def _resume(checkpointer, model, optimizer, scaler, batches, device: torch.devic
     return list(state["history"])
 
 
+def without_graph_capture_check(optimizer: torch.optim.Optimizer) -> None:
+    """Skip the CUDA-graph capture check of a CPU training's optimizer steps.
+
+    Before every step torch's optimizers ask the accelerator's current stream whether it is
+    capturing a CUDA graph (`Optimizer._accelerator_graph_capture_health_check`). On a GPU host
+    that starts CUDA, and a CUDA context on the GPU, in a rule that trains on the CPU, inside its
+    first epoch window. CPU parameters cannot be captured in a CUDA graph, so for them the check
+    has nothing to find; no public switch turns it off.
+    """
+    optimizer._accelerator_graph_capture_health_check = lambda: None
+
+
 def train(
     model: nn.Module,
     arrays: dict,
@@ -233,6 +245,8 @@ def train(
     model.to(device, memory_format=memory_format)
     dtype = PRECISIONS[settings.precision]
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    if device.type == "cpu":
+        without_graph_capture_check(optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     teacher = distillation.teacher.to(device, memory_format=memory_format).eval() if distillation else None
     forward = torch.compile(model) if settings.compile else model
