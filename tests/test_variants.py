@@ -3,10 +3,12 @@
 from joulebench.variants import (
     BASELINE,
     from_scratch,
+    is_int8,
     lineage,
     lineage_error,
     made_by,
     names,
+    on_accelerator,
     parent,
     subset_source,
 )
@@ -39,6 +41,30 @@ def test_parent_and_lineage_end_at_a_model_trained_from_scratch():
     assert parent(VARIANTS, "bf16") is None and parent(VARIANTS, BASELINE) is None
     assert lineage(VARIANTS, "int8") == ["int8", "pruned_half", "half"]
     assert lineage(VARIANTS, "student") == ["student", BASELINE]
+
+
+def test_a_cpu_pin_at_the_root_holds_for_every_model_made_from_it():
+    pinned = {
+        "cpu": {"technique": "device", "device": "cpu"},
+        "cpu_pruned": {"technique": "prune", "from": "cpu", "sparsity": 0.5, "finetune_epochs": 1},
+        **VARIANTS,
+    }
+    assert [on_accelerator(pinned, name) for name in ("cpu", "cpu_pruned", BASELINE, "int8")] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+
+
+def test_a_model_is_int8_after_a_quantize_step_unless_a_distillation_follows_it():
+    distilled = {**VARIANTS, "student_of_int8": {"technique": "distill", "from": "int8", "student_width": 8}}
+    assert [is_int8(distilled, name) for name in ("int8", "pruned_half", "student_of_int8", BASELINE)] == [
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_subset_source_is_the_subset_at_the_root_of_the_lineage():

@@ -10,7 +10,6 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from joulebench import variants, warm  # noqa: E402
 from joulebench.config import check_config, idle_baseline_seconds, model_entries  # noqa: E402
-from joulebench.recipes import pinned_device  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
 check_config(config)
@@ -104,60 +103,40 @@ def training_tasks(wildcards):
 # the device.
 
 
-def on_accelerator(variant):
-    """Whether the models of a variant's lineage compute on the accelerator: all but those of a
-    lineage whose from-scratch root is pinned to the CPU (a pin holds for every model made from the
-    pinned one, joulebench.recipes)."""
-    root = variants.lineage(VARIANTS, variant)[-1]
-    return pinned_device(VARIANTS.get(root, {})) != "cpu"
-
-
-def int8_model(variant):
-    """Whether a variant's model is int8: a quantize step in its lineage, after the last
-    distillation (which trains a new float student)."""
-    for step in variants.lineage(VARIANTS, variant):
-        technique = variants.technique(VARIANTS, step)
-        if technique == "quantize":
-            return True
-        if technique == "distill":
-            return False
-    return False
-
-
 def training_gpus(wildcards):
     """GPUs of a train_model job: one per process of a data_parallel variant (NCCL needs a GPU
     per rank), none for a variant pinned to the CPU, else one."""
     variant = VARIANTS.get(wildcards.variant, {})
     if "processes" in variant:
         return variant["processes"]
-    return int(on_accelerator(wildcards.variant))
+    return int(variants.on_accelerator(VARIANTS, wildcards.variant))
 
 
 def fine_tuning_gpus(wildcards):
     """GPUs of a distill_model or prune_model job: one, unless its lineage is pinned to the CPU
     (the student trains, the pruned model fine-tunes, where the parent was made)."""
-    return int(on_accelerator(wildcards.variant))
+    return int(variants.on_accelerator(VARIANTS, wildcards.variant))
 
 
 def quantization_gpus(wildcards):
     """GPUs of a quantize_model job: int8_qat fine-tunes where its parent was made; int8_dynamic
     and int8_static run on the CPU kernels they target."""
     qat = VARIANTS[wildcards.variant]["method"] == "int8_qat"
-    return int(qat and on_accelerator(wildcards.variant))
+    return int(qat and variants.on_accelerator(VARIANTS, wildcards.variant))
 
 
 def sampling_gpus(wildcards):
     """GPUs of a sample_dataset job: the el2n proxy run trains where the subset variant is
     pinned, else on the accelerator; random and stratified sampling run on the CPU."""
     proxy_run = VARIANTS[wildcards.variant]["method"] not in ("random", "stratified")
-    return int(proxy_run and on_accelerator(wildcards.variant))
+    return int(proxy_run and variants.on_accelerator(VARIANTS, wildcards.variant))
 
 
 def inference_gpus(wildcards):
     """GPUs of an evaluate_model job: a float model infers on the accelerator unless its lineage
     is pinned to the CPU; an int8 model on the CPU kernels it was made for."""
     variant = wildcards.variant
-    return int(on_accelerator(variant) and not int8_model(variant))
+    return int(variants.on_accelerator(VARIANTS, variant) and not variants.is_int8(VARIANTS, variant))
 
 
 def training_tasks_per_gpu(wildcards):

@@ -6,7 +6,7 @@ The rules (workflow/rules/common.smk), the config checks (joulebench.config) and
 `technique` and, for a model made from another, `from` (default: the baseline). Torch-free.
 """
 
-from joulebench.recipes import needs_gpu
+from joulebench.recipes import needs_gpu, pinned_device
 
 BASELINE = "baseline"
 
@@ -56,6 +56,25 @@ def lineage(variants: dict, name: str) -> list[str]:
     while (step := parent(variants, chain[-1])) is not None:
         chain.append(step)
     return chain
+
+
+def on_accelerator(variants: dict, name: str) -> bool:
+    """Whether the models of a variant's lineage compute on the accelerator: all but those of a
+    lineage whose from-scratch root is pinned to the CPU (a pin holds for every model made from
+    the pinned one, joulebench.recipes)."""
+    root = lineage(variants, name)[-1]
+    return pinned_device(variants.get(root, {})) != "cpu"
+
+
+def is_int8(variants: dict, name: str) -> bool:
+    """Whether a variant's model is int8: a quantize step in its lineage after the last
+    distillation (which trains a new float student)."""
+    for step in lineage(variants, name):
+        if technique(variants, step) == "quantize":
+            return True
+        if technique(variants, step) == "distill":
+            return False
+    return False
 
 
 def subset_source(variants: dict, name: str) -> str | None:
