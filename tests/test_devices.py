@@ -213,9 +213,8 @@ def test_without_instant_power_a_window_the_counter_missed_ends_flagged_instead_
     module.nvmlDeviceGetFieldValues.return_value = [
         SimpleNamespace(nvmlReturn=pynvml.NVML_ERROR_NOT_SUPPORTED)
     ]
-    with EnergyMeter("unit", placement=ON_GPU0) as meter:
-        with meter.window("epoch1"):
-            pass
+    with EnergyMeter("unit", placement=ON_GPU0) as meter, meter.window("epoch1"):
+        pass
     record = meter.record()
     assert meter.monitor.approx_instant_energy is False
     assert record["gpu"]["instant_power"] is False

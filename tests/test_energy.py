@@ -8,6 +8,7 @@ integration is tested against Zeus's real window arithmetic. Everything named MO
 hardware this machine does not have.
 """
 
+import contextlib
 import json
 import os
 import shlex
@@ -566,10 +567,9 @@ def test_other_processes_loading_the_host_flag_the_window_busy_host():
             time.sleep(1.0)
     finally:
         for pid in spinners:
-            try:
+            # An error: it ended already (and its new parent reaped it).
+            with contextlib.suppress(energy.psutil.Error):
                 energy.psutil.Process(pid).wait(timeout=30)
-            except energy.psutil.Error:  # ended already (or reaped by its new parent)
-                pass
     window = meter.windows[0]
     assert window["other_processes_cpu_share"] > 0.5  # they had the cores; we slept
     assert window["busy_host"] is True
@@ -755,9 +755,8 @@ def test_another_process_on_the_metered_gpu_flags_the_window_busy_gpu(gpus, monk
         _compute_process(os.getpid()),
         _compute_process(stranger, 2048),
     ]
-    with EnergyMeter("unit", placement=ON_GPU0) as meter:
-        with meter.window("epoch1"):
-            pass
+    with EnergyMeter("unit", placement=ON_GPU0) as meter, meter.window("epoch1"):
+        pass
     record = meter.record()
     assert record["busy_gpu_windows"] == ["rule:unit", "epoch1"]
     assert record["windows"][0]["other_gpu_processes"] == [
