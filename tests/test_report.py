@@ -21,7 +21,7 @@ from joulebench.report_decisions import (
     decide,
     most_accurate_within_budget,
 )
-from joulebench.report_stats import mean_ci, paired_differences, pareto_mask, summarize
+from joulebench.report_stats import mean_ci, paired_differences, pareto_mask, proportion_ci, summarize
 from joulebench.report_summary import summary_markdown, verdict
 from joulebench.report_tables import latex_escape, latex_table, paper_table
 from joulebench.variants import lineage
@@ -356,12 +356,16 @@ def test_break_even_arithmetic():
 
 def test_break_even_table_uses_the_same_models_baseline(hand_made_run):
     entries, data_energy = hand_made_run
-    summary = summarize(build_table(entries, VARIANTS, data_energy, CARBON))
-    table = break_even_table(summary).set_index("variant")
+    runs = build_table(entries, VARIANTS, data_energy, CARBON)
+    table = break_even_table(summarize(runs), paired_differences(runs)).set_index("variant")
     # prune80: 105 + 32 vs 105 J to produce (mean), 2.1 vs 4.1 J/1k inference
     assert table.loc["prune80", "extra_produce_j"] == pytest.approx(32.0)
     assert table.loc["prune80", "break_even_inferences"] == pytest.approx(32.0 / (2.0 / 1000))
-    assert table.loc["fp16", "verdict"].startswith("immediately")
+    assert table.loc["prune80", "verdict"] == "after 16,000 inferences"
+    # fp16 is cheaper to produce, and its means save 0.1 J/1k, but its inference difference is
+    # within noise: "immediately" would read a winner into it.
+    assert table.loc["fp16", "verdict"] == "cannot be determined with these seeds and rounds"
+    assert pd.isna(table.loc["fp16", "break_even_inferences"])
     assert "baseline" not in table.index
 
 
@@ -403,7 +407,11 @@ def test_paper_table_marks_intervals_and_estimates(hand_made_run):
     header, rows, footnotes = paper_table(summary)
     assert "Accuracy (%)" in header and "Energy to produce (J)" in header
     baseline = rows[list(summary["variant"]).index("baseline")]
-    assert baseline[2] == f"96.00 ± {12.706204736174707:.2f}"
+    # The logit-scale interval of 95% and 97%, not 96.00 ± 12.71 (the plain t-interval, past 100%).
+    low, high = proportion_ci([0.95, 0.97])
+    assert baseline[2] == f"96.00 ({low * 100:.2f}-{high * 100:.2f})" == "96.00 (45.82-99.86)"
+    # Identical seeds: a zero-width interval, symmetric.
+    assert rows[list(summary["variant"]).index("int8_of_prune")][2] == "92.00 ± 0.00"
     assert baseline[3].endswith("†")  # estimated energy
     assert any("Estimated, wholly or in part" in note for note in footnotes)
     one_seed = summarize(build_table(entries[::2], VARIANTS, data_energy, CARBON))
@@ -425,12 +433,16 @@ def test_summary_says_when_nothing_meets_the_target(hand_made_run):
     summary = summarize(build_table(entries, VARIANTS, data_energy, CARBON))
     settings = {"accuracy_target": 0.99, "energy_budget_j": 1.0}
     differences = paired_differences(build_table(entries, VARIANTS, data_energy, CARBON))
-    text = summary_markdown(summary, decide(summary, settings), break_even_table(summary), differences)
+    text = summary_markdown(
+        summary, decide(summary, settings), break_even_table(summary, differences), differences
+    )
     assert "**No variant reaches 99.0% accuracy**" in text
     assert "**No variant can be produced within 1.0 J**" in text
     assert "does **not** save the energy to produce" in text
     settings = {"accuracy_target": 0.95, "energy_budget_j": 120.0}
-    text = summary_markdown(summary, decide(summary, settings), break_even_table(summary), differences)
+    text = summary_markdown(
+        summary, decide(summary, settings), break_even_table(summary, differences), differences
+    )
     assert "Cheapest variant reaching 95.0% accuracy: **small_cnn/fp16**" in text
     assert "Most accurate variant within 120.0 J to produce: **small_cnn/baseline**" in text
 
@@ -442,7 +454,7 @@ def test_summary_names_variants_measured_on_a_busy_host(hand_made_run):
     quiet = summary_markdown(
         summarize(table),
         decide(summarize(table), settings),
-        break_even_table(summarize(table)),
+        break_even_table(summarize(table), paired_differences(table)),
         paired_differences(table),
     )
     assert "Busy host" not in quiet
@@ -452,7 +464,10 @@ def test_summary_names_variants_measured_on_a_busy_host(hand_made_run):
     assert table.loc[table["variant"] == "prune80", "pipeline_busy_host"].tolist() == [False, True]
     summary = summarize(table)
     text = summary_markdown(
-        summary, decide(summary, settings), break_even_table(summary), paired_differences(table)
+        summary,
+        decide(summary, settings),
+        break_even_table(summary, paired_differences(table)),
+        paired_differences(table),
     )
     assert (
         "**Busy host**: other processes used more than 10% of the host's CPUs during energy windows of "
@@ -473,7 +488,10 @@ def test_summary_names_variants_measured_while_another_process_used_the_gpu(hand
     assert table.loc[table["variant"] == "prune80", "pipeline_busy_gpu"].tolist() == [False, True]
     summary = summarize(table)
     text = summary_markdown(
-        summary, decide(summary, settings), break_even_table(summary), paired_differences(table)
+        summary,
+        decide(summary, settings),
+        break_even_table(summary, paired_differences(table)),
+        paired_differences(table),
     )
     assert "**Busy GPU**: other processes computed on the metered GPU during energy windows of " in text
     assert "prune80 (1 of 2 seeds)" in text
@@ -487,7 +505,10 @@ def test_summary_states_the_runs_host_speed_and_flags_variants_made_on_a_slow_ho
         table = build_table(entries, VARIANTS, data_energy, CARBON)
         summary = summarize(table)
         text = summary_markdown(
-            summary, decide(summary, settings), break_even_table(summary), paired_differences(table)
+            summary,
+            decide(summary, settings),
+            break_even_table(summary, paired_differences(table)),
+            paired_differences(table),
         )
         return table, summary, text
 
@@ -557,22 +578,24 @@ def test_figures_go_to_the_files_the_rule_declares_whatever_their_names(hand_mad
     assert (tmp_path / "accuracy_vs_size.pdf").exists()
 
 
-def test_break_even_flags_noise_in_the_production_difference_and_crossed_devices():
+def test_break_even_markdown_gives_the_reason_and_flags_crossed_devices():
+    from joulebench.report_decisions import UNDETERMINED, break_even_unknown_because
     from joulebench.report_summary import break_even_markdown
 
     keys = {"dataset": "digits", "model": "small_cnn", "variant": "prune80"}
+    pair = {"n_pairs": 3, "inference_joules_per_1k_clear": True, "pipeline_energy_j_clear": False}
     break_even = pd.DataFrame(
         [{**keys, "inference_devices": "cuda vs cpu", "extra_produce_j": 5.0, "saving_per_inference_j": 0.001,
-          "break_even_inferences": 5000.0, "verdict": "after 5,000 inferences"}]
+          "break_even_inferences": None, "verdict": UNDETERMINED,
+          "break_even_unknown_because": break_even_unknown_because(pair)}]
     )  # fmt: skip
-    differences = pd.DataFrame(
-        [{**keys, "n_pairs": 3, "inference_joules_per_1k_clear": True, "pipeline_energy_j_clear": False}]
-    )
-    text = "\n".join(break_even_markdown(break_even, differences))
+    text = "\n".join(break_even_markdown(break_even))
     assert (
-        "after 5,000 inferences (the production difference is within noise; "
-        "inference crosses devices: cuda vs cpu)"
+        "| cannot be determined with these seeds and rounds: the energy-to-produce difference is within "
+        "noise (its 95% interval includes 0); more seeds (`seeds`) would resolve it "
+        "(inference crosses devices: cuda vs cpu) |"
     ) in text
+    assert "5,000" not in text
 
 
 def test_verdicts_say_when_inference_crosses_devices(hand_made_run):
@@ -633,3 +656,90 @@ def test_the_report_imports_neither_torch_nor_zeus():
     env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# --- what the report may claim -----------------------------------------------------------------
+
+
+def noisy_prune80_inference(entries) -> None:
+    """prune80 seed 1 infers at 4.6 J/1k (baseline 4.2): paired differences -2.0 and +0.4 J/1k,
+    an interval of -0.8 ± 15.2 that includes 0. Its means still give a number: 32 J more to
+    produce, 0.8 J/1k saved, N* = 40,000."""
+    entry = next(e for e in entries if (e["variant"], e["seed"]) == ("prune80", 1))
+    io.write_json(entry["metrics"], {**io.read_json(entry["metrics"]), "inference_joules_per_1k": 4.6})
+
+
+def test_break_even_within_noise_gives_no_number_and_says_what_would_resolve_it(hand_made_run, tmp_path):
+    entries, data_energy = hand_made_run
+    noisy_prune80_inference(entries)
+    table = build_table(entries, VARIANTS, data_energy, CARBON)
+    assert not by_variant(paired_differences(table))["prune80"]["inference_joules_per_1k_clear"]
+    outputs = report_files(tmp_path)
+    write_report(table, read_histories(entries, table), {"accuracy_target": 0.95}, outputs)
+
+    text = outputs["summary"].read_text()
+    section = text[text.index("## Break-even") : text.index("## Results")]
+    row = next(line for line in section.splitlines() if line.startswith("| small_cnn | prune80 |"))
+    assert "40,000" not in row and "inferences" not in row
+    assert (
+        "cannot be determined with these seeds and rounds: the inference energy difference is within "
+        "noise (its 95% interval includes 0); more seeds (`seeds`) or more inference rounds "
+        "(`evaluation.rounds`) would resolve it" in row
+    )
+    records = {r["variant"]: r for r in io.read_json(outputs["decisions"])["break_even"]}
+    assert records["prune80"]["break_even_inferences"] is None
+    assert "within noise" in records["prune80"]["break_even_unknown_because"]
+    # int8_of_prune's differences are both told from zero: its number stays, with no reason.
+    assert records["int8_of_prune"]["break_even_inferences"] == pytest.approx(34.0 / (3.0 / 1000))
+    assert records["int8_of_prune"]["break_even_unknown_because"] is None
+    csv = pd.read_csv(outputs["break_even"]).set_index("variant")
+    assert pd.isna(csv.loc["prune80", "break_even_inferences"])
+    assert csv.loc["prune80", "verdict"] == "cannot be determined with these seeds and rounds"
+
+
+def test_a_production_difference_within_noise_asks_for_seeds_only():
+    from joulebench.report_decisions import break_even_unknown_because
+
+    pair = {"n_pairs": 3, "inference_pairs": 15, "inference_joules_per_1k_clear": True,
+            "pipeline_energy_j_clear": False}  # fmt: skip
+    assert break_even_unknown_because(pair) == (
+        "the energy-to-produce difference is within noise (its 95% interval includes 0); "
+        "more seeds (`seeds`) would resolve it"
+    )
+    one_seed = {**pair, "n_pairs": 1, "pipeline_energy_j_clear": False}
+    assert (
+        "energy-to-produce difference has no interval (fewer than two pairs)"
+        in break_even_unknown_because(one_seed)
+    )
+    assert break_even_unknown_because({**pair, "pipeline_energy_j_clear": True}) is None
+
+
+PRINTED_ACCURACY = r"(\d+\.\d\d) (?:\((\d+\.\d\d)-(\d+\.\d\d)\)|(?:±|\$\\pm\$) (\d+\.\d\d))"
+
+
+def test_printed_accuracy_intervals_are_the_logit_interval_and_stay_within_100_percent(
+    hand_made_run, tmp_path
+):
+    import re
+
+    entries, data_energy = hand_made_run
+    table = build_table(entries, VARIANTS, data_energy, CARBON)
+    outputs = report_files(tmp_path)
+    summary = write_report(table, read_histories(entries, table), {"accuracy_target": 0.95}, outputs)
+    bounds = summary.set_index("variant")[["test_accuracy", "test_accuracy_low", "test_accuracy_high"]]
+    # Two seeds, 95% and 97%: the plain t-interval, 96.00 ± 12.71, would run to 108.71%.
+    low, high = bounds.loc["baseline", ["test_accuracy_low", "test_accuracy_high"]] * 100
+    assert high < 100.0 and low < 95.0
+    expected = f"96.00 ({low:.2f}-{high:.2f})"
+    for key in ("summary", "markdown", "latex"):
+        text = outputs[key].read_text()
+        assert expected in text, key
+        for match in re.finditer(PRINTED_ACCURACY, text):
+            mean, low_text, high_text, half_width = match.groups()
+            top = float(high_text) if high_text else float(mean) + float(half_width)
+            assert top <= 100.0, (key, match.group(0))
+    cheapest = io.read_json(outputs["decisions"])["cheapest_meeting_target"]
+    assert [r["variant"] for r in cheapest] == ["fp16"]
+    assert cheapest[0]["test_accuracy_low"] == pytest.approx(bounds.loc["fp16", "test_accuracy_low"])
+    assert cheapest[0]["test_accuracy_high"] == pytest.approx(bounds.loc["fp16", "test_accuracy_high"])
+    assert cheapest[0]["test_accuracy_high"] < 1.0 and "test_accuracy_ci95" not in cheapest[0]

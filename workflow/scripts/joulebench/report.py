@@ -268,8 +268,9 @@ def write_report(
     decisions = report_decisions.decide(summary, settings)
     decisions |= report_decisions.hardware_decisions(summary, settings)
     decisions["skipped"] = skipped or []
-    break_even = report_decisions.break_even_table(summary)
     differences = report_stats.paired_differences(table, rounds)
+    break_even = report_decisions.break_even_table(summary, differences)
+    decisions["break_even"] = report_decisions.break_even_records(break_even)
     io.write_csv(outputs["table"], table)
     io.write_atomic(outputs["parquet"], lambda tmp: table.to_parquet(tmp, index=False))
     io.write_csv(outputs["summary_table"], summary)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from joulebench.report_stats import device_pair
+from joulebench.report_stats import accuracy_bounds, device_pair, pairs_behind, resolved
 from joulebench.variants import BASELINE
 
 ACCURACY = "test_accuracy"
@@ -48,24 +48,32 @@ DECISION_COLUMNS = [
     "variant",
     "n",
     ACCURACY,
-    f"{ACCURACY}_ci95",
+    f"{ACCURACY}_low",
+    f"{ACCURACY}_high",
     ENERGY,
     f"{ENERGY}_ci95",
     "pipeline_energy_measured",
 ]
 
 
+def _json_ready(row: pd.Series) -> dict:
+    """One row as JSON: numpy scalars to Python, missing values (NaN) to None."""
+    record = {}
+    for column, value in row.items():
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            record[column] = None
+        else:
+            record[column] = value.item() if hasattr(value, "item") else value
+    return record
+
+
 def _records(rows: pd.DataFrame, extra: tuple = ()) -> list[dict]:
-    """JSON-ready rows: numpy scalars to Python, missing intervals to None."""
+    """JSON-ready rows of DECISION_COLUMNS (a summary without an accuracy interval gives None
+    there), accuracy low/high as the report prints them (report_stats.accuracy_bounds)."""
     records = []
-    for _, row in rows[[*DECISION_COLUMNS, *extra]].iterrows():
-        record = {}
-        for column, value in row.items():
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                record[column] = None
-            else:
-                record[column] = value.item() if hasattr(value, "item") else value
-        records.append(record)
+    for _, row in rows.reindex(columns=[*DECISION_COLUMNS, *extra]).iterrows():
+        row[f"{ACCURACY}_low"], row[f"{ACCURACY}_high"] = accuracy_bounds(row)
+        records.append(_json_ready(row))
     return records
 
 
@@ -131,8 +139,63 @@ def break_even(
     return BreakEven(extra / saving, extra, saving)
 
 
-def break_even_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Break-even of every variant against the baseline of the same dataset and model."""
+UNDETERMINED = "cannot be determined with these seeds and rounds"
+# The differences a break-even rests on: (name in the reason, compared column, what adds pairs to
+# it). Inference pairs are rounds x seeds of the interleaved comparison; production pairs, seeds.
+BREAK_EVEN_DIFFERENCES = (
+    (
+        "inference energy",
+        "inference_joules_per_1k",
+        ("seeds (`seeds`)", "inference rounds (`evaluation.rounds`)"),
+    ),
+    ("energy-to-produce", "pipeline_energy_j", ("seeds (`seeds`)",)),
+)
+
+
+def _unresolved_phrase(what: str, pair, column: str) -> str:
+    if pairs_behind(pair, column) < 2:
+        return f"the {what} difference has no interval (fewer than two pairs)"
+    return f"the {what} difference is within noise (its 95% interval includes 0)"
+
+
+def break_even_unknown_because(pair) -> str | None:
+    """Why a break-even cannot be determined, and what would resolve it; None where both
+    differences it rests on are told from zero (`pair`: a paired_differences row, None where the
+    variant has no seed paired with the baseline)."""
+    if pair is None:
+        return "no seed of the variant is paired with a baseline seed: run both on the same `seeds`"
+    phrases, remedies = [], []
+    for what, column, adds in BREAK_EVEN_DIFFERENCES:
+        if not resolved(pair, column):
+            phrases.append(_unresolved_phrase(what, pair, column))
+            remedies += [remedy for remedy in adds if remedy not in remedies]
+    if not phrases:
+        return None
+    return f"{' and '.join(phrases)}; more {' or more '.join(remedies)} would resolve it"
+
+
+BREAK_EVEN_COLUMNS = [
+    "dataset",
+    "model",
+    "variant",
+    "inference_devices",
+    "training_devices",
+    "extra_produce_j",
+    "saving_per_inference_j",
+    "break_even_inferences",
+    "verdict",
+    "break_even_unknown_because",
+]
+
+
+def break_even_table(summary: pd.DataFrame, differences: pd.DataFrame) -> pd.DataFrame:
+    """Break-even of every variant against the baseline of the same dataset and model.
+
+    A break-even is a ratio of two differences of means; where either difference cannot be told
+    from zero (`differences`: report_stats.paired_differences), neither can the ratio: such a row
+    has no `break_even_inferences` and says why in `break_even_unknown_because`.
+    """
+    pairs = {(row["dataset"], row["model"], row["variant"]): row for _, row in differences.iterrows()}
     rows = []
     for (dataset, model), group in summary.groupby(["dataset", "model"], sort=True):
         base = group[group["variant"] == BASELINE]
@@ -146,6 +209,7 @@ def break_even_table(summary: pd.DataFrame) -> pd.DataFrame:
                 base["inference_joules_per_1k"] / 1000,
                 row["inference_joules_per_1k"] / 1000,
             )
+            unknown_because = break_even_unknown_because(pairs.get((dataset, model, row["variant"])))
             rows.append(
                 {
                     "dataset": dataset,
@@ -160,24 +224,18 @@ def break_even_table(summary: pd.DataFrame) -> pd.DataFrame:
                     ),
                     "extra_produce_j": result.extra_produce_j,
                     "saving_per_inference_j": result.saving_per_inference_j,
-                    "break_even_inferences": result.inferences,
-                    "verdict": result.verdict,
+                    "break_even_inferences": None if unknown_because else result.inferences,
+                    "verdict": UNDETERMINED if unknown_because else result.verdict,
+                    "break_even_unknown_because": unknown_because,
                 }
             )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "dataset",
-            "model",
-            "variant",
-            "inference_devices",
-            "training_devices",
-            "extra_produce_j",
-            "saving_per_inference_j",
-            "break_even_inferences",
-            "verdict",
-        ],
-    )
+    return pd.DataFrame(rows, columns=BREAK_EVEN_COLUMNS)
+
+
+def break_even_records(table: pd.DataFrame) -> list[dict]:
+    """The break-even table as JSON (decisions.json): null where there is no number, and for an
+    undetermined one the reason beside it."""
+    return [_json_ready(row) for _, row in table.iterrows()]
 
 
 # Hardware-axis decisions. config report.constraints keys -> the summary column each one bounds.

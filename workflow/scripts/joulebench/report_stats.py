@@ -83,6 +83,17 @@ def proportion_ci(values, confidence: float = CONFIDENCE) -> tuple[float | None,
     return (1 / (1 + math.exp(-(centre - half_width))), 1 / (1 + math.exp(-(centre + half_width))))
 
 
+def accuracy_bounds(row) -> tuple[float | None, float | None]:
+    """The accuracy interval the report prints and decisions.json gives: the logit-scale interval
+    (test_accuracy_low/high, inside 0-1) widened to reach the mean where the mean lies outside it,
+    as the figures' bars are; (None, None) where n = 1 left no interval."""
+    low, high = row.get("test_accuracy_low"), row.get("test_accuracy_high")
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return None, None
+    mean = row["test_accuracy"]
+    return float(min(low, mean)), float(max(high, mean))
+
+
 def energy_unit(largest_joules: float) -> tuple[float, str]:
     """(divisor, unit) that keeps the largest value readable: J, kJ or MJ."""
     for divisor, unit in ((1e6, "MJ"), (1e3, "kJ")):
@@ -176,6 +187,20 @@ def devices_of(base: pd.DataFrame, runs: pd.DataFrame, column: str = "inference_
     """device_pair of the baseline's and the variant's runs in one device column."""
     devices = ["+".join(sorted(set(rows.get(column, ["cpu"])))) for rows in (base, runs)]
     return device_pair(*devices)
+
+
+def pairs_behind(pair, column: str) -> int:
+    """How many paired differences a compared column's interval rests on (paired_differences):
+    seeds, or for inference energy the interleaved comparison's rounds x seeds."""
+    if column.startswith("inference"):
+        return pair.get("inference_pairs", pair["n_pairs"])
+    return pair["n_pairs"]
+
+
+def resolved(pair, column: str) -> bool:
+    """Whether the paired difference in `column` is told from zero: it has an interval (two pairs
+    or more) and that interval excludes 0."""
+    return pairs_behind(pair, column) >= 2 and bool(pair[f"{column}_clear"])
 
 
 def round_differences(rounds: pd.DataFrame) -> dict[tuple, dict]:

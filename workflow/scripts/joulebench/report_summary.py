@@ -9,23 +9,15 @@ import pandas as pd
 
 from joulebench import host_speed
 from joulebench.contention import BUSY_HOST_SHARE
-from joulebench.report_stats import device_label
+from joulebench.report_stats import device_label, pairs_behind
 from joulebench.report_tables import energy_sources, markdown_table, markdown_with_notes, paper_table
-
-
-def _pairs(pair, column: str) -> int:
-    """How many paired differences the column's interval rests on: seeds, or for inference
-    energy the interleaved comparison's rounds x seeds."""
-    if column.startswith("inference"):
-        return pair.get("inference_pairs", pair["n_pairs"])
-    return pair["n_pairs"]
 
 
 def _change_phrase(pair, column: str, subject: str) -> str:
     """'saves 22% of <subject>', 'does **not** save <subject> (+16%)', or, where the paired
     interval includes zero, that the seeds cannot tell the variant from the baseline."""
     change = pair[f"{column}_change"]
-    if _pairs(pair, column) < 2:
+    if pairs_behind(pair, column) < 2:
         qualifier = " (one seed, no interval)"
     elif not pair[f"{column}_clear"]:
         return f"no clear difference in {subject} ({change:+.0%}, but the 95% interval includes 0)"
@@ -173,41 +165,33 @@ def skipped_markdown(skipped: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
-def _break_even_caveats(row, noisy: list[str] | None) -> str:
+def _break_even_cell(row) -> str:
+    """The break-even verdict; where it cannot be determined, why and what would resolve it; and
+    whether the comparison crosses devices."""
+    text = row["verdict"]
+    unknown_because = row.get("break_even_unknown_because")
+    if isinstance(unknown_because, str) and unknown_because:
+        text += f": {unknown_because}"
     caveats = []
-    if noisy:
-        caveats.append(
-            f"the {' and the '.join(noisy)} difference{'s are' if len(noisy) > 1 else ' is'} within noise"
-        )
     if crosses_devices(row, "inference_devices"):
         caveats.append(f"inference crosses devices: {row['inference_devices']}")
     if crosses_devices(row, "training_devices"):
         caveats.append(f"training crosses devices: {row['training_devices']}")
-    return f" ({'; '.join(caveats)})" if caveats else ""
+    return text + (f" ({'; '.join(caveats)})" if caveats else "")
 
 
-def break_even_markdown(break_even: pd.DataFrame, differences: pd.DataFrame) -> list[str]:
-    """The break-even table; a break-even that rests on a difference the seeds cannot tell from
-    zero (in inference or in production energy) is marked as such, and so is one that compares
-    inference on different devices."""
-    unclear = {}
-    for _, row in differences.iterrows():
-        noisy = [
-            what
-            for what, column in (
-                ("inference", "inference_joules_per_1k"),
-                ("production", "pipeline_energy_j"),
-            )
-            if _pairs(row, column) >= 2 and not row[f"{column}_clear"]
-        ]
-        if noisy:
-            unclear[(row["dataset"], row["model"], row["variant"])] = noisy
+def break_even_markdown(break_even: pd.DataFrame) -> list[str]:
+    """The break-even table (report_decisions.break_even_table). A break-even that rests on a
+    difference the data cannot tell from zero (in inference or in production energy) has no
+    number: the row says so and names the config keys that would resolve it. A comparison of
+    inference on different devices is marked."""
     lines = [
         "## Break-even against the baseline",
         "",
         "After how many inferences the extra energy to produce a variant is paid back by cheaper "
         "inference: N* = (E_produce(variant) - E_produce(baseline)) / "
-        "(E_inference(baseline) - E_inference(variant)), per sample.",
+        "(E_inference(baseline) - E_inference(variant)), per sample. Where either difference is "
+        "within noise, so is N*, and it is not given.",
         "",
     ]
     header = [
@@ -223,8 +207,7 @@ def break_even_markdown(break_even: pd.DataFrame, differences: pd.DataFrame) -> 
             row["variant"],
             f"{row['extra_produce_j']:+,.1f}",
             f"{row['saving_per_inference_j'] * 1000:+.4f}",
-            row["verdict"]
-            + _break_even_caveats(row, unclear.get((row["dataset"], row["model"], row["variant"]))),
+            _break_even_cell(row),
         ]
         for _, row in break_even.iterrows()
     ]
@@ -437,7 +420,7 @@ def summary_markdown(
         *busy_gpu_note(summary),
         *decisions_markdown(decisions, summary),
         *skipped_markdown(decisions.get("skipped", [])),
-        *break_even_markdown(break_even, differences),
+        *break_even_markdown(break_even),
         "## Results",
         "",
         markdown_with_notes(header, rows, footnotes),

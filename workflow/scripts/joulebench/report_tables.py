@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 
-from joulebench.report_stats import energy_unit
+from joulebench.report_stats import accuracy_bounds, energy_unit
 
 ESTIMATED_MARK = "†"
 NO_CI_MARK = "‡"
@@ -19,6 +19,20 @@ def mean_ci_cell(mean: float, ci: float | None, digits: int, scale: float = 1.0)
     if ci is None or (isinstance(ci, float) and math.isnan(ci)):
         return f"{mean * scale:.{digits}f}{NO_CI_MARK}"
     return f"{mean * scale:.{digits}f} ± {ci * scale:.{digits}f}"
+
+
+def accuracy_cell(row, digits: int = 2) -> str:
+    """Accuracy in percent with its logit-scale interval (report_stats.accuracy_bounds), which
+    stays within 0-100%: '97.75 (80.50-99.90)', or '92.00 ± 0.00' where the interval is
+    symmetric at the printed precision; '97.22‡' where one seed gives no interval."""
+    mean = row["test_accuracy"] * 100
+    low, high = accuracy_bounds(row)
+    if low is None:
+        return f"{mean:.{digits}f}{NO_CI_MARK}"
+    below, above = f"{mean - low * 100:.{digits}f}", f"{high * 100 - mean:.{digits}f}"
+    if below == above:
+        return f"{mean:.{digits}f} ± {below}"
+    return f"{mean:.{digits}f} ({low * 100:.{digits}f}-{high * 100:.{digits}f})"
 
 
 def _significant(value: float, digits: int = 3) -> str:
@@ -58,7 +72,7 @@ def paper_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list
             [
                 f"{row['model']}/{row['variant']}" if several_models else row["variant"],
                 str(row["n"]),
-                mean_ci_cell(row["test_accuracy"], row["test_accuracy_ci95"], 2, 100),
+                accuracy_cell(row),
                 produce + ("" if row["pipeline_energy_measured"] else ESTIMATED_MARK),
                 inference + ("" if row["inference_energy_measured"] else ESTIMATED_MARK),
                 f"{int(row['nonzero_params']):,} / {int(row['params']):,}"
@@ -72,7 +86,9 @@ def paper_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list
         )
     one_seed = f"; {NO_CI_MARK} one seed, no interval" if (summary["n"] < 2).any() else ""
     footnotes = [
-        f"Mean over seeds ± half-width of the 95% Student-t confidence interval on the mean{one_seed}.",
+        "Mean over seeds ± half-width of the 95% Student-t confidence interval on the mean; accuracy: "
+        "mean (low-high) of that interval taken on the logit scale, which stays within 0-100%"
+        f"{one_seed}.",
         "Energy to produce: data preparation plus every rule in the model's lineage (a compressed "
         "model includes the baseline it was made from). "
         "Params: non-zero / total where they differ (pruning, quantization).",
