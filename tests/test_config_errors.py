@@ -1,9 +1,12 @@
-"""Messages a user reads: schema errors in a few lines with the closest valid key."""
+"""Messages a user reads: schema errors in a few lines with the closest valid key, lineage
+suggestions, weights names, counts of images, and the report's copy of the config."""
 
 import pytest
 
 from conftest import run_snakemake, tiny_config
 from joulebench.config import ConfigError, resolved_config
+from joulebench.pretrained import torchvision_weights
+from joulebench.variants import lineage_error
 
 # One screen: what a config error may take up, Snakemake's own lines included.
 SCREEN_LINES = 15
@@ -77,3 +80,32 @@ def test_snakemake_shows_only_the_short_message_before_any_job(tmp_path):
     assert "trainig: did you mean training?" in result.stdout
     assert len((result.stdout + result.stderr).splitlines()) <= SCREEN_LINES
     assert not (tmp_path / "results").exists()
+
+
+def test_an_unknown_parent_is_not_offered_the_variant_itself_or_its_descendants():
+    variants = {
+        "q": {"technique": "quantize", "from": "gone"},
+        "q_pruned": {"technique": "prune", "from": "q"},  # starting q from it would be a cycle
+        "capped": {"technique": "power_limit", "power_limit_w": 200},  # skipped without a GPU
+        "bf16": {"technique": "precision", "precision": "bf16"},
+    }
+    assert (
+        lineage_error(variants, "q")
+        == "variants.q.from: unknown variant 'gone'; use baseline or one of ['bf16']"
+    )
+    assert lineage_error({"q": {"technique": "quantize", "from": "q2"}}, "q") == (
+        "variants.q.from: unknown variant 'q2'; use baseline"
+    )
+
+
+def test_an_unknown_parent_gets_the_closest_name():
+    variants = {"q": {"technique": "quantize", "from": "prune8"}, "prune80": {"technique": "prune"}}
+    assert lineage_error(variants, "q") == (
+        "variants.q.from: unknown variant 'prune8'; did you mean prune80? use baseline or one of ['prune80']"
+    )
+
+
+def test_weights_choices_name_each_weights_once():
+    with pytest.raises(Exception, match="not weights of model resnet18") as error:
+        torchvision_weights("resnet18", "ResNet50_Weights.DEFAULT")
+    assert str(error.value).endswith("ResNet18_Weights has DEFAULT, IMAGENET1K_V1")
