@@ -1,9 +1,11 @@
 """Messages a user reads: schema errors in a few lines with the closest valid key, lineage
 suggestions, weights names, counts of images, and the report's copy of the config."""
 
+import numpy as np
 import pytest
 
 from conftest import run_snakemake, tiny_config
+from joulebench import data
 from joulebench.config import ConfigError, resolved_config
 from joulebench.pretrained import torchvision_weights
 from joulebench.variants import lineage_error
@@ -109,3 +111,13 @@ def test_weights_choices_name_each_weights_once():
     with pytest.raises(Exception, match="not weights of model resnet18") as error:
         torchvision_weights("resnet18", "ResNet50_Weights.DEFAULT")
     assert str(error.value).endswith("ResNet18_Weights has DEFAULT, IMAGENET1K_V1")
+
+
+def test_counts_of_images_are_pluralised():
+    assert [data.image_count(n) for n in (0, 1, 2)] == ["0 images", "1 image", "2 images"]
+    assert data.image_count(1, "training") == "1 training image"
+    with pytest.raises(data.DatasetError, match=r"larger than the training split \(1 image after"):
+        data.check_batch_size(1, 64)
+    labels = np.array([0] * 11 + [1])
+    with pytest.raises(data.DatasetError, match=r"\(smallest: '1', 1 image\)$"):
+        data.split_arrays(np.zeros((12, 1, 4, 4), dtype=np.uint8), labels, 0.15, 0.2, seed=0)
