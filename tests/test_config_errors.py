@@ -3,9 +3,10 @@ suggestions, weights names, counts of images, and the report's copy of the confi
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import run_snakemake, tiny_config
-from joulebench import data
+from joulebench import data, report
 from joulebench.config import ConfigError, resolved_config
 from joulebench.pretrained import torchvision_weights
 from joulebench.variants import lineage_error
@@ -121,3 +122,10 @@ def test_counts_of_images_are_pluralised():
     labels = np.array([0] * 11 + [1])
     with pytest.raises(data.DatasetError, match=r"\(smallest: '1', 1 image\)$"):
         data.split_arrays(np.zeros((12, 1, 4, 4), dtype=np.uint8), labels, 0.15, 0.2, seed=0)
+
+
+def test_the_reports_config_keeps_unicode_paths_readable(tmp_path):
+    config = {"dataset": {"name": "pets", "source": "imagefolder", "root": "/data/Bilder/Kätzchen"}}
+    text = report.config_text(config)
+    assert "/data/Bilder/Kätzchen" in text and "\\x" not in text
+    assert yaml.safe_load(text) == config
