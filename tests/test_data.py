@@ -127,7 +127,7 @@ def test_too_few_images_per_class_to_split_says_which_class(tmp_path):
             data.split_arrays(images, labels, 0.15, 0.2, seed=0, classes=["cat", "dog"])
         assert str(err.value) == (
             f"{message}{{'cat': {12 - count}, 'dog': {count}}}; add images to the small classes "
-            f"(smallest: 'dog', {count} images)"
+            f"(smallest: 'dog', {count} image{'s' if count > 1 else ''})"
         )
 
 

@@ -1,6 +1,7 @@
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
@@ -9,9 +10,13 @@ min_version("9.0")
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from joulebench import variants, warm  # noqa: E402
-from joulebench.config import check_config, idle_baseline_seconds, model_entries  # noqa: E402
+from joulebench.config import check_config, idle_baseline_seconds, model_entries, schema_error  # noqa: E402
 
-validate(config, schema="../schemas/config.schema.yaml")
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+except WorkflowError as error:
+    # Snakemake's message appends the whole schema and config; this one names the key.
+    raise schema_error(error) from None
 check_config(config)
 
 DATASET = config["dataset"]["name"]

@@ -1,6 +1,9 @@
 """Checks a JSON schema cannot express; run right after schema validation, before any job."""
 
 import copy
+import difflib
+import re
+import textwrap
 from pathlib import Path
 
 from joulebench.carbon import CarbonSettingsError, carbon_model
@@ -15,15 +18,95 @@ def resolved_config(config: dict | None = None) -> dict:
     """`config` (default: the shipped config/config.yaml) validated, with the schema's defaults
     filled in: what the rules see. Every default lives in the schema only."""
     import yaml
+    from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
-    config = copy.deepcopy(config) if config is not None else yaml.safe_load(SHIPPED.read_text())
-    validate(config, str(SCHEMA))
+    config = (
+        copy.deepcopy(config) if config is not None else yaml.safe_load(SHIPPED.read_text(encoding="utf-8"))
+    )
+    try:
+        validate(config, str(SCHEMA))
+    except WorkflowError as error:
+        raise schema_error(error) from None
     return config
 
 
 class ConfigError(ValueError):
     """A config problem, named by its key, with what to do about it."""
+
+
+# A schema message quotes the value it rejects, sometimes a whole subschema: cut to this length.
+MESSAGE_CHARS = 240
+LINE_CHARS = 100
+
+
+def schema_error(error: Exception) -> Exception:
+    """The ConfigError to raise for snakemake.utils.validate's WorkflowError: a few lines naming the
+    key, instead of Snakemake's text, which appends the whole schema and config (hundreds of lines).
+    `error` itself where it carries no schema violation (an unreadable schema file)."""
+    from jsonschema.exceptions import ValidationError
+
+    # Snakemake raises its error while handling jsonschema's, which stays chained to it.
+    violation = error
+    while violation is not None and not isinstance(violation, ValidationError):
+        violation = violation.__cause__ or violation.__context__
+    return error if violation is None else ConfigError(schema_error_message(violation))
+
+
+def schema_error_message(error) -> str:
+    """A jsonschema ValidationError as a few lines: the key's path and what is wrong there; for an
+    unknown key or value, the closest valid one and the valid keys at that level."""
+    from jsonschema.exceptions import best_match
+
+    # In a oneOf/anyOf, the branch the value came closest to says what is wrong with it.
+    error = best_match([error])
+    path = key_path(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        return unknown_keys_message(error, path)
+    lines = [f"{path or 'config'}: {shortened(error.message)}"]
+    if error.validator == "enum" and isinstance(error.instance, str):
+        choices = [str(choice) for choice in error.validator_value]
+        lines += [f"  did you mean {match}?" for match in closest(error.instance, choices)]
+    return "\n".join(lines)
+
+
+def unknown_keys_message(error, path: str) -> str:
+    known = list(error.schema.get("properties", {}))
+    lines = [f"{path or 'config'}: {shortened(error.message)}"]
+    for key in unexpected_keys(error.instance, error.schema):
+        matches = closest(str(key), known)
+        hint = f"did you mean {join_key(path, matches[0])}?" if matches else "no valid key is close"
+        lines.append(f"  {join_key(path, key)}: {hint}")
+    where = f"of {path}" if path else "at the top level"
+    listed = f"valid keys {where}: {', '.join(known) or 'none'}"
+    lines += textwrap.wrap(listed, LINE_CHARS, initial_indent="  ", subsequent_indent="    ")
+    return "\n".join(lines)
+
+
+def unexpected_keys(instance: dict, schema: dict) -> list:
+    known = schema.get("properties", {})
+    patterns = schema.get("patternProperties", {})
+    return [key for key in instance if key not in known and not any(re.search(p, str(key)) for p in patterns)]
+
+
+def closest(word: str, choices: list[str]) -> list[str]:
+    return difflib.get_close_matches(word, choices, n=1)
+
+
+def key_path(parts) -> str:
+    """training.batch_size, models[1].weights: a config key as the messages name it."""
+    path = ""
+    for part in parts:
+        path = f"{path}[{part}]" if isinstance(part, int) else join_key(path, part)
+    return path
+
+
+def join_key(path: str, key) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def shortened(message: str) -> str:
+    return message if len(message) <= MESSAGE_CHARS else message[: MESSAGE_CHARS - 4] + " ..."
 
 
 def check_config(config: dict) -> None:

@@ -40,6 +40,12 @@ class DatasetError(ValueError):
     """A dataset that cannot be used, with what was expected."""
 
 
+def image_count(count: int, kind: str = "") -> str:
+    """'1 image', '5 training images': a count of images as messages and logs print it."""
+    noun = "image" if count == 1 else "images"
+    return f"{count} {kind} {noun}" if kind else f"{count} {noun}"
+
+
 def load_digits_source() -> tuple[np.ndarray, np.ndarray, list[str]]:
     """scikit-learn's digits: 1,797 real 8x8 grey images of handwritten digits, 16 grey levels."""
     from sklearn.datasets import load_digits
@@ -212,9 +218,10 @@ def load_imagefolder_source(
             (common, count), (other, _) = sizes.most_common(2)
             example = names[next(i for i, h in enumerate(headers) if h is not None and h[0] == other)]
             raise DatasetError(
-                f"images under {root!r} have {len(sizes)} different sizes ({count} are {common[0]}x"
-                f"{common[1]}, {root_path / example} is {other[0]}x{other[1]}); set dataset.image_size "
-                "(and dataset.resize: stretch, pad or crop) to bring every image to one size"
+                f"images under {root!r} have {len(sizes)} different sizes ({image_count(count)} at "
+                f"{common[0]}x{common[1]}, {root_path / example} is {other[0]}x{other[1]}); set "
+                "dataset.image_size (and dataset.resize: stretch, pad or crop) to bring every image to "
+                "one size"
             )
         size_hw = (readable[0][0][1], readable[0][0][0])
     pipeline = resize_pipeline(size_hw, resize) if image_size is not None else None
@@ -338,9 +345,9 @@ def split_arrays(images, labels, val_fraction: float, test_fraction: float, seed
     counts = {names[c]: n for c, n in enumerate(np.bincount(labels).tolist()) if n}
     smallest = min(counts, key=counts.get)
     unsplittable = DatasetError(
-        f"cannot split {len(labels)} images into train/val/test with every class in each split; "
+        f"cannot split {image_count(len(labels))} into train/val/test with every class in each split; "
         f"images per class: {counts}; add images to the small classes (smallest: {smallest!r}, "
-        f"{counts[smallest]} images)"
+        f"{image_count(counts[smallest])})"
     )
     try:
         rest_id, test_id = train_test_split(ids, test_size=test_fraction, random_state=seed, stratify=labels)
@@ -376,7 +383,7 @@ def check_batch_size(train_count: int, batch_size: int) -> None:
     """A batch larger than the training split would silently train on one short batch per epoch."""
     if batch_size > train_count:
         raise DatasetError(
-            f"training.batch_size {batch_size} is larger than the training split ({train_count} images "
+            f"training.batch_size {batch_size} is larger than the training split ({image_count(train_count)} "
             f"after splitting, cleaning and sampling); set training.batch_size to at most {train_count}"
         )
 

@@ -301,6 +301,7 @@ def train_worker(spec: dict) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from joulebench.checkpoint import exit_on_sigterm
+    from joulebench.data import image_count
     from joulebench.distributed import init_process_group, rank_from_env
     from joulebench.models import build_model, check_input, model_recipe
     from joulebench.resume import run_fingerprint, with_prior_epochs, write_trained
@@ -333,9 +334,10 @@ def train_worker(spec: dict) -> None:
         )
         shard = shard_arrays(arrays, rank.rank, rank.world_size)
         log.info(
-            "rank %d of %d on %s (%s, CUDA_VISIBLE_DEVICES=%s): %d training images, batch %d",
+            "rank %d of %d on %s (%s, CUDA_VISIBLE_DEVICES=%s): %s, batch %d",
             rank.rank, rank.world_size, rank.host, placement.torch_device,
-            os.environ.get("CUDA_VISIBLE_DEVICES"), len(shard["train_y"]), settings.batch_size,
+            os.environ.get("CUDA_VISIBLE_DEVICES"), image_count(len(shard["train_y"]), "training"),
+            settings.batch_size,
         )  # fmt: skip
         estimate = EstimateModel(**spec["estimate"])
         checkpointer = None

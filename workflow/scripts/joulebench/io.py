@@ -31,7 +31,7 @@ def write_atomic(path, write: Callable[[str], None]) -> None:
 
 
 def write_text(path, text: str) -> None:
-    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_json(path, data) -> None:

@@ -45,7 +45,9 @@ def torchvision_weights(name: str, spec: str):
 
 
 def _choices(enum) -> str:
-    return f"{enum.__name__} has {', '.join(['DEFAULT', *enum.__members__])}"
+    # __members__ lists DEFAULT, an alias of one of the weights, among them: name it once, first.
+    names = dict.fromkeys(["DEFAULT", *enum.__members__])
+    return f"{enum.__name__} has {', '.join(names)}"
 
 
 def cache_path(weights) -> Path:

@@ -290,6 +290,12 @@ def write_report(
     return summary
 
 
+def config_text(config: dict) -> str:
+    """The resolved config as YAML in the config file's key order, non-ASCII text (a dataset path
+    with umlauts) as written rather than escaped."""
+    return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+
+
 def aggregate_report(
     inputs: dict,
     outputs: dict,
@@ -317,5 +323,5 @@ def aggregate_report(
         skipped,
         read_diversity(inputs["diversity"]),
     )
-    io.write_text(outputs["config"], yaml.safe_dump(config, sort_keys=False))
+    io.write_text(outputs["config"], config_text(config))
     log.info("summary:\n%s", summary.to_string())

@@ -110,7 +110,7 @@ def clean_dataset(inputs: dict, outputs: dict, cleaning: dict, estimate: dict) -
     report["throughput_images_per_s"] = sum(report["before"][s]["count"] for s in data.SPLITS) / max(
         meter.record()["wall_time_s"], 1e-9
     )
-    log.info("removed %d images: %s", len(removed), report["removed_by_reason"])
+    log.info("removed %s: %s", data.image_count(len(removed)), report["removed_by_reason"])
     io.save_arrays(outputs["splits"], {**arrays, "item_names": np.asarray(names, dtype=str)})
     io.write_json(outputs["facts"], data.describe(arrays, classes))
     io.write_json(outputs["report"], report)
@@ -152,7 +152,7 @@ def sample_dataset(
             "sampled": diversity.diversity(subset["train_x"], subset["train_y"], num_classes),
         },
     }
-    log.info("subset %s: %d of %d training images", variant["method"], len(chosen), len(labels))
+    log.info("subset %s: %d of %s", variant["method"], len(chosen), data.image_count(len(labels), "training"))
     io.save_arrays(outputs["splits"], subset)
     io.write_json(outputs["summary"], summary)
     io.write_json(outputs["energy"], meter.record())

@@ -6,6 +6,8 @@ The rules (workflow/rules/common.smk), the config checks (joulebench.config) and
 `technique` and, for a model made from another, `from` (default: the baseline). Torch-free.
 """
 
+import difflib
+
 from joulebench.recipes import needs_gpu, pinned_device
 
 BASELINE = "baseline"
@@ -90,10 +92,7 @@ def lineage_error(variants: dict, name: str) -> str | None:
     step = parent(variants, name)
     while step is not None and step != BASELINE:
         if step not in variants:
-            return (
-                f"variants.{seen[-1]}.from: unknown variant {step!r}; "
-                f"use baseline or one of {sorted(variants)}"
-            )
+            return unknown_parent_error(variants, seen[-1], step)
         if needs_gpu(variants[step]):
             pin = ", device: cuda" if variants[step].get("device") else ""
             return (
@@ -105,3 +104,35 @@ def lineage_error(variants: dict, name: str) -> str | None:
         seen.append(step)
         step = parent(variants, step)
     return None
+
+
+def unknown_parent_error(variants: dict, name: str, unknown: str) -> str:
+    choices = possible_parents(variants, name)
+    close = difflib.get_close_matches(unknown, choices, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    others = f" or one of {choices[1:]}" if len(choices) > 1 else ""
+    return f"variants.{name}.from: unknown variant {unknown!r}; {hint}use baseline{others}"
+
+
+def possible_parents(variants: dict, name: str) -> list[str]:
+    """What variant `name` can start from: the baseline and every other variant that runs on every
+    host and is not made from `name` (that would be a cycle)."""
+    others = [
+        other
+        for other in sorted(variants)
+        if other != name and not needs_gpu(variants[other]) and not made_from(variants, other, name)
+    ]
+    return [BASELINE, *others]
+
+
+def made_from(variants: dict, name: str, ancestor: str) -> bool:
+    """Whether `ancestor` is in `name`'s `from` chain; a chain through an unknown variant or a cycle
+    ends there (lineage_error names those)."""
+    seen = {name}
+    step = parent(variants, name)
+    while step in variants and step not in seen:
+        if step == ancestor:
+            return True
+        seen.add(step)
+        step = parent(variants, step)
+    return False
