@@ -137,9 +137,12 @@ def readme_checkout(directory: Path, config: dict | None = None) -> Path:
     return directory
 
 
-def run_as_printed(command: str, checkout: Path) -> subprocess.CompletedProcess:
-    """Run a command the README prints, unchanged, the way a shell in `checkout` runs it."""
-    return subprocess.run(command, shell=True, cwd=checkout, capture_output=True, text=True)
+def run_as_printed(command: str, checkout: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command the README prints, unchanged, the way a shell in `checkout` runs it; `env`
+    adds variables to the environment."""
+    return subprocess.run(
+        command, shell=True, cwd=checkout, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
 
 
 @pytest.fixture(scope="session")
