@@ -526,23 +526,40 @@ def test_summary_states_the_runs_host_speed_and_flags_variants_made_on_a_slow_ho
     data_energy.update(host_speed=1000.0, host_speed_reference=REFERENCE)
     table, summary, text = report()
     assert table.loc[table["variant"] == "baseline", "own_host_speed"].tolist() == [1000.0, 800.0]
-    # Seed 1 of every variant made from baseline seed 1 includes the slow job; fp16 trains alone.
-    slow = table.set_index(["variant", "seed"])["pipeline_slow_host"]
-    assert slow[slow].index.tolist() == [("baseline", 1), ("int8_of_prune", 1), ("prune80", 1)]
+    # Every seed-1 model made from baseline seed 1 carries the slow job in its lineage, but shares
+    # it with the baseline it is compared with: only fp16, trained alone, compares against it.
+    rows = table.set_index(["variant", "seed"])
+    slow = rows["pipeline_slow_host"]
+    assert slow[slow].index.tolist() == [("fp16", 1)]
+    baseline_training = next(e["energy"] for e in entries if (e["variant"], e["seed"]) == ("baseline", 1))
+    assert rows.loc[("fp16", 1), "verdict_slow_jobs"].startswith(f"{baseline_training} (")
+    assert "of the baseline's energy to produce" in rows.loc[("fp16", 1), "verdict_slow_jobs"]
+    assert rows.loc[("prune80", 1), "pipeline_slow_jobs"].startswith(baseline_training)
+    assert 0 < rows.loc[("prune80", 1), "pipeline_slow_share"] < 1
+    assert rows.loc[("prune80", 0), "pipeline_slow_jobs"] == ""
     by_name = summary.set_index("variant")
     assert by_name["slow_host_seeds"].to_dict() == {
-        "baseline": 1,
-        "fp16": 0,
-        "int8_of_prune": 1,
-        "prune80": 1,
+        "baseline": 0,
+        "fp16": 1,
+        "int8_of_prune": 0,
+        "prune80": 0,
     }
     assert by_name.loc["baseline", "run_host_speed_median"] == 1000.0
     assert by_name.loc["baseline", "run_host_speed_n"] == 17  # data, 8 models, 8 evaluations
     assert "median 1,000 units/s over 17 jobs, IQR 0 (0.0% of the median), range 800-1,000" in text
     assert (
-        "**Slow host**: the energy to produce of baseline (1 of 2 seeds), int8_of_prune (1 of 2 seeds), "
-        "prune80 (1 of 2 seeds) includes a job under 90% of the run's median" in text
+        f"**Slow host**: the comparison with the baseline of fp16 (1 of 2 seeds: {baseline_training} ("
+        in text
     )
+    # A slow data job sits in every lineage: it cancels in every comparison and flags no row.
+    for entry in entries:
+        record = io.read_json(entry["energy"])
+        io.write_json(entry["energy"], {**record, "host_speed": 1000.0})
+    data_energy.update(host_speed=800.0)
+    table, summary, text = report()
+    assert not table["pipeline_slow_host"].any()
+    assert table["pipeline_slow_jobs"].str.startswith("data (").all()
+    assert "but each is shared by both sides of every comparison with the baseline it is in" in text
     # The paragraph sits with the repeatability section.
     where = [text.index(s) for s in ("## Repeatability and resolution", "**Host speed.**", "## Verdicts")]
     assert where == sorted(where)

@@ -38,8 +38,17 @@ class EnergyColumns:
         self.idle = idle
         self.run_speed = host_speed.run_host_speed(records.values())
 
-    def row(self, own: str, chain: list[str], pipeline_joules: float, evaluation: str | None = None) -> dict:
-        """Columns for one model: record `own` made it; `chain` labels every record of its lineage."""
+    def row(
+        self,
+        own: str,
+        chain: list[str],
+        pipeline_joules: float,
+        evaluation: str | None = None,
+        baseline: tuple[list[str], float] | None = None,
+    ) -> dict:
+        """Columns for one model: record `own` made it; `chain` labels every record of its lineage;
+        `baseline`: the chain and energy to produce of the model its verdicts compare it with (the
+        same seed's baseline), None for the baseline itself."""
         record = self.records[own]
         columns = {
             "own_energy_hardware": hardware_summary(record),
@@ -53,7 +62,7 @@ class EnergyColumns:
             "pipeline_busy_gpu": any(self.records[label].get("busy_gpu_windows") for label in chain),
             "own_dynamic_energy_j": dynamic_joules(record, self.idle),
             "own_dynamic_energy_unknown_because": idle_baseline_gap(record, self.idle),
-            **self.host_speed_columns(record, chain),
+            **self.host_speed_columns(record, chain, pipeline_joules, baseline),
             "host": record["host"],
             "slurm_job_id": record.get("slurm_job_id"),
             "zeus_version": record["zeus_version"],
@@ -76,18 +85,47 @@ class EnergyColumns:
             )
         return columns
 
-    def host_speed_columns(self, record: dict, chain: list[str]) -> dict:
-        """The host-speed index of the row's own job, the slowest job of its lineage, whether that
-        one ran under SLOW_HOST_RATIO of the run's median, and the run's host speed."""
-        slowest = host_speed.slowest(self.records[label] for label in chain)
-        median = self.run_speed["run_host_speed_median"]
-        slow = None not in (slowest, median) and slowest < host_speed.SLOW_HOST_RATIO * median
+    def host_speed_columns(
+        self, record: dict, chain: list[str], pipeline_joules: float, baseline: tuple[list[str], float] | None
+    ) -> dict:
+        """The host-speed index of the row's own job and of the slowest job of its lineage; the
+        lineage's jobs that ran under SLOW_HOST_RATIO of the run's median, with the share of the
+        row's energy to produce each carries; and whether one could move the row's verdicts.
+
+        A verdict compares the row with its baseline seed by seed, so a slow job that both made
+        (the shared data jobs, the baseline training a pruned model starts from) adds to both sides
+        and cancels; only a slow job of one side can move it (`pipeline_slow_host`,
+        `verdict_slow_jobs`). The baseline's own row has no verdict of its own."""
+        slow = [label for label in dict.fromkeys(chain) if self._is_slow(label)]
+        shares = {label: self._share(label, pipeline_joules) for label in slow}
+        one_sided = []
+        if baseline is not None:
+            baseline_chain, baseline_joules = baseline
+            for label in dict.fromkeys([*chain, *baseline_chain]):
+                if self._is_slow(label) and (label in chain) != (label in baseline_chain):
+                    side = "the variant's" if label in chain else "the baseline's"
+                    joules = pipeline_joules if label in chain else baseline_joules
+                    one_sided.append(
+                        f"{label} ({self._share(label, joules):.0%} of {side} energy to produce)"
+                    )
         return {
             "own_host_speed": record.get("host_speed"),
-            "pipeline_host_speed_min": slowest,
-            "pipeline_slow_host": slow,
+            "pipeline_host_speed_min": host_speed.slowest(self.records[label] for label in chain),
+            "pipeline_slow_jobs": ";".join(f"{label} ({share:.0%})" for label, share in shares.items()),
+            "pipeline_slow_share": sum(shares.values()) if self.run_speed["run_host_speed_median"] else None,
+            "pipeline_slow_host": bool(one_sided),
+            "verdict_slow_jobs": ";".join(one_sided),
             **self.run_speed,
         }
+
+    def _is_slow(self, label: str) -> bool:
+        """Whether the job of record `label` ran under SLOW_HOST_RATIO of the run's median speed."""
+        median = self.run_speed["run_host_speed_median"]
+        speed = host_speed.slowest([self.records[label]])
+        return None not in (speed, median) and speed < host_speed.SLOW_HOST_RATIO * median
+
+    def _share(self, label: str, pipeline_joules: float) -> float:
+        return self.records[label]["joules"] / pipeline_joules if pipeline_joules else 0.0
 
 
 def idle_baseline_gap(record: dict, idle: dict | None) -> str | None:

@@ -8,6 +8,7 @@ report_* modules; write_report ties them together.
 """
 
 import logging
+from typing import NamedTuple
 
 import pandas as pd
 import yaml
@@ -75,6 +76,17 @@ def stage_joules(
     return {f"energy_{stage}_j": value for stage, value in joules.items()}
 
 
+class Produced(NamedTuple):
+    """How one model was made: its lineage, their records, and its energy to produce."""
+
+    chain: list[str]
+    lineage_records: dict
+    data_records: list[dict]
+    stages: dict
+    pipeline_joules: float
+    labels: list[str]
+
+
 def build_table(
     entries: list[dict],
     variant_settings: dict,
@@ -102,20 +114,29 @@ def build_table(
     }
     rounds = read_rounds(entries)
     energy_columns = EnergyColumns(run_records, carbon, idle)
+    # Each model's lineage (its records' labels) and energy to produce, so that a row can be set
+    # beside the baseline its verdicts compare it with.
+    produced = {}
+    for entry in entries:
+        model, variant, seed = _key(entry)
+        chain = variants.lineage(variant_settings, variant)
+        data_labels = entry.get("data_energy", ["data"])
+        lineage_records = {step: own[(model, step, seed)] for step in chain}
+        data_records = [run_records[label] for label in data_labels]
+        stages = stage_joules(
+            data_records, lineage_records, run_records.get(entry.get("eval_energy")), variant_settings
+        )
+        pipeline = stages["energy_data_j"] + stages["energy_train_j"] + stages["energy_compress_j"]
+        chain_labels = [labels[(model, step, seed)] for step in chain] + data_labels
+        produced[_key(entry)] = Produced(chain, lineage_records, data_records, stages, pipeline, chain_labels)
     rows = []
     for entry in entries:
         model, variant, seed = entry["model"], entry["variant"], entry["seed"]
         metrics = io.read_json(entry["metrics"])
         record = own[(model, variant, seed)]
-        chain = variants.lineage(variant_settings, variant)
-        lineage_records = {step: own[(model, step, seed)] for step in chain}
-        data_labels = entry.get("data_energy", ["data"])
-        data_records = [run_records[label] for label in data_labels]
+        chain, lineage_records, data_records, stages, pipeline, chain_labels = produced[_key(entry)]
         chain_records = [*lineage_records.values(), *data_records]
-        evaluation = run_records.get(entry.get("eval_energy"))
-        stages = stage_joules(data_records, lineage_records, evaluation, variant_settings)
-        pipeline = stages["energy_data_j"] + stages["energy_train_j"] + stages["energy_compress_j"]
-        chain_labels = [labels[(model, step, seed)] for step in chain] + data_labels
+        baseline = produced.get((model, variants.BASELINE, seed)) if variant != variants.BASELINE else None
         device, device_name = training_device(lineage_records[chain[-1]])  # the from-scratch root
         rows.append(
             {
@@ -139,7 +160,11 @@ def build_table(
                 "pipeline_energy_measured": all(r["measured"] for r in chain_records),
                 "pipeline_energy_sources": "+".join(sorted({r["source"] for r in chain_records})),
                 **energy_columns.row(
-                    labels[(model, variant, seed)], chain_labels, pipeline, entry.get("eval_energy")
+                    labels[(model, variant, seed)],
+                    chain_labels,
+                    pipeline,
+                    entry.get("eval_energy"),
+                    baseline=(baseline.labels, baseline.pipeline_joules) if baseline else None,
                 ),
                 **interleaved_inference(rounds, entry, metrics),
             }

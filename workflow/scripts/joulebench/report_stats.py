@@ -148,8 +148,12 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         row["busy_gpu_seeds"] = int(
             (_flags(group, "pipeline_busy_gpu") | _flags(group, "inference_busy_gpu")).sum()
         )
-        # Seeds whose energy to produce includes a job on a notably slow host (joulebench.host_speed).
-        row["slow_host_seeds"] = int(group.get("pipeline_slow_host", pd.Series([False])).fillna(False).sum())
+        # Seeds whose verdicts rest on a job of one side only that ran on a notably slow host
+        # (joulebench.host_speed, energy_columns.host_speed_columns), and those jobs.
+        row["slow_host_seeds"] = int(_flags(group, "pipeline_slow_host").sum())
+        for column in ("verdict_slow_jobs", "pipeline_slow_jobs"):
+            cells = group.get(column, pd.Series([""])).fillna("")
+            row[column] = ";".join(dict.fromkeys(job for cell in cells for job in cell.split(";") if job))
         for column in HOST_SPEED_COLUMNS:
             row[column] = group[column].min() if column in group else None
         row["inference_energy_measured"] = not group["inference_energy_source"].str.contains("estimate").any()

@@ -340,16 +340,29 @@ def host_speed_markdown(summary: pd.DataFrame) -> list[str]:
     )
     slow = summary[summary.get("slow_host_seeds", pd.Series(0, index=summary.index)) > 0]
     threshold = f"{host_speed.SLOW_HOST_RATIO:.0%} of the run's median"
-    if slow.empty:
-        flagged = f"No variant's energy to produce includes a job under {threshold}."
+    any_slow = summary.get("pipeline_slow_jobs", pd.Series("", index=summary.index)).fillna("").astype(bool)
+    if slow.empty and any_slow.any():
+        flagged = (
+            f"Jobs under {threshold} ran (column `pipeline_slow_jobs` of results.csv), but each is "
+            "shared by both sides of every comparison with the baseline it is in, so none can move a "
+            "verdict."
+        )
+    elif slow.empty:
+        flagged = f"No job ran under {threshold}."
     else:
-        named = ", ".join(
-            f"{row['variant']} ({row['slow_host_seeds']} of {row['n']} seeds)" for _, row in slow.iterrows()
+        named = "; ".join(
+            f"{row['variant']} ({row['slow_host_seeds']} of {row['n']} seeds: "
+            f"{row['verdict_slow_jobs'].replace(';', ', ')})"
+            for _, row in slow.iterrows()
         )
         flagged = (
-            f"**Slow host**: the energy to produce of {named} includes a job under {threshold} (10% "
-            "slower: below the 15% by which two runs' intervals came to disagree, above the index's "
-            "spread on a quiet host); column `pipeline_slow_host` of results.csv names the rows."
+            f"**Slow host**: the comparison with the baseline of {named} rests on a job under "
+            f"{threshold} (10% slower: below the 15% by which two runs' intervals came to disagree, "
+            "above the index's spread on a quiet host) that only one side of it ran, so it can move "
+            "the verdict: rerun that job (`--forcerun <rule>`) on a quiet host before trusting it. A "
+            "slow job both sides share (the data jobs, the training a compressed model starts from) "
+            "cancels in the comparison and is not flagged; column `pipeline_slow_jobs` of results.csv "
+            "lists every slow job of a row's lineage with its share of the row's energy to produce."
         )
     return [
         f"{intro} Before each job's energy window opens (never charged to it), a fixed reference "
