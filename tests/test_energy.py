@@ -581,14 +581,18 @@ def test_other_processes_loading_the_host_flag_the_window_busy_host():
 
 
 def test_own_work_does_not_count_as_other_processes():
-    import os
-
-    with EnergyMeter("unit") as meter, meter.window("own_work"):
-        busy(1.0)
-    # One of our threads kept a core busy: 1/cpu_count of the host. Were it not subtracted, the
-    # share would be at least that; what remains is the rest of the (quiet) test machine.
+    # One of our threads keeps a core busy: 1/cpu_count of the host. Were it not subtracted, the
+    # share would be at least that; what remains is the rest of the machine. Other work on a shared
+    # machine can fill a window on its own, so the claim needs one window of three to be quiet.
     own_share = 1.0 / (os.cpu_count() or 1)
-    assert meter.windows[0]["other_processes_cpu_share"] < own_share / 2
+    shares = []
+    for _ in range(3):
+        with EnergyMeter("unit") as meter, meter.window("own_work"):
+            busy(1.0)
+        shares.append(meter.windows[0]["other_processes_cpu_share"])
+        if shares[-1] < own_share / 2:
+            break
+    assert min(shares) < own_share / 2, shares
 
 
 def test_idle_baseline_is_on_by_default_only_where_a_counter_exists(gpus, rapl):
@@ -801,3 +805,19 @@ def test_a_cpu_rule_has_no_gpu_neighbours_to_report(gpus):
     with EnergyMeter("unit") as meter:
         pass
     assert meter.record()["other_gpu_processes"] == []
+
+
+def test_every_record_says_what_its_joules_cover_and_leave_out(gpus, monkeypatch):
+    monkeypatch.setattr(Placement, "synchronize", lambda self: None)
+    gpus([pynvml.NVML_DEVICE_ARCH_HOPPER])
+    with EnergyMeter("unit", placement=ON_GPU0) as meter:
+        pass
+    boundary = meter.record()["boundary"]
+    # NVML reads the GPU; no RAPL here, so the CPU and memory are estimated.
+    assert boundary["id"] == "cpu:estimate+dram:estimate+gpu"
+    assert boundary["covers"][2] == "gpu: the GPU board, as NVML counts it"
+    assert any("PUE" in text for text in boundary["excludes"])
+    assert any("power supply" in text for text in boundary["excludes"])
+    with EnergyMeter("unit") as cpu_only:
+        pass
+    assert cpu_only.record()["boundary"]["id"] == "cpu:estimate+dram:estimate"

@@ -134,6 +134,12 @@ def energy_record(
         "short_windows": [],
         "busy_host_windows": [f"rule:{rule}"] if busy else [],
         "devices": devices if measured else {},
+        "parts": [{"part": "gpu0", "joules": joules, "source": source}]
+        if measured
+        else [
+            {"part": "cpu:estimate", "joules": joules, "source": source},
+            {"part": "dram:estimate", "joules": 0.0, "source": source},
+        ],
         "windows": [],
         **(
             {"host_speed": speed, "host_speed_reference": REFERENCE, "steal_share": 0.0}
@@ -495,6 +501,38 @@ def test_summary_names_variants_measured_while_another_process_used_the_gpu(hand
     )
     assert "**Busy GPU**: other processes computed on the metered GPU during energy windows of " in text
     assert "prune80 (1 of 2 seeds)" in text
+
+
+def test_the_summary_states_the_boundary_and_marks_a_verdict_across_boundaries(hand_made_run):
+    entries, data_energy = hand_made_run
+    settings = {"accuracy_target": 0.95}
+
+    def report():
+        table = build_table(entries, VARIANTS, data_energy, CARBON)
+        summary = summarize(table)
+        differences = paired_differences(table)
+        text = summary_markdown(
+            summary, decide(summary, settings), break_even_table(summary, differences), differences
+        )
+        return table, differences, text
+
+    table, differences, text = report()
+    assert "**What the joules cover.**" in text and "cooling and facility overhead" in text
+    assert not differences["pipeline_boundaries"].str.contains(" vs ").any()
+    # fp16 trained on a GPU that NVML reads; the baseline was estimated. (The data job is in both.)
+    for entry in entries:
+        if entry["variant"] == "fp16":
+            record = io.read_json(entry["energy"])
+            parts = [{"part": "gpu0", "joules": 1.0, "source": "nvml-counter"}]
+            io.write_json(entry["energy"], {**record, "parts": parts, "boundary": {"id": "gpu"}})
+    table, differences, text = report()
+    assert set(table.loc[table["variant"] == "fp16", "pipeline_energy_boundary"]) == {
+        "cpu:estimate+dram:estimate+gpu"
+    }
+    fp16 = differences.set_index("variant").loc["fp16", "pipeline_boundaries"]
+    assert " vs " in fp16
+    assert f"(not like for like: the figures cover {fp16})" in text
+    assert "gpu, the GPU board, as NVML counts it" in text
 
 
 def test_summary_states_the_runs_host_speed_and_flags_variants_made_on_a_slow_host(hand_made_run):

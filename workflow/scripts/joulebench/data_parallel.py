@@ -53,6 +53,7 @@ from joulebench.energy import (
     Window,
     _peak_memory_gb,
     _process_cpu_seconds,
+    energy_boundary,
     flagged_windows,
 )
 
@@ -251,6 +252,7 @@ class DataParallelMeter:
         everything = [self.total, *self.windows]
         record |= {key: value for key, value in self.total.items() if key != "window"}
         record |= flagged_windows(everything)
+        record["boundary"] = energy_boundary(self.total["parts"], record["hardware"])
         record["windows"] = self.windows
         record["data_parallel"] = {
             "world_size": self.rank.world_size,

@@ -59,6 +59,7 @@ import torch
 from zeus.device.gpu import nvidia
 
 from joulebench import host_speed
+from joulebench.boundary import energy_boundary
 from joulebench.contention import BUSY_HOST_MIN_CPU_S, BUSY_HOST_SHARE, wait_for_quiet_host
 from joulebench.devices import CPU, GpuAccess, Placement, board_power_w, gpu_name, mig_share, probe_gpu
 
@@ -647,6 +648,7 @@ class EnergyMeter:
             "hardware": self.facts,
             **{key: value for key, value in self.total.items() if key != "window"},
             **flagged_windows([self.total, *self.windows]),
+            "boundary": energy_boundary(self.total["parts"], self.facts),
             "quiet_host_wait": self.quiet_host_wait,
             "windows": self.windows,
         }

@@ -22,6 +22,7 @@ from joulebench import (
     report_tables,
     variants,
 )
+from joulebench.boundary import boundary_id, pipeline_boundary
 from joulebench.energy_columns import EnergyColumns
 from joulebench.protocol import median_and_spread
 
@@ -136,6 +137,7 @@ def build_table(
         record = own[(model, variant, seed)]
         chain, lineage_records, data_records, stages, pipeline, chain_labels = produced[_key(entry)]
         chain_records = [*lineage_records.values(), *data_records]
+        evaluation = run_records.get(entry.get("eval_energy"))
         baseline = produced.get((model, variants.BASELINE, seed)) if variant != variants.BASELINE else None
         device, device_name = training_device(lineage_records[chain[-1]])  # the from-scratch root
         rows.append(
@@ -159,6 +161,10 @@ def build_table(
                 "pipeline_wall_time_s": sum(r["wall_time_s"] for r in chain_records),
                 "pipeline_energy_measured": all(r["measured"] for r in chain_records),
                 "pipeline_energy_sources": "+".join(sorted({r["source"] for r in chain_records})),
+                # What the joules cover (joulebench.boundary): figures compare like for like only
+                # within one boundary.
+                "pipeline_energy_boundary": pipeline_boundary(chain_records),
+                "inference_energy_boundary": boundary_id(evaluation) if evaluation else None,
                 **energy_columns.row(
                     labels[(model, variant, seed)],
                     chain_labels,

@@ -122,6 +122,16 @@ def _flags(group: pd.DataFrame, column: str) -> pd.Series:
     return group[column].fillna(False).astype(bool)
 
 
+# What each energy figure covers (joulebench.boundary), per row.
+BOUNDARY_COLUMNS = ("pipeline_energy_boundary", "inference_energy_boundary")
+
+
+def _boundary_of(rows: pd.DataFrame, column: str) -> str:
+    """Every part the rows' figures in `column` cover, joined (a boundary id); "" where none has one."""
+    cells = rows.get(column, pd.Series([], dtype=object)).dropna()
+    return "+".join(sorted({kind for cell in cells for kind in str(cell).split("+") if kind}))
+
+
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, model, variant): n, means, CI half-widths, provenance, Pareto flags."""
     rows = []
@@ -164,6 +174,8 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         row["pipeline_energy_sources"] = "+".join(
             sorted(set("+".join(group["pipeline_energy_sources"]).split("+")))
         )
+        for column in BOUNDARY_COLUMNS:
+            row[column] = _boundary_of(group, column)
         rows.append(row)
     summary = pd.DataFrame(rows)
     summary["pareto_training"] = pareto_mask(summary["test_accuracy"], summary["pipeline_energy_j"])
@@ -251,6 +263,14 @@ def paired_differences(table: pd.DataFrame, rounds: pd.DataFrame | None = None) 
             row = {"dataset": dataset, "model": model, "variant": variant, "n_pairs": len(seeds)}
             row["inference_devices"] = devices_of(base, runs)
             row["training_devices"] = devices_of(base, runs, "training_device")
+            # Like devices, boundaries: both sides' figures must cover the same parts.
+            row["pipeline_boundaries"] = device_pair(
+                _boundary_of(base, "pipeline_energy_boundary"), _boundary_of(runs, "pipeline_energy_boundary")
+            )
+            row["inference_boundaries"] = device_pair(
+                _boundary_of(base, "inference_energy_boundary"),
+                _boundary_of(runs, "inference_energy_boundary"),
+            )
             for column in COMPARED:
                 diff, half_width, _ = mean_ci(runs.loc[seeds, column] - base.loc[seeds, column])
                 row[f"{column}_diff"] = diff
@@ -268,6 +288,8 @@ def paired_differences(table: pd.DataFrame, rounds: pd.DataFrame | None = None) 
         "inference_pairs",
         "inference_devices",
         "training_devices",
+        "pipeline_boundaries",
+        "inference_boundaries",
     ]
     for column in COMPARED:
         columns += [f"{column}_{part}" for part in ("diff", "diff_ci95", "change", "clear")]

@@ -8,8 +8,9 @@ import math
 import pandas as pd
 
 from joulebench import host_speed
+from joulebench.boundary import OUTSIDE_THE_BOUNDARY, PART_COVERS
 from joulebench.contention import BUSY_HOST_SHARE
-from joulebench.report_stats import device_label, pairs_behind
+from joulebench.report_stats import BOUNDARY_COLUMNS, device_label, pairs_behind
 from joulebench.report_tables import energy_sources, markdown_table, markdown_with_notes, paper_table
 
 
@@ -39,9 +40,13 @@ def verdict(pair) -> str:
     produce = _change_phrase(pair, "pipeline_energy_j", "the energy to produce")
     if crosses_devices(pair, "training_devices"):
         produce += f" (across devices: trained on {pair['training_devices']})"
+    if crosses_devices(pair, "pipeline_boundaries"):
+        produce += f" (not like for like: the figures cover {pair['pipeline_boundaries']})"
     inference = _change_phrase(pair, "inference_joules_per_1k", "inference energy")
     if crosses_devices(pair, "inference_devices"):
         inference += f" (not like for like: inference on {pair['inference_devices']})"
+    elif crosses_devices(pair, "inference_boundaries"):
+        inference += f" (not like for like: the figures cover {pair['inference_boundaries']})"
     accuracy = f"accuracy {pair['test_accuracy_diff'] * 100:+.2f}"
     if pair["test_accuracy_diff_ci95"] is not None and not math.isnan(pair["test_accuracy_diff_ci95"]):
         accuracy += f" ± {pair['test_accuracy_diff_ci95'] * 100:.2f}"
@@ -212,6 +217,24 @@ def break_even_markdown(break_even: pd.DataFrame) -> list[str]:
         for _, row in break_even.iterrows()
     ]
     return [*lines, markdown_table(header, rows), ""]
+
+
+def boundary_markdown(summary: pd.DataFrame) -> list[str]:
+    """What this report's joules cover, part by part, and what they leave out (joulebench.boundary)."""
+    kinds = set()
+    for column in BOUNDARY_COLUMNS:
+        for cell in summary.get(column, pd.Series([], dtype=object)).dropna():
+            kinds |= {kind for kind in str(cell).split("+") if kind}
+    if not kinds:
+        return []
+    covers = "; ".join(f"{kind}, {PART_COVERS.get(kind, 'as its record says')}" for kind in sorted(kinds))
+    return [
+        f"**What the joules cover.** {covers}. They leave out {', '.join(OUTSIDE_THE_BOUNDARY)}. "
+        "Each record says which parts its own figure covers (`boundary`); results.csv gives "
+        "`pipeline_energy_boundary` and `inference_energy_boundary`, and a verdict comparing figures "
+        "that cover different parts says so.",
+        "",
+    ]
 
 
 def busy_gpu_note(summary: pd.DataFrame) -> list[str]:
@@ -429,6 +452,7 @@ def summary_markdown(
         "component no counter covered (see each record's `parts`, which label every term with its "
         f"source). Sources: {', '.join(energy_sources(summary))}.",
         "",
+        *boundary_markdown(summary),
         *busy_host_note(summary),
         *busy_gpu_note(summary),
         *decisions_markdown(decisions, summary),
