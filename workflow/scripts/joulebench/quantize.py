@@ -167,8 +167,33 @@ def convert_qat(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return _drop_unused_attributes(convert_pt2e(prepared))
 
 
+# Node metadata that describes the run that traced a graph, not the graph: `stack_trace` names the
+# source files (under the checkout and its environment) that each op came from, and `from_node`
+# records the passes that made each node with the Python object id of every intermediate graph.
+# torch.export.save writes both into the archive's model.json, so the same model saved from another
+# checkout, or by another process, would be other bytes. Nothing reads them on load: running a
+# loaded graph (lower_to_x86) traces it afresh.
+RUN_SPECIFIC_NODE_METADATA = ("stack_trace", "from_node")
+
+
+def _without_run_specific_metadata(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Drop RUN_SPECIFIC_NODE_METADATA from every node, in place, so the archive depends on the model only.
+
+    The archive's `.data/serialization_id` needs nothing: torch derives it from the record names and
+    their contents' CRC32, so it repeats when they do.
+    """
+    for module in program.graph_module.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            for node in module.graph.nodes:
+                for key in RUN_SPECIFIC_NODE_METADATA:
+                    node.meta.pop(key, None)
+    return program
+
+
 def save_exported(converted: torch.fx.GraphModule, example: torch.Tensor, path) -> None:
+    """The converted graph as a torch.export archive: the same model gives the same bytes, wherever saved."""
     program = torch.export.export(converted, (example,), dynamic_shapes=_dynamic_batch(example))
+    _without_run_specific_metadata(program)
     archive = BytesIO()  # through a buffer: torch.export insists on a .pt2 name for files
     torch.export.save(program, archive)
     io.write_atomic(path, lambda tmp: Path(tmp).write_bytes(archive.getvalue()))
