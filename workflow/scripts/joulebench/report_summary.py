@@ -195,8 +195,8 @@ def break_even_markdown(break_even: pd.DataFrame) -> list[str]:
         "",
         "After how many inferences the extra energy to produce a variant is paid back by cheaper "
         "inference: N* = (E_produce(variant) - E_produce(baseline)) / "
-        "(E_inference(baseline) - E_inference(variant)), per sample. Where either difference is "
-        "within noise, so is N*, and it is not given.",
+        "(E_inference(baseline) - E_inference(variant)), per sample, from the paired differences of "
+        "the verdicts. Where either difference is within noise, so is N*, and it is not given.",
         "",
     ]
     header = [
@@ -286,9 +286,13 @@ def protocol_paragraph(protocol: dict | None) -> list[str]:
         f"after {protocol['warmup_seconds']:g} s of unmeasured warm-up, a window repeats whole "
         f"test-set passes for at least {protocol['min_window_seconds']:g} s and {protocol['min_passes']} "
         f"pass(es), on {protocol['threads']} CPU thread(s). A variant's figure is the median over "
-        "rounds (IQR in results.csv); its difference from the baseline is the mean of the per-round "
-        f"paired differences, pooled over seeds. Protocol: {protocol['reference']}. Energy to produce "
-        "is one window per rule and per epoch.",
+        "rounds (IQR in results.csv). Its difference from the baseline is taken at the level of the "
+        "seed: per seed, the mean of that job's per-round paired differences; then the mean of these "
+        "over seeds, with a Student-t interval over seeds (`inference_pairs` seeds, "
+        "`inference_rounds_per_seed` rounds each, in differences.csv). The rounds of one job share "
+        "its models and host, so they are not independent pairs; the verdicts and the break-even use "
+        f"this one difference. Protocol: {protocol['reference']}. Energy to produce is one window per "
+        "rule and per epoch.",
         "",
     ]
 
@@ -335,9 +339,11 @@ def resolution_markdown(summary: pd.DataFrame, differences: pd.DataFrame) -> lis
         "## Repeatability and resolution",
         "",
         "Run-to-run coefficient of variation over seeds, and the resolution of each comparison with "
-        "the baseline: the half-width of the 95% interval of the paired difference. A difference "
-        "smaller than that cannot be told from noise with these seeds and rounds; to resolve a "
-        "smaller one, add seeds (energy to produce) or rounds (`evaluation.rounds`, inference).",
+        "the baseline: the half-width of the 95% interval of the paired difference, over seeds (for "
+        "inference, over the seeds' means of their interleaved rounds). A difference smaller than "
+        "that cannot be told from noise with these seeds and rounds; to resolve a smaller one, add "
+        "seeds (`seeds`), or for inference rounds (`evaluation.rounds`), which narrow only the "
+        "scatter within a seed, not the spread between seeds.",
         "",
         markdown_table(header, rows),
         "",
