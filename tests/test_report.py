@@ -766,7 +766,23 @@ def test_data_diversity_of_each_stage_in_the_report(tmp_path):
     assert "## Data diversity" in text and "| sampled | subset50 | 0 | 2.300 | 0.990 | 35.5 |" in text
     assert (
         "subset50 (seed 0): the sample does **not** keep the diversity of the cleaned data "
-        "(Vendi 35.5 vs 41.0)" in text
+        "(Vendi 35.5 vs 41.0, 1,000 images each)" in text
+    )
+
+
+def test_vendi_scores_of_samples_of_different_sizes_give_no_verdict():
+    from joulebench.report_summary import diversity_markdown
+
+    values = {"variant": "subset50_el2n", "seed": 0, "class_entropy_nats": 2.3, "class_evenness": 0.99}
+    diversity = pd.DataFrame(
+        [{"data": "cleaned", **values, "vendi_score": 41.0, "vendi_sample": 1000},
+         {"data": "sampled", **values, "vendi_score": 35.5, "vendi_sample": 584}]
+    )  # fmt: skip
+    text = "\n".join(diversity_markdown(diversity))
+    assert "keep" not in text.split("| sampled |")[-1]
+    assert (
+        "subset50_el2n (seed 0): the Vendi scores do not compare (Vendi 35.5 vs 41.0, on samples of 584 "
+        "and 1,000 images)" in text
     )
 
 

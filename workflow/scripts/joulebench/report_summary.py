@@ -402,6 +402,23 @@ def host_speed_markdown(summary: pd.DataFrame) -> list[str]:
     ]
 
 
+def _kept_phrase(sampled, cleaned) -> str:
+    """Whether the sample kept the cleaned data's Vendi score; no verdict where the two scores
+    came from samples of different sizes, since the score grows with the sample."""
+    scores = f"Vendi {sampled['vendi_score']:.1f} vs {cleaned['vendi_score']:.1f}"
+    sizes = (sampled.get("vendi_sample"), cleaned.get("vendi_sample"))
+    if sizes[0] != sizes[1]:
+        return (
+            f"the Vendi scores do not compare ({scores}, on samples of {sizes[0]:,.0f} and "
+            f"{sizes[1]:,.0f} images)"
+        )
+    kept = sampled["vendi_score"] >= cleaned["vendi_score"]
+    return (
+        f"the sample {'keeps' if kept else 'does **not** keep'} the diversity of the cleaned data "
+        f"({scores}, {sizes[0]:,.0f} images each)"
+    )
+
+
 def diversity_markdown(diversity: pd.DataFrame | None) -> list[str]:
     """The training data's diversity at each data stage, and whether sampling kept it (D1 >= D0)."""
     if diversity is None or diversity.empty:
@@ -423,18 +440,18 @@ def diversity_markdown(diversity: pd.DataFrame | None) -> list[str]:
         "",
         "Diversity of the training data at each stage (the seed asks that data optimisation keep it: "
         "D1 >= D0): class entropy and its evenness (Pielou), and the Vendi score (Friedman & Dieng, "
-        "TMLR 2023) of a fixed-size sample, the effective number of distinct images.",
+        "TMLR 2023), the effective number of distinct images, on random samples of one size for the "
+        "stages compared (the smaller stage's size, at most 1,000; since the score grows with the "
+        "sample, stages compare only at one size).",
         "",
         markdown_table(header, rows),
         "",
     ]
     for (variant, seed), group in diversity.dropna(subset=["variant"]).groupby(["variant", "seed"]):
-        scores = dict(zip(group["data"], group["vendi_score"], strict=True))
-        if {"cleaned", "sampled"} <= set(scores):
-            kept = scores["sampled"] >= scores["cleaned"]
+        stages = {row["data"]: row for _, row in group.iterrows()}
+        if {"cleaned", "sampled"} <= set(stages):
             lines.append(
-                f"- {variant} (seed {int(seed)}): the sample {'keeps' if kept else 'does **not** keep'} the "
-                f"diversity of the cleaned data (Vendi {scores['sampled']:.1f} vs {scores['cleaned']:.1f})."
+                f"- {variant} (seed {int(seed)}): {_kept_phrase(stages['sampled'], stages['cleaned'])}."
             )
     return [*lines, ""] if len(lines) > 6 else lines
 
