@@ -86,7 +86,7 @@ def test_a_cpu_variant_leaves_the_idle_gpu_out_of_its_window():
     assert device_joules(record, Placement(torch.device("cpu"), 0)) == 130.0
 
 
-def test_round_differences_pair_each_round_and_pool_seeds_by_hand():
+def test_round_differences_average_each_seeds_rounds_then_take_the_interval_over_seeds_by_hand():
     rows = []
     base = {(0, 1): 10.0, (0, 2): 12.0, (1, 1): 11.0, (1, 2): 9.0}
     variant = {(0, 1): 7.0, (0, 2): 8.5, (1, 1): 8.0, (1, 2): 6.5}
@@ -95,13 +95,16 @@ def test_round_differences_pair_each_round_and_pool_seeds_by_hand():
             rows.append({"dataset": "d", "model": "m", "seed": seed, "round": round_, "variant": name,
                          "joules_per_1k": value})  # fmt: skip
     found = round_differences(pd.DataFrame(rows))[("d", "m", "int8")]
-    diffs = [-3.0, -3.5, -3.0, -2.5]
-    half_width = stats.t.ppf(0.975, 3) * statistics.stdev(diffs) / 2
-    assert found["inference_pairs"] == 4
+    # Per-round pairs: seed 0 -3.0, -3.5 (mean -3.25); seed 1 -3.0, -2.5 (mean -2.75).
+    seed_means = [-3.25, -2.75]
+    half_width = stats.t.ppf(0.975, 1) * statistics.stdev(seed_means) / 2**0.5
+    assert found["inference_pairs"] == 2 and found["inference_rounds_per_seed"] == 2
     assert found["inference_joules_per_1k_diff"] == pytest.approx(-3.0)
     assert found["inference_joules_per_1k_diff_ci95"] == pytest.approx(half_width)
     assert found["inference_joules_per_1k_change"] == pytest.approx(-3.0 / 10.5)
-    assert found["inference_joules_per_1k_clear"] is True
+    # Two seeds that disagree by 0.5 J/1k cannot tell a 3 J/1k saving from zero at 95%
+    # (t(0.975, 1) = 12.7); the four rounds pooled as independent pairs claimed they could.
+    assert found["inference_joules_per_1k_clear"] is False
 
 
 SINGLE_WINDOWS = [("baseline", 0, 5.0), ("baseline", 1, 5.0), ("int8", 0, 4.0), ("int8", 1, 6.0)]
@@ -126,7 +129,7 @@ def test_paired_differences_take_inference_from_the_rounds():
     )  # fmt: skip
     assert not paired_differences(table).iloc[0]["inference_joules_per_1k_clear"]
     pair = paired_differences(table, rounds).iloc[0]
-    assert pair["inference_pairs"] == 6 and pair["n_pairs"] == 2
+    assert pair["inference_pairs"] == 2 and pair["inference_rounds_per_seed"] == 3 and pair["n_pairs"] == 2
     assert pair["inference_joules_per_1k_diff"] == pytest.approx(-1.0)
     assert pair["inference_joules_per_1k_clear"]
 

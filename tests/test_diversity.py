@@ -27,3 +27,21 @@ def test_digits_are_more_diverse_than_a_subset_of_one_class():
     assert everything["vendi_sample"] == diversity.SAMPLE and everything["class_evenness"] > 0.99
     assert everything["vendi_score"] > ones["vendi_score"] > 1.0
     assert ones["class_evenness"] == 0.0
+
+
+def test_compared_stages_are_scored_on_samples_of_one_size():
+    images, labels, _ = data.load_digits_source()
+    chosen = np.sort(np.random.default_rng(1).choice(len(labels), 584, replace=False))
+    stages = diversity.diversity_of_stages(
+        {"cleaned": (images, labels), "sampled": (images[chosen], labels[chosen])}, 10
+    )
+    # The smaller stage's size: all 584 sampled images against 584 of the cleaned 1,797.
+    assert stages["cleaned"]["vendi_sample"] == stages["sampled"]["vendi_sample"] == 584
+    assert stages["cleaned"]["images"] == len(labels)
+    assert (
+        stages["sampled"]["vendi_score"]
+        == diversity.diversity(images[chosen], labels[chosen], 10)["vendi_score"]
+    )
+    # Stages larger than SAMPLE are each scored on SAMPLE images.
+    both = diversity.diversity_of_stages({"raw": (images, labels), "cleaned": (images[:-6], labels[:-6])}, 10)
+    assert {stage["vendi_sample"] for stage in both.values()} == {diversity.SAMPLE}

@@ -404,6 +404,74 @@ def test_paired_differences_compare_seed_by_seed_and_say_when_noise_wins(hand_ma
     )
 
 
+def seeded_rounds(differences_by_seed: dict, rounds: int = 5) -> pd.DataFrame:
+    """Interleaved windows of one model, baseline and "int8", as compare_inference writes them:
+    per seed and round the baseline's joules per 1k, and the variant's that much off it
+    (`differences_by_seed`: seed -> the difference in each round)."""
+    rows = []
+    for seed, differences in differences_by_seed.items():
+        for round_, difference in enumerate(differences[:rounds], start=1):
+            base = 4.0 + 0.2 * seed + 0.01 * round_
+            for variant, value in (("baseline", base), ("int8", base + difference)):
+                rows.append({"dataset": "d", "model": "small_cnn", "seed": seed, "round": round_,
+                             "variant": variant, "joules_per_1k": value})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def seeded_table(produce: dict, inference: dict) -> pd.DataFrame:
+    """Per-seed rows of baseline and "int8" ({variant: [value per seed]}), as build_table gives."""
+    return pd.DataFrame(
+        [
+            {"dataset": "d", "model": "small_cnn", "variant": variant, "seed": seed, "test_accuracy": 0.9,
+             "pipeline_energy_j": produce[variant][seed], "inference_joules_per_1k": inference[variant][seed]}
+            for variant in ("baseline", "int8") for seed in range(len(produce[variant]))
+        ]
+    )  # fmt: skip
+
+
+# The variant's inference difference in each of 5 rounds of 3 seeds' jobs: the seed moves it by
+# 0.1 J/1k, the rounds of one job scatter by 0.005.
+SEED_EFFECT = {0: [0.0, 0.005, -0.005, 0.0, 0.005], 1: [0.1, 0.105, 0.095, 0.1, 0.1], 2: [0.04] * 5}
+
+
+def test_inference_interval_is_over_seeds_when_the_seed_moves_the_difference():
+    rounds = seeded_rounds(SEED_EFFECT)
+    table = seeded_table(
+        {"baseline": [100.0] * 3, "int8": [90.0] * 3}, {"baseline": [4.0] * 3, "int8": [4.0] * 3}
+    )
+    pair = paired_differences(table, rounds).iloc[0]
+    seed_means = [sum(d) / len(d) for d in SEED_EFFECT.values()]
+    diff, half_width, _ = mean_ci(seed_means)
+    assert pair["inference_pairs"] == 3 and pair["inference_rounds_per_seed"] == 5
+    assert pair["inference_joules_per_1k_diff"] == pytest.approx(diff)
+    assert pair["inference_joules_per_1k_diff_ci95"] == pytest.approx(half_width)
+    # The 15 rounds pooled as independent pairs give an interval several times narrower, which
+    # excludes 0; the seeds cannot tell the variant from the baseline.
+    _, pooled, _ = mean_ci([d for differences in SEED_EFFECT.values() for d in differences])
+    assert half_width > 4 * pooled and abs(diff) > pooled
+    assert not pair["inference_joules_per_1k_clear"]
+    assert "no clear difference in inference energy" in verdict(pair)
+
+
+def test_break_even_and_verdict_rest_on_one_inference_difference():
+    # The per-seed figures (medians over rounds) save 1 J/1k; in the rounds, paired within each
+    # job, the variant costs 0.5 J/1k more every time. The verdict and the break-even must agree.
+    table = seeded_table(
+        {"baseline": [100.0, 101.0, 102.0], "int8": [150.0, 151.0, 152.0]},
+        {"baseline": [5.0] * 3, "int8": [4.0] * 3},
+    )
+    rounds = seeded_rounds({seed: [0.5 + 0.01 * seed] * 5 for seed in range(3)})
+    differences = paired_differences(table, rounds)
+    pair = differences.iloc[0]
+    means = table.groupby(["dataset", "model", "variant"], as_index=False).mean(numeric_only=True)
+    row = break_even_table(means, differences).iloc[0]
+    assert row["saving_per_inference_j"] == pytest.approx(-pair["inference_joules_per_1k_diff"] / 1000)
+    assert row["saving_per_inference_j"] == pytest.approx(-0.51 / 1000)
+    assert row["extra_produce_j"] == pytest.approx(pair["pipeline_energy_j_diff"]) == pytest.approx(50.0)
+    assert "does **not** save inference energy" in verdict(pair)
+    assert row["verdict"] == "never: it does not save inference energy"
+
+
 # --- tables and files --------------------------------------------------------------------------
 
 
@@ -698,7 +766,23 @@ def test_data_diversity_of_each_stage_in_the_report(tmp_path):
     assert "## Data diversity" in text and "| sampled | subset50 | 0 | 2.300 | 0.990 | 35.5 |" in text
     assert (
         "subset50 (seed 0): the sample does **not** keep the diversity of the cleaned data "
-        "(Vendi 35.5 vs 41.0)" in text
+        "(Vendi 35.5 vs 41.0, 1,000 images each)" in text
+    )
+
+
+def test_vendi_scores_of_samples_of_different_sizes_give_no_verdict():
+    from joulebench.report_summary import diversity_markdown
+
+    values = {"variant": "subset50_el2n", "seed": 0, "class_entropy_nats": 2.3, "class_evenness": 0.99}
+    diversity = pd.DataFrame(
+        [{"data": "cleaned", **values, "vendi_score": 41.0, "vendi_sample": 1000},
+         {"data": "sampled", **values, "vendi_score": 35.5, "vendi_sample": 584}]
+    )  # fmt: skip
+    text = "\n".join(diversity_markdown(diversity))
+    assert "keep" not in text.split("| sampled |")[-1]
+    assert (
+        "subset50_el2n (seed 0): the Vendi scores do not compare (Vendi 35.5 vs 41.0, on samples of 584 "
+        "and 1,000 images)" in text
     )
 
 

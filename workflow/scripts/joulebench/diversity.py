@@ -6,13 +6,15 @@
   Learning", TMLR 2023): exp of the Shannon entropy of the eigenvalues of K / n, where K is a
   similarity kernel with K(x, x) = 1. It is the effective number of distinct images: 1 when all are
   the same, n when all are orthogonal. Here K is the cosine similarity of weight-free embeddings
-  (8x8 area-averaged thumbnails per channel, mean removed) of a fixed-size random sample, so
-  values are comparable between the raw, cleaned and sampled data of one dataset.
+  (8x8 area-averaged thumbnails per channel, mean removed) of a random sample. The score grows
+  with the sample's size, so stages that are compared (raw and cleaned, cleaned and sampled) are
+  scored on samples of one size, the smaller stage's (at most SAMPLE): diversity_of_stages;
+  `vendi_sample` records it.
 """
 
 import numpy as np
 
-SAMPLE = 1000  # images per Vendi score: a fixed size, since the score grows with n
+SAMPLE = 1000  # most images per Vendi score (the cost grows with it)
 THUMBNAIL = 8
 
 
@@ -47,14 +49,30 @@ def vendi_score(vectors: np.ndarray) -> float:
     return float(np.exp(-(eigenvalues * np.log(eigenvalues)).sum()))
 
 
-def diversity(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0) -> dict:
-    """Class entropy of all images and the Vendi score of a random sample of SAMPLE of them."""
+def diversity(
+    images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0, sample: int = SAMPLE
+) -> dict:
+    """Class entropy of all images and the Vendi score of a random sample of `sample` of them
+    (all of them where there are fewer)."""
     rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(len(labels), size=min(SAMPLE, len(labels)), replace=False))
+    chosen = np.sort(rng.choice(len(labels), size=min(sample, len(labels)), replace=False))
     return {
         "images": int(len(labels)),
         **class_entropy(labels, num_classes),
         "vendi_score": vendi_score(embeddings(images[chosen])),
         "vendi_sample": int(len(chosen)),
         "vendi_kernel": "cosine of 8x8 thumbnails (mean removed)",
+    }
+
+
+def diversity_of_stages(
+    stages: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int, seed: int = 0
+) -> dict:
+    """diversity() of each data stage ({name: (images, labels)}) that are compared with each other,
+    every Vendi score on a sample of one size: the smallest stage's, at most SAMPLE. A subset of
+    584 images scored on all 584 against its source scored on 1,000 would lose diversity by the
+    sample size alone."""
+    size = min(SAMPLE, *(len(labels) for _, labels in stages.values()))
+    return {
+        name: diversity(images, labels, num_classes, seed, size) for name, (images, labels) in stages.items()
     }

@@ -3,7 +3,7 @@
 - cheapest variant that meets an accuracy target: min energy s.t. accuracy >= target;
 - most accurate variant within an energy budget: max accuracy s.t. energy <= budget;
 - break-even: after how many inferences a model that cost more to produce has paid that back
-  through cheaper inference.
+  through cheaper inference (on the paired differences the verdicts use, not on these means).
 """
 
 import math
@@ -130,8 +130,11 @@ def break_even(
     0 when the variant is never behind; None ("never") when it does not save inference energy
     yet cost more to produce, or saves nothing per inference at all.
     """
-    extra = produce_variant_j - produce_baseline_j
-    saving = inference_baseline_j - inference_variant_j
+    return break_even_of(produce_variant_j - produce_baseline_j, inference_baseline_j - inference_variant_j)
+
+
+def break_even_of(extra: float, saving: float) -> BreakEven:
+    """break_even from its two differences: the extra energy to produce and the saving per sample."""
     if extra <= 0 and saving >= 0:
         return BreakEven(0.0, extra, saving)
     if saving <= 0:
@@ -139,9 +142,21 @@ def break_even(
     return BreakEven(extra / saving, extra, saving)
 
 
+def differences_behind(pair, base, row) -> tuple[float, float]:
+    """(extra energy to produce in J, inference saving per sample in J) of a break-even: the paired
+    differences the verdicts rest on (`pair`, a paired_differences row: seed-level, inference from
+    the interleaved rounds), so a break-even and its verdict never disagree on the sign of a saving.
+    Where no seed of the variant is paired with the baseline (`pair` None), the difference of the
+    summary's means (`base`, `row`)."""
+    if pair is None:
+        saving_per_1k = base["inference_joules_per_1k"] - row["inference_joules_per_1k"]
+        return row[ENERGY] - base[ENERGY], saving_per_1k / 1000
+    return float(pair[f"{ENERGY}_diff"]), -float(pair["inference_joules_per_1k_diff"]) / 1000
+
+
 UNDETERMINED = "cannot be determined with these seeds and rounds"
-# The differences a break-even rests on: (name in the reason, compared column, what adds pairs to
-# it). Inference pairs are rounds x seeds of the interleaved comparison; production pairs, seeds.
+# The differences a break-even rests on: (name in the reason, compared column, what narrows its
+# interval). Both intervals are over seeds; rounds narrow only the within-seed part of inference's.
 BREAK_EVEN_DIFFERENCES = (
     (
         "inference energy",
@@ -191,9 +206,10 @@ BREAK_EVEN_COLUMNS = [
 def break_even_table(summary: pd.DataFrame, differences: pd.DataFrame) -> pd.DataFrame:
     """Break-even of every variant against the baseline of the same dataset and model.
 
-    A break-even is a ratio of two differences of means; where either difference cannot be told
-    from zero (`differences`: report_stats.paired_differences), neither can the ratio: such a row
-    has no `break_even_inferences` and says why in `break_even_unknown_because`.
+    A break-even is a ratio of two differences, the paired ones of the verdicts (`differences`:
+    report_stats.paired_differences; see differences_behind); where either cannot be told from
+    zero, neither can the ratio: such a row has no `break_even_inferences` and says why in
+    `break_even_unknown_because`.
     """
     pairs = {(row["dataset"], row["model"], row["variant"]): row for _, row in differences.iterrows()}
     rows = []
@@ -203,13 +219,9 @@ def break_even_table(summary: pd.DataFrame, differences: pd.DataFrame) -> pd.Dat
             continue
         base = base.iloc[0]
         for _, row in group[group["variant"] != BASELINE].iterrows():
-            result = break_even(
-                row[ENERGY],
-                base[ENERGY],
-                base["inference_joules_per_1k"] / 1000,
-                row["inference_joules_per_1k"] / 1000,
-            )
-            unknown_because = break_even_unknown_because(pairs.get((dataset, model, row["variant"])))
+            pair = pairs.get((dataset, model, row["variant"]))
+            result = break_even_of(*differences_behind(pair, base, row))
+            unknown_because = break_even_unknown_because(pair)
             rows.append(
                 {
                     "dataset": dataset,

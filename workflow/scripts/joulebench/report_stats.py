@@ -207,7 +207,8 @@ def devices_of(base: pd.DataFrame, runs: pd.DataFrame, column: str = "inference_
 
 def pairs_behind(pair, column: str) -> int:
     """How many paired differences a compared column's interval rests on (paired_differences):
-    seeds, or for inference energy the interleaved comparison's rounds x seeds."""
+    seeds, for inference energy too (`inference_pairs`: the seeds whose interleaved rounds were
+    averaged first, round_differences)."""
     if column.startswith("inference"):
         return pair.get("inference_pairs", pair["n_pairs"])
     return pair["n_pairs"]
@@ -220,9 +221,17 @@ def resolved(pair, column: str) -> bool:
 
 
 def round_differences(rounds: pd.DataFrame) -> dict[tuple, dict]:
-    """Inference energy differences from the interleaved comparisons: per (dataset, model,
-    variant), the variant's joules per 1k samples minus the baseline's in the same round of the
-    same seed's job, pooled over rounds and seeds (`inference_pairs` of them)."""
+    """Inference energy differences from the interleaved comparisons, per (dataset, model,
+    variant), at the level of the seed: the variant's joules per 1k samples minus the baseline's
+    in the same round of the same seed's job, averaged over that job's rounds; the difference is
+    the mean of these seed-level means and its interval the Student-t over seeds.
+
+    The rounds of one job share its models (trained from one seed) and its host's state, and the
+    seed moves the difference by more than the rounds scatter within a job: pooled as if
+    independent, the rounds would give an interval several times too narrow. Averaging within the
+    seed first is the nested model's estimate with equal rounds per seed. `inference_pairs` counts
+    the seeds behind the interval, `inference_rounds_per_seed` the fewest rounds any of them paired.
+    """
     column = "inference_joules_per_1k"
     found = {}
     for (dataset, model), group in rounds.groupby(["dataset", "model"], sort=True):
@@ -230,12 +239,15 @@ def round_differences(rounds: pd.DataFrame) -> dict[tuple, dict]:
         for variant, runs in group[group["variant"] != BASELINE].groupby("variant", sort=True):
             runs = runs.set_index(["seed", "round"])["joules_per_1k"]
             keys = runs.index.intersection(base.index)
-            diff, half_width, _ = mean_ci(runs.loc[keys] - base.loc[keys])
+            by_seed = (runs.loc[keys] - base.loc[keys]).groupby(level="seed")
+            diff, half_width, seeds = mean_ci(by_seed.mean())
+            baseline = base.loc[keys].groupby(level="seed").mean().mean()
             found[(dataset, model, variant)] = {
-                "inference_pairs": len(keys),
+                "inference_pairs": seeds,
+                "inference_rounds_per_seed": int(by_seed.size().min()) if seeds else 0,
                 f"{column}_diff": diff,
                 f"{column}_diff_ci95": half_width,
-                f"{column}_change": diff / base.loc[keys].mean(),
+                f"{column}_change": diff / baseline,
                 f"{column}_clear": half_width is not None and abs(diff) > half_width,
             }
     return found
@@ -248,8 +260,10 @@ def paired_differences(table: pd.DataFrame, rounds: pd.DataFrame | None = None) 
     Per compared column: the mean difference (`_diff`), the half-width of its 95% Student-t interval
     (`_diff_ci95`, None for one pair), the change relative to the baseline mean (`_change`), and
     `_clear`: the interval excludes zero. Where it does not, the data cannot tell the two apart.
-    With `rounds` (the interleaved comparisons), the inference columns rest on their per-round
-    pairs instead (round_differences); `inference_pairs` counts the pairs behind them.
+    With `rounds` (the interleaved comparisons), the inference columns rest on them instead: per
+    seed, the mean of its per-round pairs, then the Student-t over seeds (round_differences);
+    `inference_pairs` counts the seeds behind them, `inference_rounds_per_seed` the rounds each
+    seed averages (1 without `rounds`: the seed's single inference figure).
     """
     by_round = round_differences(rounds) if rounds is not None and not rounds.empty else {}
     rows = []
@@ -278,6 +292,7 @@ def paired_differences(table: pd.DataFrame, rounds: pd.DataFrame | None = None) 
                 row[f"{column}_change"] = diff / base.loc[seeds, column].mean()
                 row[f"{column}_clear"] = half_width is not None and abs(diff) > half_width
             row["inference_pairs"] = len(seeds)
+            row["inference_rounds_per_seed"] = 1
             row.update(by_round.get((dataset, model, variant), {}))
             rows.append(row)
     columns = [
@@ -286,6 +301,7 @@ def paired_differences(table: pd.DataFrame, rounds: pd.DataFrame | None = None) 
         "variant",
         "n_pairs",
         "inference_pairs",
+        "inference_rounds_per_seed",
         "inference_devices",
         "training_devices",
         "pipeline_boundaries",

@@ -195,8 +195,8 @@ def break_even_markdown(break_even: pd.DataFrame) -> list[str]:
         "",
         "After how many inferences the extra energy to produce a variant is paid back by cheaper "
         "inference: N* = (E_produce(variant) - E_produce(baseline)) / "
-        "(E_inference(baseline) - E_inference(variant)), per sample. Where either difference is "
-        "within noise, so is N*, and it is not given.",
+        "(E_inference(baseline) - E_inference(variant)), per sample, from the paired differences of "
+        "the verdicts. Where either difference is within noise, so is N*, and it is not given.",
         "",
     ]
     header = [
@@ -286,9 +286,13 @@ def protocol_paragraph(protocol: dict | None) -> list[str]:
         f"after {protocol['warmup_seconds']:g} s of unmeasured warm-up, a window repeats whole "
         f"test-set passes for at least {protocol['min_window_seconds']:g} s and {protocol['min_passes']} "
         f"pass(es), on {protocol['threads']} CPU thread(s). A variant's figure is the median over "
-        "rounds (IQR in results.csv); its difference from the baseline is the mean of the per-round "
-        f"paired differences, pooled over seeds. Protocol: {protocol['reference']}. Energy to produce "
-        "is one window per rule and per epoch.",
+        "rounds (IQR in results.csv). Its difference from the baseline is taken at the level of the "
+        "seed: per seed, the mean of that job's per-round paired differences; then the mean of these "
+        "over seeds, with a Student-t interval over seeds (`inference_pairs` seeds, "
+        "`inference_rounds_per_seed` rounds each, in differences.csv). The rounds of one job share "
+        "its models and host, so they are not independent pairs; the verdicts and the break-even use "
+        f"this one difference. Protocol: {protocol['reference']}. Energy to produce is one window per "
+        "rule and per epoch.",
         "",
     ]
 
@@ -335,9 +339,11 @@ def resolution_markdown(summary: pd.DataFrame, differences: pd.DataFrame) -> lis
         "## Repeatability and resolution",
         "",
         "Run-to-run coefficient of variation over seeds, and the resolution of each comparison with "
-        "the baseline: the half-width of the 95% interval of the paired difference. A difference "
-        "smaller than that cannot be told from noise with these seeds and rounds; to resolve a "
-        "smaller one, add seeds (energy to produce) or rounds (`evaluation.rounds`, inference).",
+        "the baseline: the half-width of the 95% interval of the paired difference, over seeds (for "
+        "inference, over the seeds' means of their interleaved rounds). A difference smaller than "
+        "that cannot be told from noise with these seeds and rounds; to resolve a smaller one, add "
+        "seeds (`seeds`), or for inference rounds (`evaluation.rounds`), which narrow only the "
+        "scatter within a seed, not the spread between seeds.",
         "",
         markdown_table(header, rows),
         "",
@@ -396,6 +402,23 @@ def host_speed_markdown(summary: pd.DataFrame) -> list[str]:
     ]
 
 
+def _kept_phrase(sampled, cleaned) -> str:
+    """Whether the sample kept the cleaned data's Vendi score; no verdict where the two scores
+    came from samples of different sizes, since the score grows with the sample."""
+    scores = f"Vendi {sampled['vendi_score']:.1f} vs {cleaned['vendi_score']:.1f}"
+    sizes = (sampled.get("vendi_sample"), cleaned.get("vendi_sample"))
+    if sizes[0] != sizes[1]:
+        return (
+            f"the Vendi scores do not compare ({scores}, on samples of {sizes[0]:,.0f} and "
+            f"{sizes[1]:,.0f} images)"
+        )
+    kept = sampled["vendi_score"] >= cleaned["vendi_score"]
+    return (
+        f"the sample {'keeps' if kept else 'does **not** keep'} the diversity of the cleaned data "
+        f"({scores}, {sizes[0]:,.0f} images each)"
+    )
+
+
 def diversity_markdown(diversity: pd.DataFrame | None) -> list[str]:
     """The training data's diversity at each data stage, and whether sampling kept it (D1 >= D0)."""
     if diversity is None or diversity.empty:
@@ -417,18 +440,18 @@ def diversity_markdown(diversity: pd.DataFrame | None) -> list[str]:
         "",
         "Diversity of the training data at each stage (the seed asks that data optimisation keep it: "
         "D1 >= D0): class entropy and its evenness (Pielou), and the Vendi score (Friedman & Dieng, "
-        "TMLR 2023) of a fixed-size sample, the effective number of distinct images.",
+        "TMLR 2023), the effective number of distinct images, on random samples of one size for the "
+        "stages compared (the smaller stage's size, at most 1,000; since the score grows with the "
+        "sample, stages compare only at one size).",
         "",
         markdown_table(header, rows),
         "",
     ]
     for (variant, seed), group in diversity.dropna(subset=["variant"]).groupby(["variant", "seed"]):
-        scores = dict(zip(group["data"], group["vendi_score"], strict=True))
-        if {"cleaned", "sampled"} <= set(scores):
-            kept = scores["sampled"] >= scores["cleaned"]
+        stages = {row["data"]: row for _, row in group.iterrows()}
+        if {"cleaned", "sampled"} <= set(stages):
             lines.append(
-                f"- {variant} (seed {int(seed)}): the sample {'keeps' if kept else 'does **not** keep'} the "
-                f"diversity of the cleaned data (Vendi {scores['sampled']:.1f} vs {scores['cleaned']:.1f})."
+                f"- {variant} (seed {int(seed)}): {_kept_phrase(stages['sampled'], stages['cleaned'])}."
             )
     return [*lines, ""] if len(lines) > 6 else lines
 

@@ -103,10 +103,13 @@ def clean_dataset(inputs: dict, outputs: dict, cleaning: dict, estimate: dict) -
     report = clean.cleaning_report(raw, arrays, removed, settings, cleaning["examples_per_reason"])
     report["near_duplicate_thresholds"] = chosen or None
     # Diversity of the training split before and after cleaning (the seed's D1 >= D0).
-    report["diversity"] = {
-        name: diversity.diversity(splits["train_x"], splits["train_y"], len(classes))
-        for name, splits in (("raw", raw), ("cleaned", arrays))
-    }
+    report["diversity"] = diversity.diversity_of_stages(
+        {
+            name: (splits["train_x"], splits["train_y"])
+            for name, splits in (("raw", raw), ("cleaned", arrays))
+        },
+        len(classes),
+    )
     report["throughput_images_per_s"] = sum(report["before"][s]["count"] for s in data.SPLITS) / max(
         meter.record()["wall_time_s"], 1e-9
     )
@@ -147,10 +150,10 @@ def sample_dataset(
         **choice,
         "before": sample.class_balance(labels, num_classes),
         "after": sample.class_balance(subset["train_y"], num_classes),
-        "diversity": {
-            "cleaned": diversity.diversity(arrays["train_x"], labels, num_classes),
-            "sampled": diversity.diversity(subset["train_x"], subset["train_y"], num_classes),
-        },
+        "diversity": diversity.diversity_of_stages(
+            {"cleaned": (arrays["train_x"], labels), "sampled": (subset["train_x"], subset["train_y"])},
+            num_classes,
+        ),
     }
     log.info("subset %s: %d of %s", variant["method"], len(chosen), data.image_count(len(labels), "training"))
     io.save_arrays(outputs["splits"], subset)
