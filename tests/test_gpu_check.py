@@ -235,7 +235,8 @@ def test_the_whole_check_on_a_simulated_gpu_host(simulated_gpu, tmp_path):
     # Both parts on the simulated host: the workflow (real snakemake, default profile, warm start)
     # on a small config with the check's variant kinds, then the counter check.
     config = tiny_config()
-    keep = ("fp16", "bf16", "prune80", "int8_dynamic")
+    # One reduced precision (bf16 is the same kind, and 13x slower on a CPU without bf16 kernels).
+    keep = ("fp16", "prune80", "int8_dynamic")
     config["variants"] = {name: variant for name, variant in config["variants"].items() if name in keep}
     config["energy"]["idle_baseline_seconds"] = 1
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -249,7 +250,7 @@ def test_the_whole_check_on_a_simulated_gpu_host(simulated_gpu, tmp_path):
         fields = line.split()
         if fields and fields[0] in ("train_model", "prune_model", "quantize_model", "evaluate_model"):
             rows[fields[0], fields[1]] = line
-    for variant in ("baseline", "fp16", "bf16"):
+    for variant in ("baseline", "fp16"):
         assert "GPU 0 (NVIDIA H200 (SIMULATED))" in rows["train_model", variant]
         assert "nvml-counter" in rows["train_model", variant]
     assert "nvml-counter" in rows["prune_model", "prune80"]
