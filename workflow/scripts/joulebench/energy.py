@@ -45,6 +45,7 @@ window also records a host-speed index, taken before it opened, and its steal sh
 
 import gc
 import logging
+import multiprocessing
 import os
 import platform
 import resource
@@ -174,25 +175,25 @@ def gpu_term(model: EstimateModel, placement: Placement, access: GpuAccess) -> G
 
 def _process_cpu_seconds() -> float:
     """CPU seconds of this process and of every process it started, running or ended."""
+    running = multiprocessing.active_children()  # reaps the ended ones first
     own = resource.getrusage(resource.RUSAGE_SELF)
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (
-        own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime + _running_descendants_cpu_seconds()
-    )
+    return own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime + _running_cpu_seconds(running)
 
 
-def _running_descendants_cpu_seconds() -> float:
-    """CPU seconds of this process's descendants that have not been reaped yet (DataLoader
-    workers, which live as long as their loader; Zeus's polling processes). The kernel adds a
-    child's time to RUSAGE_CHILDREN only once it is waited for, so without this a window that ends
-    while they run misses their work and counts it as other processes'. A descendant's own reaped
-    children are counted with it; read after RUSAGE_CHILDREN, a child reaped in between is missed
-    for that reading rather than counted twice."""
+def _running_cpu_seconds(children) -> float:
+    """CPU seconds of child processes that have not been reaped yet (DataLoader workers, which
+    live as long as their loader; Zeus's polling processes), with their own reaped children. The
+    kernel adds a child's time to RUSAGE_CHILDREN only once it is waited for, so without this a
+    window that ends while they run misses their work and counts it as other processes'. The
+    children are the ones multiprocessing started (listing every process of the host to find
+    children costs milliseconds a window); read after RUSAGE_CHILDREN, one that ends in between
+    is missed for that reading rather than counted twice."""
     total = 0.0
-    for child in psutil.Process().children(recursive=True):
+    for child in children:
         try:
-            times = child.cpu_times()
-        except psutil.Error:  # ended since it was listed
+            times = psutil.Process(child.pid).cpu_times()
+        except (psutil.Error, TypeError):  # ended since it was listed, or not started
             continue
         total += times.user + times.system + times.children_user + times.children_system
     return total
