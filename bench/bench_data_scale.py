@@ -73,7 +73,10 @@ def run_stage(stage: str, folder: Path, work: Path, threads: int) -> None:
         dataset |= {"resize": "stretch", "val_fraction": 0.15, "test_fraction": 0.2, "split_seed": 0}
         stages.prepare_dataset({}, raw, dataset, CLEANING["enabled"], ENERGY)
     else:
-        out = {key: work / f"{key}.out" for key in ("splits", "facts", "report", "removed", "energy")}
+        out = {
+            key: work / f"{key}.out"
+            for key in ("splits", "facts", "report", "removed", "lookalikes", "energy")
+        }
         out["splits"] = work / "splits.npz"
         stages.clean_dataset(raw, out, CLEANING, ENERGY)
 

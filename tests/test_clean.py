@@ -101,6 +101,7 @@ def run_cleaning(root, tmp_path, settings=SETTINGS):
         "facts": tmp_path / "dataset.json",
         "report": tmp_path / "cleaning_report.json",
         "removed": tmp_path / "removed.csv",
+        "lookalikes": tmp_path / "lookalikes.csv",
         "energy": tmp_path / "energy.json",
     }
     stages.clean_dataset(raw, out, settings, ENERGY)
@@ -205,8 +206,12 @@ def test_digits_default_cleaning_removes_few_and_never_a_whole_class():
     images, labels, classes = data.load_digits_source()
     arrays = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
     settings = {**SETTINGS, "near_duplicate_max_distance": 4}
-    cleaned, removed = clean.clean_splits(arrays, [str(i) for i in range(len(labels))], settings)
-    assert 0 < len(removed) < 0.05 * len(labels)
+    lookalikes = []
+    cleaned, removed = clean.clean_splits(
+        arrays, [str(i) for i in range(len(labels))], settings, lookalikes=lookalikes
+    )
+    # load_digits holds distinct drawings only: close ones are listed as look-alikes, none removed.
+    assert removed == [] and len(lookalikes) > 0
     assert np.bincount(cleaned["train_y"]).min() > 100
 
 
@@ -250,4 +255,75 @@ def test_shifted_cropped_and_jpeg_copies_of_training_images_in_test_are_leaks():
         ("img14", "leakage", "img2"),
     ]
     assert len(cleaned["train_y"]) == 12 and len(cleaned["test_y"]) == 0
-    assert set(chosen) == {"max_distance", "min_similarity", "max_shift"} and chosen["max_shift"] == 2
+    assert set(chosen) == {"max_distance", "min_similarity", "max_shift", "copy_max_distance"}
+    assert chosen["max_shift"] == 2
+
+
+def digit_splits(train: list[int], test: list[int], val: tuple = ()) -> tuple[dict, list[str]]:
+    """Splits holding chosen load_digits images (by index), as prepare_dataset stores them."""
+    images, labels, _ = data.load_digits_source()
+    arrays = {"pixel_max": np.asarray(16)}
+    for split, rows in (("train", train), ("val", list(val)), ("test", test)):
+        rows = np.asarray(rows, dtype=np.int64)
+        arrays |= {f"{split}_x": images[rows], f"{split}_y": labels[rows], f"{split}_id": rows}
+    return arrays, [str(i) for i in range(len(labels))]
+
+
+def test_two_drawings_of_a_four_are_lookalikes_listed_not_removed():
+    """load_digits 1161 and 1351: distinct samples a pixel apart, within the near-duplicate thresholds."""
+    arrays, names = digit_splits(list(range(0, 300)) + [1351], [1161, 1162])
+    lookalikes = []
+    _, removed = clean.clean_splits(arrays, names, resolved_config()["cleaning"], lookalikes=lookalikes)
+    assert "1161" not in {r["item"] for r in removed}
+    pair = [row for row in lookalikes if {row["item"], row["other_item"]} == {"1161", "1351"}]
+    assert len(pair) == 1 and pair[0]["across_splits"] and not pair[0]["removed"]
+    asked = {**resolved_config()["cleaning"], "remove_lookalikes": True}
+    _, removed = clean.clean_splits(arrays, names, asked)
+    row = next(r for r in removed if r["item"] == "1161")
+    assert (row["reason"], row["matched_item"], row["detail"]) == (
+        "leakage", "1351", "look-alike of an image kept in train"
+    )  # fmt: skip
+
+
+def shifted_right(image: np.ndarray, pixels: int) -> np.ndarray:
+    return np.pad(image, ((0, 0), (0, 0), (pixels, 0)), mode="edge")[..., : image.shape[-1]]
+
+
+def test_removed_images_name_the_image_they_match_within_the_thresholds():
+    """A chain A ~ B ~ C of shifted copies: C is 2 pixels from A, beyond the copy alignments of a
+    1-pixel shift limit, so C may only go as a copy of B, and B must then stay."""
+    crops = photo_crops(6, seed=11)
+    base = np.stack([np.asarray(c).transpose(2, 0, 1) for c in crops])
+    chain = np.stack([base[0], shifted_right(base[0], 1), shifted_right(base[0], 2)])
+    images = np.concatenate([chain, base[1:]])
+    arrays = {
+        "train_x": images,
+        "train_y": np.zeros(len(images), np.int64),
+        "train_id": np.arange(len(images)),
+    }
+    for split in ("val", "test"):
+        arrays |= {
+            f"{split}_x": images[:0],
+            f"{split}_y": np.zeros(0, np.int64),
+            f"{split}_id": np.zeros(0, np.int64),
+        }
+    arrays["pixel_max"] = np.asarray(255)
+    settings = {
+        **resolved_config()["cleaning"],
+        "near_duplicate_max_shift": 1,
+        "near_duplicate_max_distance": 8,
+    }
+    chosen = {}
+    _, removed = clean.clean_splits(arrays, [f"img{i}" for i in range(len(images))], settings, chosen=chosen)
+    for row in removed:
+        assert row["copy_distance"] <= chosen["copy_max_distance"], row
+        assert row["matched_item"] not in {r["item"] for r in removed}, row
+    assert [(r["item"], r["matched_item"]) for r in removed] == [("img1", "img0")]
+
+
+def test_leak_of_an_exact_copy_says_which_split_kept_the_original():
+    arrays, names = digit_splits(list(range(0, 40)), [5, 41], val=[42])
+    _, removed = clean.clean_splits(arrays, names, resolved_config()["cleaning"])
+    assert [(r["split"], r["item"], r["reason"], r["matched_split"], r["detail"]) for r in removed] == [
+        ("test", "5", "leakage", "train", "copy of an image kept in train")
+    ]

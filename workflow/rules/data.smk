@@ -32,6 +32,7 @@ rule clean_dataset:
         facts="results/data/{dataset}/dataset.json",
         report="results/data/{dataset}/cleaning_report.json",
         removed="results/data/{dataset}/removed.csv",
+        lookalikes="results/data/{dataset}/lookalikes.csv",
         energy="results/data/{dataset}/energy.json",
     log:
         "logs/clean_dataset/{dataset}.log",

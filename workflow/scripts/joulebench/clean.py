@@ -32,11 +32,13 @@ REASONS = (
     "leakage",
     "exact_duplicate",
     "near_duplicate",
+    "lookalike",
 )
 # Columns of removed.csv; files the loader could not use have split "source" and a detail.
 REMOVED_COLUMNS = [
     "split", "index", "item", "label", "reason", "detail",
     "matched_split", "matched_index", "matched_item", "matched_label", "hash_distance", "similarity",
+    "copy_distance",
 ]  # fmt: skip
 HASH_SIZE = 8  # pHash keeps the 8x8 lowest DCT frequencies: a 64-bit hash
 HASH_INPUT = 32  # ... of the image resized to 32x32 grey, as ImageHash does
@@ -159,6 +161,9 @@ def hamming_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np
 
 DESCRIPTOR_SIDE = 8  # crops are compared as 8x8 grey thumbnails: 64 numbers (128 bytes) each
 RANDOM_PAIRS = 20000  # pairs of random images that set the automatic thresholds
+ZOOM_STEPS = (1, 2)  # zoomed windows, per 16 pixels of side, for copies cropped and resized back
+VERIFY_SIDE = 16  # copies are aligned at up to 32x32 and compared area-resized to at most 16x16
+ALIGN_SIDE = 32
 
 
 def _thumbnails(grey: np.ndarray) -> np.ndarray:
@@ -174,37 +179,63 @@ def _thumbnails(grey: np.ndarray) -> np.ndarray:
 
 @dataclass
 class CropFeatures:
-    """Per image: the pHash and thumbnail of each of K crops at offsets (dy, dx) in 0..2s."""
+    """Per image: the pHash and thumbnail of each of K windows (crops at offsets (dy, dx) in 0..2s,
+    then smaller, zoomed-in windows), and the grey image at the size copies are verified at."""
 
     hashes: np.ndarray  # (N, K) uint64
     thumbnails: np.ndarray  # (N, K, 64) float16
     centre: int  # the crop at offset (s, s): the image's query
     shift: int
+    verify: np.ndarray | None = None  # (N, S, S) uint8 grey, S = min(side, ALIGN_SIDE)
 
     @property
     def query(self) -> np.ndarray:
         return self.hashes[:, self.centre]
 
 
+def crop_windows(height: int, width: int, shift: int) -> list[tuple[int, int, int, int]]:
+    """(top, left, height, width) of every window hashed: the (2s + 1)^2 crops of size
+    (H - 2s, W - 2s), then, for copies cropped by a few pixels and resized back (a zoom the crops
+    do not cover), windows z = 1 and 2 pixels (per 16 of side) smaller on each side, at the same
+    offsets around the centre."""
+    windows = [
+        (dy, dx, height - 2 * shift, width - 2 * shift)
+        for dy in range(2 * shift + 1)
+        for dx in range(2 * shift + 1)
+    ]
+    for step in ZOOM_STEPS:
+        zoom_y, zoom_x = max(1, round(step * height / 16)), max(1, round(step * width / 16))
+        if height - 2 * shift - 2 * zoom_y < 4 or width - 2 * shift - 2 * zoom_x < 4:
+            continue
+        windows += [
+            (zoom_y + dy, zoom_x + dx, height - 2 * shift - 2 * zoom_y, width - 2 * shift - 2 * zoom_x)
+            for dy in range(2 * shift + 1)
+            for dx in range(2 * shift + 1)
+        ]
+    return windows
+
+
 def crop_features(images, max_shift: int, workers: int = 1, batch: int = 1024) -> CropFeatures:
     """Hashes and thumbnails that survive shifts, small crops and re-encoding.
 
     `images`: (N, C, H, W) uint8 pixels, or a list of such arrays (the splits, in order), read a
-    batch at a time (memory maps stay on disk). Every image is seen through K = (2s + 1)^2 crops
-    of size (H - 2s, W - 2s), one per offset (dy, dx) in 0..2s, s = min(max_shift, side // 8). A
-    copy shifted by up to s pixels has a centre crop equal to one of the original's crops; a copy
-    cropped a little and resized back differs only slightly in scale, which 8x8 low frequencies
-    and thumbnails barely see. Batches are processed in `workers` threads (numpy releases the
-    GIL). The result takes K * 136 bytes per image (25 crops: 3.4 kB).
+    batch at a time (memory maps stay on disk). Every image is seen through the windows of
+    crop_windows, s = min(max_shift, side // 8): a copy shifted by up to s pixels has a centre
+    crop equal to one of the original's crops; a copy cropped and resized back has a centre crop
+    close to one of the original's zoomed windows. Batches are processed in `workers` threads
+    (numpy releases the GIL). The result takes K * 136 bytes per image.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     parts = images if isinstance(images, list | tuple) else [images]
     count, (height, width) = sum(len(part) for part in parts), parts[0].shape[2:]
     shift = max(0, min(max_shift, height // 8, width // 8))
-    offsets = [(dy, dx) for dy in range(2 * shift + 1) for dx in range(2 * shift + 1)]
-    hashes = np.empty((count, len(offsets)), dtype=np.uint64)
-    thumbnails = np.empty((count, len(offsets), DESCRIPTOR_SIDE**2), dtype=np.float16)
+    windows = crop_windows(height, width, shift)
+    side = min(height, width, ALIGN_SIDE)
+    hashes = np.empty((count, len(windows)), dtype=np.uint64)
+    thumbnails = np.empty((count, len(windows), DESCRIPTOR_SIDE**2), dtype=np.float16)
+    verify = np.empty((count, side, side), dtype=np.uint8)
+    verify_rows, verify_cols = _area_weights(height, side), _area_weights(width, side)
     jobs, first = [], 0
     for part in parts:
         jobs += [(part, start, first + start) for start in range(0, len(part), batch)]
@@ -215,16 +246,15 @@ def crop_features(images, max_shift: int, workers: int = 1, batch: int = 1024) -
         pixels = np.ascontiguousarray(part[start : start + batch])
         grey = _grey(pixels)
         rows = slice(row, row + len(pixels))
-        for k, (dy, dx) in enumerate(offsets):
-            window = pixels[:, :, dy : dy + height - 2 * shift, dx : dx + width - 2 * shift]
-            hashes[rows, k] = perceptual_hashes(window)
-            thumbnails[rows, k] = _thumbnails(
-                grey[:, dy : dy + height - 2 * shift, dx : dx + width - 2 * shift]
-            )
+        verify[rows] = np.rint(verify_rows @ grey @ verify_cols.T)
+        for k, (top, left, h, w) in enumerate(windows):
+            hashes[rows, k] = perceptual_hashes(pixels[:, :, top : top + h, left : left + w])
+            thumbnails[rows, k] = _thumbnails(grey[:, top : top + h, left : left + w])
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         list(pool.map(one_batch, jobs))
-    return CropFeatures(hashes, thumbnails, offsets.index((shift, shift)), shift)
+    centre = windows.index((shift, shift, height - 2 * shift, width - 2 * shift))
+    return CropFeatures(hashes, thumbnails, centre, shift, verify)
 
 
 def shifted_distance(features: CropFeatures, first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -328,6 +358,146 @@ def near_pairs(features: CropFeatures, max_distance: int, min_similarity: float)
     return first, second, shifted_distance(features, first, second), similarity[keep]
 
 
+def _resample_matrix(side: int, top: float, bottom: float) -> np.ndarray:
+    """(side, side) linear interpolation that maps an image axis to the same axis with `top`
+    pixels cut at the start and `bottom` at the end, stretched back to `side` (negative: a shift
+    outwards; the border repeats the edge), as a crop-and-resize or a shift of a copy does."""
+    positions = top + (np.arange(side) + 0.5) * (side - top - bottom) / side - 0.5
+    positions = np.clip(positions, 0, side - 1)
+    low = np.floor(positions).astype(int)
+    high = np.minimum(low + 1, side - 1)
+    weight = positions - low
+    matrix = np.zeros((side, side))
+    matrix[np.arange(side), low] += 1 - weight
+    matrix[np.arange(side), high] += weight
+    return matrix
+
+
+def copy_alignments(side: int, shift: int) -> np.ndarray:
+    """(F, V, side) per-axis alignments a copy may have, each followed by the area resize to the
+    verification size V: cut `top` and `bottom` pixels, each in -s..c (c = a tenth of the side),
+    with top + bottom in 0..2c (shifts by up to s pixels, crops of up to c pixels a side resized
+    back, and both). Aligning at full size and then averaging is what storing a copy does."""
+    most = max(1, round(side / 10))
+    to_verify = _area_weights(side, min(side, VERIFY_SIDE))
+    cuts = [
+        (top, bottom)
+        for top in range(-shift, most + 1)
+        for bottom in range(-shift, most + 1)
+        if 0 <= top + bottom <= 2 * most
+    ]
+    return np.stack([to_verify @ _resample_matrix(side, top, bottom) for top, bottom in cuts])
+
+
+def _normalised(images: np.ndarray) -> np.ndarray:
+    """Zero mean, unit length over the last two axes: a dot product is then a correlation."""
+    images = images - images.mean(axis=(-2, -1), keepdims=True)
+    return images / np.maximum(np.sqrt((images**2).sum(axis=(-2, -1), keepdims=True)), 1e-6)
+
+
+def copy_distances(
+    verify: np.ndarray, first: np.ndarray, second: np.ndarray, shift: int, batch: int = 32
+) -> np.ndarray:
+    """1 - the best correlation between image first[i] brought into alignment with second[i] and
+    second[i] (either way round), over copy_alignments in both axes, away from the border.
+
+    A copy (one picture shifted, cropped and resized, re-encoded) lines up with its original up
+    to interpolation and compression noise; two drawings of one digit do not line up everywhere
+    at any alignment. `verify`: (N, S, S) grey images (CropFeatures.verify).
+    """
+    side = verify.shape[-1]
+    alignments = copy_alignments(side, shift).astype(np.float32)  # (F, V, S)
+    count, small = len(alignments), alignments.shape[1]
+    margin = -(-shift * small // side) if small > 4 else 0
+    window = slice(margin, small - margin)
+    to_verify = alignments[_identity_index(side, shift)]
+    flat_columns = alignments.transpose(2, 0, 1).reshape(side, -1)  # (S, F * V)
+    best = np.full(len(first), -1.0, dtype=np.float32)
+    for start in range(0, len(first), batch):
+        a = verify[first[start : start + batch]].astype(np.float32)
+        b = verify[second[start : start + batch]].astype(np.float32)
+        for moved, fixed in ((a, b), (b, a)):
+            rows = np.matmul(alignments[None], moved[:, None])  # (n, F, V, S)
+            both = (rows.reshape(-1, side) @ flat_columns).reshape(len(a), count, small, count, small)
+            both = both[:, :, window][..., window].transpose(0, 1, 3, 2, 4)  # (n, F, F, w, w)
+            target = to_verify @ fixed @ to_verify.T
+            target = _normalised(target[:, window, window])
+            pixels = target.shape[-1] ** 2
+            sums = both.sum(axis=(-2, -1))
+            squares = np.einsum("nfgil,nfgil->nfg", both, both)
+            cross = np.einsum("nfgil,nil->nfg", both, target)  # target has zero mean
+            spread = np.sqrt(np.maximum(squares - sums**2 / pixels, 1e-12))
+            correlation = (cross / spread).reshape(len(a), -1).max(axis=1)
+            best[start : start + batch] = np.maximum(best[start : start + batch], correlation)
+    return 1.0 - best
+
+
+def _identity_index(side: int, shift: int) -> int:
+    """Position of the plain area resize (no cut) in copy_alignments."""
+    most = max(1, round(side / 10))
+    cuts = [
+        (t, b) for t in range(-shift, most + 1) for b in range(-shift, most + 1) if 0 <= t + b <= 2 * most
+    ]
+    return cuts.index((0, 0))
+
+
+CALIBRATION_IMAGES = 256  # images edited into copies to set the copy threshold
+CALIBRATION_MARGIN = 1.5  # the threshold: this times the 99th percentile of their distances
+COPY_FLOOR = 0.001  # ... and never below this (lossless copies sit at 0)
+
+
+def synthetic_copy(image: np.ndarray, pixel_max: int, shift: int, rng) -> np.ndarray:
+    """One (C, H, W) uint8 image edited as copies in datasets are: shifted by up to `shift` pixels
+    (edge repeated), cropped by up to a tenth of the side a side and resized back, or re-encoded
+    as JPEG (quality 75) and shifted, then stored at the dataset's `pixel_max` levels again."""
+    import io as bytes_io
+
+    from PIL import Image
+
+    channels, height, width = image.shape
+    pil = Image.fromarray(image[0] if channels == 1 else image.transpose(1, 2, 0))
+    kind = rng.integers(3)
+    if kind == 1:
+        most = max(1, round(min(height, width) / 10))
+        top, left, bottom, right = (int(v) for v in rng.integers(0, most + 1, 4))
+        if top + left + bottom + right == 0:
+            top = 1
+        pil = pil.crop((left, top, width - right, height - bottom)).resize((width, height), Image.BILINEAR)
+    else:
+        dy, dx = (int(v) for v in rng.integers(-shift, shift + 1, 2)) if shift else (0, 0)
+        pixels = np.asarray(pil)
+        pad = ((shift, shift), (shift, shift)) + ((0, 0),) * (pixels.ndim - 2)
+        pixels = np.pad(pixels, pad, mode="edge")[
+            shift - dy : shift - dy + height, shift - dx : shift - dx + width
+        ]
+        pil = Image.fromarray(np.ascontiguousarray(pixels))
+        if kind == 2 or not (dy or dx):
+            buffer = bytes_io.BytesIO()
+            pil.save(buffer, "JPEG", quality=75)
+            buffer.seek(0)
+            pil = Image.open(buffer).convert(pil.mode)
+    edited = np.asarray(pil).reshape(height, width, channels).transpose(2, 0, 1)
+    if pixel_max != 255:  # stored at pixel_max + 1 levels, as the dataset's own images are
+        edited = np.rint(np.rint(edited * (pixel_max / 255.0)) * (255.0 / pixel_max))
+    return edited.astype(np.uint8)
+
+
+def copy_threshold(parts: list, pixel_max: int, shift: int, seed: int = 0) -> float:
+    """Largest copy distance for a pair to be one image and its copy, measured on copies made
+    here: CALIBRATION_IMAGES images of the data, each edited once (synthetic_copy), then
+    CALIBRATION_MARGIN times the 99th percentile of their distances to their originals. Copies
+    already in the data play no part, so the threshold does not depend on how many there are."""
+    pixels = np.concatenate([np.asarray(part[:CALIBRATION_IMAGES]) for part in parts])
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(pixels), size=min(CALIBRATION_IMAGES, len(pixels)), replace=False)
+    originals = pixels[chosen]
+    copies = np.stack([synthetic_copy(image, pixel_max, shift, rng) for image in originals])
+    features = crop_features(np.concatenate([originals, copies]), shift)
+    count = len(originals)
+    distances = copy_distances(features.verify, np.arange(count), np.arange(count, 2 * count), features.shift)
+    return round(max(COPY_FLOOR, CALIBRATION_MARGIN * float(np.percentile(distances, 99))), 5)
+
+
 def duplicate_groups(digests: list[bytes], near: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Group label per image: images equal by content, or linked by a near pair (first, second).
 
@@ -349,14 +519,90 @@ def duplicate_groups(digests: list[bytes], near: tuple[np.ndarray, np.ndarray] |
     return labels[:count]
 
 
+LOOKALIKE_COLUMNS = [
+    "split", "index", "item", "label", "other_split", "other_index", "other_item", "other_label",
+    "hash_distance", "similarity", "copy_distance", "across_splits", "removed",
+]  # fmt: skip
+
+
+def _links(features, digests, settings, chosen, parts, pixel_max) -> tuple[list, list]:
+    """Near pairs (i < j, distinct content) split into copies and look-alikes, each as
+    (i, j, hash_distance, similarity, copy_distance)."""
+    auto_bits, auto_similarity = auto_thresholds(features)
+    max_distance = settings["near_duplicate_max_distance"]
+    min_similarity = settings["near_duplicate_min_similarity"]
+    max_copy = settings.get("copy_max_distance", "auto")
+    max_distance = auto_bits if max_distance == "auto" else int(max_distance)
+    min_similarity = auto_similarity if min_similarity == "auto" else float(min_similarity)
+    max_copy = copy_threshold(parts, pixel_max, features.shift) if max_copy == "auto" else float(max_copy)
+    first, second, bits, similarity = near_pairs(features, max_distance, min_similarity)
+    distinct = np.array([digests[i] != digests[j] for i, j in zip(first, second, strict=True)], dtype=bool)
+    first, second, bits, similarity = first[distinct], second[distinct], bits[distinct], similarity[distinct]
+    distance = copy_distances(features.verify, first, second, features.shift)
+    rows = list(
+        zip(
+            first.tolist(),
+            second.tolist(),
+            bits.tolist(),
+            similarity.tolist(),
+            distance.tolist(),
+            strict=True,
+        )
+    )
+    copies = [row for row in rows if row[4] <= max_copy]
+    lookalikes = [row for row in rows if row[4] > max_copy]
+    log.info(
+        "near pairs within %d bits and correlation >= %.3f: %d copies (copy distance <= %.4f), "
+        "%d look-alikes (max shift %d px)",
+        max_distance, min_similarity, len(copies), max_copy, len(lookalikes), features.shift,
+    )  # fmt: skip
+    if chosen is not None:
+        chosen |= {
+            "max_distance": max_distance,
+            "min_similarity": min_similarity,
+            "max_shift": features.shift,
+            "copy_max_distance": max_copy,
+        }
+    return copies, lookalikes
+
+
+def _matches(count: int, digests: list, links: list) -> dict[int, list]:
+    """Every image's links as (other, hash_distance, similarity, copy_distance): the near links,
+    and each image of identical content linked to the first image with that content."""
+    matches = {i: [] for i in range(count)}
+    first_with = {}
+    for i, digest in enumerate(digests):
+        if digest in first_with:
+            j = first_with[digest]
+            matches[i].append((j, 0, 1.0, 0.0))
+            matches[j].append((i, 0, 1.0, 0.0))
+        else:
+            first_with[digest] = i
+    for i, j, bits, similarity, distance in links:
+        matches[i].append((j, bits, similarity, distance))
+        matches[j].append((i, bits, similarity, distance))
+    return matches
+
+
 def clean_splits(
-    arrays: dict, names: list[str], settings: dict, workers: int = 1, chosen: dict | None = None
+    arrays: dict,
+    names: list[str],
+    settings: dict,
+    workers: int = 1,
+    chosen: dict | None = None,
+    lookalikes: list | None = None,
 ) -> tuple[dict, list[dict]]:
     """Cleaned copies of the splits and one record per removed image.
 
     `settings`: near_duplicates (bool), near_duplicate_max_distance (bits or "auto"),
-    near_duplicate_min_similarity (correlation or "auto"), near_duplicate_max_shift (pixels).
-    `chosen`, if given, receives the thresholds used (the automatic ones resolved).
+    near_duplicate_min_similarity (correlation or "auto"), near_duplicate_max_shift (pixels),
+    copy_max_distance (or "auto", copy_threshold), remove_lookalikes (bool).
+    `chosen`, if given, receives the thresholds used (the automatic ones resolved); `lookalikes`,
+    if given, one record per look-alike pair (LOOKALIKE_COLUMNS).
+
+    Removal is image by image, in split order train, val, test: an image goes when it is a copy
+    (or, with remove_lookalikes, a look-alike) of an earlier image that stays, and names that
+    image, with the distances between the two. Copies whose labels disagree both go.
     """
     split_of, index_in_split = [], []
     for split in SPLIT_ORDER:
@@ -370,36 +616,13 @@ def clean_splits(
     for split in SPLIT_ORDER:  # split by split: stored uint8 splits are not copied
         pixels.append(stored_uint8(arrays[f"{split}_x"], pixel_max))
         digests += content_hashes(pixels[-1])
-    near, features = None, None
+    copies, similar = [], []
     if settings["near_duplicates"] and len(labels):
         features = crop_features(pixels, settings["near_duplicate_max_shift"], workers)
-        auto_bits, auto_similarity = auto_thresholds(features)
-        max_distance = settings["near_duplicate_max_distance"]
-        min_similarity = settings["near_duplicate_min_similarity"]
-        max_distance = auto_bits if max_distance == "auto" else int(max_distance)
-        min_similarity = auto_similarity if min_similarity == "auto" else float(min_similarity)
-        first, second, _, _ = near_pairs(features, max_distance, min_similarity)
-        near = (first, second)
-        log.info(
-            "near duplicates: %d pairs within %d bits and correlation >= %.3f (max shift %d px)",
-            len(first), max_distance, min_similarity, features.shift,
-        )  # fmt: skip
-        if chosen is not None:
-            chosen |= {
-                "max_distance": max_distance,
-                "min_similarity": min_similarity,
-                "max_shift": features.shift,
-            }
-    groups = duplicate_groups(digests, near)
-
-    def closeness(member, matched) -> dict:
-        if features is None:
-            return {"hash_distance": None, "similarity": None}
-        pair = np.array([member]), np.array([matched])
-        return {
-            "hash_distance": int(shifted_distance(features, *pair)[0]),
-            "similarity": round(float(shifted_similarity(features, *pair)[0]), 4),
-        }
+        copies, similar = _links(features, digests, settings, chosen, pixels, pixel_max)
+    remove_similar = bool(settings.get("remove_lookalikes", False))
+    matches = _matches(len(labels), digests, copies + (similar if remove_similar else []))
+    lookalike_pairs = {(i, j) for i, j, *_ in similar}
 
     def describe(i):
         return {
@@ -409,32 +632,53 @@ def clean_splits(
             "label": int(labels[i]),
         }
 
+    def record(member, reason, match) -> dict:
+        other, bits, similarity, distance = match
+        detail = ""
+        if reason == "leakage":
+            kind = "look-alike" if (min(member, other), max(member, other)) in lookalike_pairs else "copy"
+            detail = f"{kind} of an image kept in {split_of[other]}"
+        return {
+            **describe(member),
+            "reason": reason,
+            "detail": detail,
+            **{f"matched_{key}": value for key, value in describe(other).items()},
+            "hash_distance": int(bits),
+            "similarity": round(float(similarity), 4),
+            "copy_distance": round(float(distance), 5),
+        }
+
     removed, drop = [], np.zeros(len(labels), dtype=bool)
-    order = np.argsort(groups, kind="stable")  # members of a group together, in split order
-    boundaries = np.flatnonzero(np.diff(groups[order])) + 1
-    for members in np.split(order, boundaries):
-        if len(members) < 2:
+    for i in range(len(labels)):  # copies that disagree on the label: neither can be trusted
+        conflicts = [m for m in matches[i] if labels[m[0]] != labels[i]]
+        if conflicts:
+            removed.append(record(i, "conflicting_labels", min(conflicts, key=lambda m: m[3])))
+            drop[i] = True
+    for i in range(len(labels)):  # in split order: a match to an earlier image that stays
+        kept = [m for m in matches[i] if m[0] < i and not drop[m[0]]]
+        if drop[i] or not kept:
             continue
-        keep = members[0]
-        conflict = len(set(labels[members].tolist())) > 1
-        for member in members if conflict else members[1:]:
-            matched = members[1] if member == keep else keep
-            if conflict:
-                reason = "conflicting_labels"
-            elif split_of[member] != split_of[keep]:
-                reason = "leakage"
-            elif digests[member] == digests[keep]:
-                reason = "exact_duplicate"
-            else:
-                reason = "near_duplicate"
-            record = {
-                **describe(member),
-                "reason": reason,
-                **{f"matched_{key}": value for key, value in describe(matched).items()},
-                **closeness(member, matched),
-            }
-            removed.append(record)
-            drop[member] = True
+        match = min(kept, key=lambda m: (m[3], m[0]))
+        other = match[0]
+        if split_of[i] != split_of[other]:
+            reason = "leakage"
+        elif digests[i] == digests[other]:
+            reason = "exact_duplicate"
+        elif (min(i, other), max(i, other)) in lookalike_pairs:
+            reason = "lookalike"
+        else:
+            reason = "near_duplicate"
+        removed.append(record(i, reason, match))
+        drop[i] = True
+    if lookalikes is not None:
+        for i, j, bits, similarity, distance in similar:
+            lookalikes.append({
+                **describe(i),
+                **{f"other_{key}": value for key, value in describe(j).items()},
+                "hash_distance": int(bits), "similarity": round(float(similarity), 4),
+                "copy_distance": round(float(distance), 5),
+                "across_splits": split_of[i] != split_of[j], "removed": bool(drop[i] or drop[j]),
+            })  # fmt: skip
     cleaned, offset = {}, 0
     for split in SPLIT_ORDER:
         size = len(arrays[f"{split}_y"])
@@ -445,6 +689,14 @@ def clean_splits(
     if "pixel_max" in arrays:
         cleaned["pixel_max"] = np.asarray(pixel_max)
     return cleaned, removed
+
+
+def lookalike_frame(lookalikes: list[dict]):
+    """lookalikes.csv's table: one row per pair of distinct images within the near-duplicate
+    thresholds that are not one picture (copy distance above copy_max_distance)."""
+    import pandas as pd
+
+    return pd.DataFrame(lookalikes, columns=LOOKALIKE_COLUMNS)
 
 
 def cleaning_report(before: dict, after: dict, removed: list[dict], settings: dict, examples: int) -> dict:

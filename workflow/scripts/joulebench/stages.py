@@ -90,11 +90,13 @@ def clean_dataset(inputs: dict, outputs: dict, cleaning: dict, estimate: dict) -
     names = [str(name) for name in raw.pop("item_names")]
     classes = io.read_json(inputs["facts"])["classes"]
     settings = {k: v for k, v in cleaning.items() if k != "examples_per_reason"}
-    chosen = {}
+    chosen, lookalikes = {}, []
     import_before_window(clean.WORK_MODULES)
     with rule_meter("clean_dataset", estimate) as meter, meter.window("find_duplicates"):
         if cleaning["enabled"]:
-            arrays, removed = clean.clean_splits(raw, names, settings, torch.get_num_threads(), chosen)
+            arrays, removed = clean.clean_splits(
+                raw, names, settings, torch.get_num_threads(), chosen, lookalikes
+            )
         else:
             arrays, removed = raw, []
     # Files the loader could not use were left out before the split; they are removed items too.
@@ -102,6 +104,7 @@ def clean_dataset(inputs: dict, outputs: dict, cleaning: dict, estimate: dict) -
         removed.append({"split": "source", **rejected})
     report = clean.cleaning_report(raw, arrays, removed, settings, cleaning["examples_per_reason"])
     report["near_duplicate_thresholds"] = chosen or None
+    report["lookalike_pairs"] = len(lookalikes)
     # Diversity of the training split before and after cleaning (the seed's D1 >= D0).
     report["diversity"] = diversity.diversity_of_stages(
         {
@@ -118,6 +121,7 @@ def clean_dataset(inputs: dict, outputs: dict, cleaning: dict, estimate: dict) -
     io.write_json(outputs["facts"], data.describe(arrays, classes))
     io.write_json(outputs["report"], report)
     io.write_csv(outputs["removed"], clean.removed_frame(removed))
+    io.write_csv(outputs["lookalikes"], clean.lookalike_frame(lookalikes))
     io.write_json(outputs["energy"], meter.record())
 
 
