@@ -550,6 +550,17 @@ def test_summary_names_variants_measured_on_a_busy_host(hand_made_run):
     assert "prune80 (1 of 2 seeds)" in text and "int8_of_prune (1 of 2 seeds)" in text  # built from it
 
 
+def report_of(entries, data_energy, settings):
+    """The table, summary, paired differences and summary.md of a hand-made run."""
+    table = build_table(entries, VARIANTS, data_energy, CARBON)
+    summary = summarize(table)
+    differences = paired_differences(table)
+    text = summary_markdown(
+        summary, decide(summary, settings), break_even_table(summary, differences), differences
+    )
+    return table, summary, differences, text
+
+
 def test_summary_names_variants_measured_while_another_process_used_the_gpu(hand_made_run):
     entries, data_energy = hand_made_run
     settings = {"accuracy_target": 0.95}
@@ -558,15 +569,8 @@ def test_summary_names_variants_measured_while_another_process_used_the_gpu(hand
         "busy_gpu_windows": ["rule:prune_model"]
     }
     io.write_json(prune80["energy"], record)
-    table = build_table(entries, VARIANTS, data_energy, CARBON)
+    table, _, _, text = report_of(entries, data_energy, settings)
     assert table.loc[table["variant"] == "prune80", "pipeline_busy_gpu"].tolist() == [False, True]
-    summary = summarize(table)
-    text = summary_markdown(
-        summary,
-        decide(summary, settings),
-        break_even_table(summary, paired_differences(table)),
-        paired_differences(table),
-    )
     assert "**Busy GPU**: other processes computed on the metered GPU during energy windows of " in text
     assert "prune80 (1 of 2 seeds)" in text
 
@@ -575,16 +579,7 @@ def test_the_summary_states_the_boundary_and_marks_a_verdict_across_boundaries(h
     entries, data_energy = hand_made_run
     settings = {"accuracy_target": 0.95}
 
-    def report():
-        table = build_table(entries, VARIANTS, data_energy, CARBON)
-        summary = summarize(table)
-        differences = paired_differences(table)
-        text = summary_markdown(
-            summary, decide(summary, settings), break_even_table(summary, differences), differences
-        )
-        return table, differences, text
-
-    table, differences, text = report()
+    table, _, differences, text = report_of(entries, data_energy, settings)
     assert "**What the joules cover.**" in text and "cooling and facility overhead" in text
     assert not differences["pipeline_boundaries"].str.contains(" vs ").any()
     # fp16 trained on a GPU that NVML reads; the baseline was estimated. (The data job is in both.)
@@ -593,7 +588,7 @@ def test_the_summary_states_the_boundary_and_marks_a_verdict_across_boundaries(h
             record = io.read_json(entry["energy"])
             parts = [{"part": "gpu0", "joules": 1.0, "source": "nvml-counter"}]
             io.write_json(entry["energy"], {**record, "parts": parts, "boundary": {"id": "gpu"}})
-    table, differences, text = report()
+    table, _, differences, text = report_of(entries, data_energy, settings)
     assert set(table.loc[table["variant"] == "fp16", "pipeline_energy_boundary"]) == {
         "cpu:estimate+dram:estimate+gpu"
     }
@@ -607,19 +602,8 @@ def test_summary_states_the_runs_host_speed_and_flags_variants_made_on_a_slow_ho
     entries, data_energy = hand_made_run
     settings = {"accuracy_target": 0.95}
 
-    def report():
-        table = build_table(entries, VARIANTS, data_energy, CARBON)
-        summary = summarize(table)
-        text = summary_markdown(
-            summary,
-            decide(summary, settings),
-            break_even_table(summary, paired_differences(table)),
-            paired_differences(table),
-        )
-        return table, summary, text
-
     # Records made before the index existed: the paragraph says so, nothing is flagged.
-    _, summary, text = report()
+    _, summary, _, text = report_of(entries, data_energy, settings)
     assert "**Host speed.** These intervals are within-run" in text
     assert "These records carry no host-speed index" in text and "Slow host" not in text
     # Every job at 1,000 units/s but baseline seed 1's training, at 800 (20% slower).
@@ -630,7 +614,7 @@ def test_summary_states_the_runs_host_speed_and_flags_variants_made_on_a_slow_ho
             io.write_json(entry[key], {**record, "host_speed": 800.0 if slow else 1000.0,
                                        "host_speed_reference": REFERENCE})  # fmt: skip
     data_energy.update(host_speed=1000.0, host_speed_reference=REFERENCE)
-    table, summary, text = report()
+    table, summary, _, text = report_of(entries, data_energy, settings)
     assert table.loc[table["variant"] == "baseline", "own_host_speed"].tolist() == [1000.0, 800.0]
     # Every seed-1 model made from baseline seed 1 carries the slow job in its lineage, but shares
     # it with the baseline it is compared with: only fp16, trained alone, compares against it.
@@ -662,7 +646,7 @@ def test_summary_states_the_runs_host_speed_and_flags_variants_made_on_a_slow_ho
         record = io.read_json(entry["energy"])
         io.write_json(entry["energy"], {**record, "host_speed": 1000.0})
     data_energy.update(host_speed=800.0)
-    table, summary, text = report()
+    table, summary, _, text = report_of(entries, data_energy, settings)
     assert not table["pipeline_slow_host"].any()
     assert table["pipeline_slow_jobs"].str.startswith("data (").all()
     assert "but each is shared by both sides of every comparison with the baseline it is in" in text

@@ -237,14 +237,21 @@ def boundary_markdown(summary: pd.DataFrame) -> list[str]:
     ]
 
 
+def _variants_flagged(summary: pd.DataFrame, seeds_column: str) -> str | None:
+    """'prune80 (1 of 3 seeds), ...' for the variants with seeds flagged in `seeds_column`, or None."""
+    flagged = summary[summary.get(seeds_column, pd.Series(0, index=summary.index)) > 0]
+    if flagged.empty:
+        return None
+    return ", ".join(
+        f"{row['variant']} ({row[seeds_column]} of {row['n']} seeds)" for _, row in flagged.iterrows()
+    )
+
+
 def busy_gpu_note(summary: pd.DataFrame) -> list[str]:
     """A warning naming the variants whose energy was taken while other processes used the GPU."""
-    busy = summary[summary.get("busy_gpu_seeds", pd.Series(0, index=summary.index)) > 0]
-    if busy.empty:
+    named = _variants_flagged(summary, "busy_gpu_seeds")
+    if named is None:
         return []
-    named = ", ".join(
-        f"{row['variant']} ({row['busy_gpu_seeds']} of {row['n']} seeds)" for _, row in busy.iterrows()
-    )
     return [
         f"**Busy GPU**: other processes computed on the metered GPU during energy windows of {named}. "
         "NVML's counter counts the whole GPU, so their work is in these figures: rerun those rules with "
@@ -257,12 +264,9 @@ def busy_gpu_note(summary: pd.DataFrame) -> list[str]:
 
 def busy_host_note(summary: pd.DataFrame) -> list[str]:
     """A warning naming the variants whose energy was taken while other processes loaded the host."""
-    busy = summary[summary["busy_host_seeds"] > 0]
-    if busy.empty:
+    named = _variants_flagged(summary, "busy_host_seeds")
+    if named is None:
         return []
-    named = ", ".join(
-        f"{row['variant']} ({row['busy_host_seeds']} of {row['n']} seeds)" for _, row in busy.iterrows()
-    )
     return [
         f"**Busy host**: other processes used more than {BUSY_HOST_SHARE:.0%} of the host's CPUs during "
         f"energy windows of "
