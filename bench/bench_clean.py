@@ -69,7 +69,11 @@ def main() -> None:
     features, t_features = timed(clean.crop_features, pixels, args.max_shift)
     thresholds, t_auto = timed(clean.auto_thresholds, features)
     (first, second, _, _), t_pairs = timed(clean.near_pairs, features, *thresholds)
-    _, t_groups = timed(clean.duplicate_groups, digests, (first, second))
+    parts = [arrays[f"{split}_x"] for split in clean.SPLIT_ORDER]
+    _, t_calibration = timed(
+        clean.copy_threshold, [clean.to_uint8(part) for part in parts], 255, args.max_shift
+    )
+    _, t_copies = timed(clean.copy_distances, features.verify, first, second, features.shift)
     wall_started = time.perf_counter()
     (_, removed), t_total = timed(clean.clean_splits, arrays, names, settings)
     wall = time.perf_counter() - wall_started
@@ -86,7 +90,8 @@ def main() -> None:
         ("crop pHashes+thumbnails", t_features),
         ("auto thresholds", t_auto),
         ("near pairs (search)", t_pairs),
-        ("group", t_groups),
+        ("copy threshold (calib.)", t_calibration),
+        ("copy check of the pairs", t_copies),
     ):
         print(f"  {step:24s} {seconds:7.3f} s  {n / seconds:10.0f} images/s")
     print(f"  {'clean_splits total':24s} {t_total:7.3f} s  {n / t_total:10.0f} images/s")

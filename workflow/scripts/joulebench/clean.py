@@ -11,10 +11,13 @@ as ImageHash computes it) at each crop offset within `near_duplicate_max_shift` 
 image's centre-crop hash is matched against every crop hash of the others by Hamming distance
 (multi-index search between queries and crops). Verification: the candidates' 8x8 grey thumbnails
 must correlate at the best offset. Both thresholds are chosen from the data by default
-(auto_thresholds), from the distances between random pairs of images; bench/bench_dedup.py
-measures precision and recall. Images linked by either test form a group (connected components); a
-group whose labels disagree is removed whole, otherwise its first member is kept, in split order
-train, val, test, so a test image that copies a training image is the one removed (leakage).
+(auto_thresholds), from the distances between random pairs of images. A candidate is a copy only
+where the two grey images, aligned over small shifts and crop-and-resizes, correlate within a
+threshold calibrated on copies made from the dataset's own images (copy_threshold); the other
+candidates are look-alikes (distinct samples that sit close), reported and removed only when asked.
+Removal goes image by image in split order train, val, test: an image is removed only as a copy of
+an image that stays, and names it, so a test image that copies a training image is the one removed
+(leakage); copies whose labels disagree both go. bench/bench_dedup.py measures precision and recall.
 """
 
 import hashlib
@@ -44,8 +47,9 @@ HASH_SIZE = 8  # pHash keeps the 8x8 lowest DCT frequencies: a 64-bit hash
 HASH_INPUT = 32  # ... of the image resized to 32x32 grey, as ImageHash does
 
 
-# What near-duplicate grouping imports, for clean_dataset to import before its energy window opens.
-WORK_MODULES = ("scipy.sparse", "scipy.sparse.csgraph")
+# What cleaning imports (the copy threshold's calibration re-encodes images with PIL), for
+# clean_dataset to import before its energy window opens.
+WORK_MODULES = ("PIL.Image",)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -496,27 +500,6 @@ def copy_threshold(parts: list, pixel_max: int, shift: int, seed: int = 0) -> fl
     count = len(originals)
     distances = copy_distances(features.verify, np.arange(count), np.arange(count, 2 * count), features.shift)
     return round(max(COPY_FLOOR, CALIBRATION_MARGIN * float(np.percentile(distances, 99))), 5)
-
-
-def duplicate_groups(digests: list[bytes], near: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """Group label per image: images equal by content, or linked by a near pair (first, second).
-
-    Content hashes are one node per distinct value, so large exact-duplicate sets cost nothing extra.
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    count = len(digests)
-    _, digest_group = np.unique(np.array(digests, dtype=object).astype("S16"), return_inverse=True)
-    edges = [(np.arange(count), digest_group + count)]  # image -> its content hash node
-    nodes = count + digest_group.max() + 1 if count else 0
-    if near is not None:
-        edges.append(near)
-    rows = np.concatenate([a for a, _ in edges])
-    cols = np.concatenate([b for _, b in edges])
-    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(nodes, nodes))
-    _, labels = connected_components(graph, directed=False)
-    return labels[:count]
 
 
 LOOKALIKE_COLUMNS = [
