@@ -47,9 +47,12 @@ HASH_SIZE = 8  # pHash keeps the 8x8 lowest DCT frequencies: a 64-bit hash
 HASH_INPUT = 32  # ... of the image resized to 32x32 grey, as ImageHash does
 
 
-# What cleaning imports (the copy threshold's calibration re-encodes images with PIL), for
-# clean_dataset to import before its energy window opens.
-WORK_MODULES = ("PIL.Image",)
+# What cleaning imports (the copy threshold's calibration re-encodes images with PIL, whose first
+# save loads these format plugins), for clean_dataset to import before its energy window opens.
+WORK_MODULES = (
+    "PIL.Image",
+    *(f"PIL.{name}ImagePlugin" for name in ("Bmp", "Gif", "Jpeg", "Ppm", "Png")),
+)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
