@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 
 from joulebench import host_speed, io
+from joulebench.boundary import energy_boundary
 from joulebench.checkpoint import Checkpointer
 from joulebench.distributed import Rank, backend, placement_of, run_workers
 from joulebench.energy import (
@@ -53,7 +54,6 @@ from joulebench.energy import (
     Window,
     _peak_memory_gb,
     _process_cpu_seconds,
-    energy_boundary,
     flagged_windows,
 )
 
