@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scrip
 
 import numpy as np  # noqa: E402
 
-from joulebench import clean  # noqa: E402
 from joulebench.config import resolved_config  # noqa: E402
+from joulebench.data import clean  # noqa: E402
 
 TARGET_IMAGES_PER_S = 1000.0
 

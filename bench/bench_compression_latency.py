@@ -21,7 +21,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 
-from joulebench import prune, quantize  # noqa: E402
+from joulebench.compress import (
+    prune,  # noqa: E402
+    quantize,
+)
 from joulebench.models import build_model  # noqa: E402
 
 

@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scrip
 
 import torch  # noqa: E402
 
-from joulebench import data, io  # noqa: E402
-from joulebench.data_parallel import launch_training  # noqa: E402
+from joulebench import store
+from joulebench.data import sources  # noqa: E402
+from joulebench.train.data_parallel import launch_training  # noqa: E402
 
 
 def run_arm(folder: Path, processes: int, threads: int, epochs: int, batch_size: int, arm: str) -> dict:
@@ -46,9 +47,9 @@ def run_arm(folder: Path, processes: int, threads: int, epochs: int, batch_size:
             launch_training(spec, processes)
         finally:
             sys.stderr = stream
-    record = io.read_json(folder / arm / "energy.json")
+    record = store.read_json(folder / arm / "energy.json")
     epochs_windows = [w for w in record["windows"] if w["window"].startswith("epoch")]
-    samples = len(io.load_arrays(spec["splits"])["train_y"]) * len(epochs_windows)
+    samples = len(store.load_arrays(spec["splits"])["train_y"]) * len(epochs_windows)
     seconds = sum(w["wall_time_s"] for w in epochs_windows)
     joules = sum(w["joules"] for w in epochs_windows)
     return {
@@ -68,10 +69,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_data_parallel_") as tmp:
         folder = Path(tmp)
-        images, labels, classes = data.load_digits_source()
-        arrays = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
-        io.save_arrays(folder / "splits.npz", arrays)
-        io.write_json(folder / "dataset.json", data.describe(arrays, classes))
+        images, labels, classes = sources.load_digits_source()
+        arrays = sources.split_arrays(images, labels, 0.15, 0.2, seed=0)
+        store.save_arrays(folder / "splits.npz", arrays)
+        store.write_json(folder / "dataset.json", sources.describe(arrays, classes))
         results = {1: [], 2: []}
         for repeat in range(args.repeats):
             for processes in (1, 2) if repeat % 2 == 0 else (2, 1):

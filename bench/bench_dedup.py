@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scrip
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from joulebench import clean  # noqa: E402
+from joulebench.data import clean  # noqa: E402
 
 SIZE = 32
 EDITS = ("shift1", "shift2", "crop", "jpeg", "shift1+jpeg")
@@ -138,7 +138,7 @@ def planted_digits(originals: int, copies: int, seed: int = 0) -> None:
     """Real 8x8 digits as prepare_dataset stores them (17 levels), with planted copies (shifted by
     a pixel, cropped by a pixel and resized back, JPEG re-encoded: clean.synthetic_copy's edits)
     in val and test; prints the copies found and the clean images removed."""
-    from joulebench import data
+    from joulebench.data import sources as data
 
     images, labels, _ = data.load_digits_source()
     rng = np.random.default_rng(seed)

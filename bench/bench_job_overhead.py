@@ -15,7 +15,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-# joulebench.energy.RECORD_SCHEMA, written here so this script needs no torch or Zeus.
+# joulebench.energy.meter.RECORD_SCHEMA, written here so this script needs no torch or Zeus.
 ENERGY_RECORD_SCHEMA = "joulebench.energy/1"
 
 

@@ -5,7 +5,7 @@ evaluate_model), then forces train_model and evaluate_model to run again, k time
 a fresh job as in a real run. Prints the coefficient of variation (sd / mean) over the k runs of
 the training energy and of the inference energy per 1,000 samples, beside the CV of what the
 figures are made of (wall time, CPU seconds, test-set passes), the host-speed index of each
-training job (joulebench.host_speed) and the other processes' share of the host, so a missed target
+training job (joulebench.energy.host_speed) and the other processes' share of the host, so a missed target
 says what dominated the variance.
 
 Targets on an idle machine (issue 17): training energy CV <= 5%; inference energy per 1k samples

@@ -6,7 +6,7 @@ every repeat) so drift in machine load hits all alike:
 - plain:  a minimal PyTorch loop (pytorch/examples style): AdamW steps over the same DataLoader,
           then the same per-epoch validation pass our loop does (it is what early stopping and
           time-to-accuracy need, so both arms pay it);
-- ours:   joulebench.train.train with the real EnergyMeter (one Zeus window per epoch);
+- ours:   joulebench.train.loop.train with the real EnergyMeter (one Zeus window per epoch);
 - ours, monitor off: the same with a meter that measures nothing.
 
 Each arm's clock runs over the training alone. A meter's fixed cost per job (its construction
@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scrip
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from joulebench import data  # noqa: E402
+from joulebench.data import sources  # noqa: E402
 from joulebench.devices import CPU  # noqa: E402
-from joulebench.energy import EnergyMeter  # noqa: E402
+from joulebench.energy.meter import EnergyMeter  # noqa: E402
 from joulebench.models import build_model  # noqa: E402
-from joulebench.train import TrainSettings, seed_everything, train  # noqa: E402
+from joulebench.train.loop import TrainSettings, seed_everything, train  # noqa: E402
 
 RECIPE = {"arch": "small_cnn", "in_channels": 1, "num_classes": 10}
 THROUGHPUT_TARGET = 0.95
@@ -66,7 +66,7 @@ class NoMeter:
 def plain_loop(model, arrays: dict, settings: TrainSettings) -> None:
     """The minimal loop: what plain PyTorch costs for these steps and the per-epoch validation."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    batches = data.loader(arrays, "train", settings.batch_size, shuffle=True, seed=settings.seed)
+    batches = sources.loader(arrays, "train", settings.batch_size, shuffle=True, seed=settings.seed)
     for _ in range(settings.epochs):
         model.train()
         for images, labels in batches:
@@ -77,7 +77,7 @@ def plain_loop(model, arrays: dict, settings: TrainSettings) -> None:
         model.eval()
         correct = 0
         with torch.no_grad():
-            for images, labels in data.loader(arrays, "val", 512):
+            for images, labels in sources.loader(arrays, "val", 512):
                 correct += int((model(images).argmax(1) == labels).sum())
 
 
@@ -120,8 +120,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    images, labels, _ = data.load_digits_source()
-    arrays = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    images, labels, _ = sources.load_digits_source()
+    arrays = sources.split_arrays(images, labels, 0.15, 0.2, seed=0)
     settings = TrainSettings(epochs=args.epochs, batch_size=64, lr=3e-3, seed=0)
     arms = ["plain", "ours", "ours_monitor_off"]
     one_run("plain", arrays, settings)  # warm-up: first-call allocations and lazy imports

@@ -1,4 +1,4 @@
-"""Job start-up with and without the warm worker (joulebench.warm), measured in one run.
+"""Job start-up with and without the warm worker (joulebench.run.warm), measured in one run.
 
 Starts a warm worker as the Snakefile's onstart does, then runs a rule-shaped script (it asks the
 worker first, then imports what evaluate_model's adapter imports and sets the job's threads) k
@@ -22,14 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "workflow" / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
-from joulebench import warm  # noqa: E402
+from joulebench.run import warm  # noqa: E402
 
 JOB = """
 if __name__ == "__main__":
-    from joulebench.warm import run_in_worker
+    from joulebench.run.warm import run_in_worker
 
     run_in_worker()
-    from joulebench.logs import start_rule_logging
+    from joulebench.run.logs import start_rule_logging
     from joulebench.stages import evaluate_variant  # noqa: F401
 
     start_rule_logging("job.log", 1)

@@ -3,7 +3,7 @@
 Reads each run's results/report/summary.csv (RUN is the directory the run wrote results/ into:
 the checkout, or Snakemake's --directory) and prints, per variant, each run's energy to produce
 (mean ± half-width of its 95% Student-t interval over seeds), whether each run's mean lies inside
-the other's interval, and the two runs' median host-speed indices (joulebench.host_speed) with
+the other's interval, and the two runs' median host-speed indices (joulebench.energy.host_speed) with
 their ratio. A run's interval is within-run: its seeds share the host's state. Where the means
 disagree and the ratio is far from 1, the host ran at another speed: CPU-time estimates moved with it.
 

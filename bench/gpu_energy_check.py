@@ -166,7 +166,7 @@ def metered_gpu(meter) -> dict:
 
 def train_for(seconds: float, model, arrays: dict, settings, meter) -> int:
     """Train epoch after epoch until `seconds` have passed; returns the number of epochs."""
-    from joulebench.train import train
+    from joulebench.train.loop import train
 
     started, epochs = time.perf_counter(), 0
     while time.perf_counter() - started < seconds:
@@ -181,9 +181,9 @@ def counter_check(args) -> bool:
     from gpu_precision import digits_arrays
 
     from joulebench.devices import accelerator
-    from joulebench.energy import EnergyMeter
+    from joulebench.energy.meter import EnergyMeter
     from joulebench.models import build_model
-    from joulebench.train import TrainSettings, seed_everything
+    from joulebench.train.loop import TrainSettings, seed_everything
 
     placement = accelerator()
     meter = EnergyMeter("gpu_energy_check", placement=placement)
@@ -231,7 +231,7 @@ def write_digits_folder(root: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from joulebench import data
+    from joulebench.data import sources as data
 
     images, labels, classes = data.load_digits_source()
     for index, (image, label) in enumerate(zip(images, labels, strict=True)):

@@ -33,11 +33,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from joulebench import data  # noqa: E402
+from joulebench.data import sources  # noqa: E402
 from joulebench.devices import Placement, accelerator  # noqa: E402
-from joulebench.energy import EnergyMeter  # noqa: E402
+from joulebench.energy.meter import EnergyMeter  # noqa: E402
 from joulebench.models import build_model  # noqa: E402
-from joulebench.train import (  # noqa: E402
+from joulebench.train.loop import (  # noqa: E402
     TrainSettings,
     accuracy,
     effective_precision,
@@ -53,10 +53,10 @@ DIGITS_SIDE = 8
 def digits_arrays(image_size: int) -> dict:
     """The embedded digits, bilinearly upscaled to image_size x image_size, split as the workflow
     splits them (15% validation, 20% test, split seed 0)."""
-    images, labels, _ = data.load_digits_source()
+    images, labels, _ = sources.load_digits_source()
     if image_size != DIGITS_SIDE:
         images = F.interpolate(torch.from_numpy(images), size=image_size, mode="bilinear").numpy()
-    return data.split_arrays(images.astype(np.float32), labels, 0.15, 0.2, seed=0)
+    return sources.split_arrays(images.astype(np.float32), labels, 0.15, 0.2, seed=0)
 
 
 def train_once(arrays: dict, precision: str, seed: int, args, placement: Placement) -> dict:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from joulebench.carbon import CarbonSettingsError, carbon_model, read_intensity_table
 from joulebench.config import resolved_config
+from joulebench.report.carbon import CarbonSettingsError, carbon_model, read_intensity_table
 
 
 def with_defaults(carbon: dict) -> dict:

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image, ImageEnhance
 from sklearn.datasets import load_sample_images
 
-from joulebench import clean, data, io, stages
+from joulebench import stages, store
 from joulebench.config import resolved_config
+from joulebench.data import clean, sources
 
 CLASSES = ("boats", "flowers", "roofs")
 PER_CLASS = 20
@@ -128,30 +129,30 @@ def test_every_planted_item_is_found_and_no_clean_item_removed(planted_tree, tmp
     as_text = pd.read_csv(out["removed"], dtype=str)
     for column in ("index", "label", "matched_index", "matched_label", "hash_distance"):
         assert as_text[column].dropna().str.fullmatch(r"\d+").all(), column
-    report = io.read_json(out["report"])
+    report = store.read_json(out["report"])
     assert report["removed_total"] == len(removed)
     assert set(report["diversity"]) == {"raw", "cleaned"}
     assert report["diversity"]["cleaned"]["images"] == report["after"]["train"]["count"]
     assert report["near_duplicate_thresholds"]["max_distance"] == SETTINGS["near_duplicate_max_distance"]
     assert sum(report["removed_by_reason"].values()) == len(removed)
     assert report["removed_by_reason"]["unreadable"] == 3
-    kept = io.load_arrays(out["splits"])
+    kept = store.load_arrays(out["splits"])
     assert sum(report["after"][s]["count"] for s in clean.SPLIT_ORDER) == sum(
-        len(kept[f"{s}_y"]) for s in data.SPLITS
+        len(kept[f"{s}_y"]) for s in sources.SPLITS
     )
-    facts = io.read_json(out["facts"])
+    facts = store.read_json(out["facts"])
     assert facts["train_count"] == len(kept["train_y"]) and facts["classes"] == list(CLASSES)
-    assert io.read_json(out["energy"])["rule"] == "clean_dataset"
+    assert store.read_json(out["energy"])["rule"] == "clean_dataset"
     # After cleaning no two images, in any splits, are duplicates.
-    pixels = clean.to_uint8(np.concatenate([kept[f"{s}_x"] for s in data.SPLITS]))
+    pixels = clean.to_uint8(np.concatenate([kept[f"{s}_x"] for s in sources.SPLITS]))
     hashes = clean.perceptual_hashes(pixels)
     assert len(clean.hamming_pairs(hashes, SETTINGS["near_duplicate_max_distance"])[0]) == 0
 
 
 def test_unreadable_file_is_an_error_naming_it_when_cleaning_is_off(planted_tree):
     root, _ = planted_tree
-    with pytest.raises(data.DatasetError, match=r"cannot read image .*(truncated|garbage)"):
-        data.load_imagefolder_source(str(root), skip_unusable=False, image_size=32)
+    with pytest.raises(sources.DatasetError, match=r"cannot read image .*(truncated|garbage)"):
+        sources.load_imagefolder_source(str(root), skip_unusable=False, image_size=32)
 
 
 def test_test_images_copying_train_images_are_leaks_and_train_keeps_its_copy():
@@ -203,8 +204,8 @@ def test_disabled_near_duplicates_keep_near_copies():
 
 
 def test_digits_default_cleaning_removes_few_and_never_a_whole_class():
-    images, labels, classes = data.load_digits_source()
-    arrays = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    images, labels, classes = sources.load_digits_source()
+    arrays = sources.split_arrays(images, labels, 0.15, 0.2, seed=0)
     settings = {**SETTINGS, "near_duplicate_max_distance": 4}
     lookalikes = []
     cleaned, removed = clean.clean_splits(
@@ -261,7 +262,7 @@ def test_shifted_cropped_and_jpeg_copies_of_training_images_in_test_are_leaks():
 
 def digit_splits(train: list[int], test: list[int], val: tuple = ()) -> tuple[dict, list[str]]:
     """Splits holding chosen load_digits images (by index), as prepare_dataset stores them."""
-    images, labels, _ = data.load_digits_source()
+    images, labels, _ = sources.load_digits_source()
     arrays = {"pixel_max": np.asarray(16)}
     for split, rows in (("train", train), ("val", list(val)), ("test", test)):
         rows = np.asarray(rows, dtype=np.int64)

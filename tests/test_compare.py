@@ -7,18 +7,18 @@ import pytest
 import torch
 from scipy import stats
 
-from joulebench.compare import Candidate, compare, device_joules
 from joulebench.devices import CPU, Placement
-from joulebench.energy import EnergyMeter
-from joulebench.models import build_model
-from joulebench.protocol import (
+from joulebench.energy.meter import EnergyMeter
+from joulebench.evaluate.compare import Candidate, compare, device_joules
+from joulebench.evaluate.protocol import (
     GPU_MIN_PASSES,
     GPU_MIN_WINDOW_S,
     Protocol,
     interleaved_order,
     median_and_spread,
 )
-from joulebench.report_stats import paired_differences, round_differences
+from joulebench.models import build_model
+from joulebench.report.stats import paired_differences, round_differences
 
 RECIPE = {"arch": "small_cnn", "in_channels": 1, "num_classes": 10}
 SETTINGS = {

@@ -9,12 +9,13 @@ import yaml
 from torch import nn
 
 from conftest import ROOT, artifact
-from joulebench import compress, prune, quantize
+from joulebench.compress import apply as compress
+from joulebench.compress import prune, quantize
 from joulebench.config import resolved_config
-from joulebench.energy import EnergyMeter, EstimateModel
-from joulebench.evaluate import count_macs, parameter_counts
+from joulebench.energy.meter import EnergyMeter, EstimateModel
+from joulebench.evaluate.metrics import count_macs, parameter_counts
 from joulebench.models import build_model, count_parameters, load_model, save_model
-from joulebench.train import TrainSettings, accuracy, seed_everything, train
+from joulebench.train.loop import TrainSettings, accuracy, seed_everything, train
 
 RECIPE = {"arch": "small_cnn", "in_channels": 1, "num_classes": 10}
 
@@ -186,10 +187,10 @@ def static_artifact(tmp_path_factory, digits_arrays_module):
 
 @pytest.fixture(scope="module")
 def digits_arrays_module():
-    from joulebench import data
+    from joulebench.data import sources
 
-    images, labels, _ = data.load_digits_source()
-    return data.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    images, labels, _ = sources.load_digits_source()
+    return sources.split_arrays(images, labels, 0.15, 0.2, seed=0)
 
 
 def test_int8_static_runs_int8_kernels_and_keeps_accuracy(static_artifact):

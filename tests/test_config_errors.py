@@ -6,9 +6,10 @@ import pytest
 import yaml
 
 from conftest import run_snakemake, tiny_config
-from joulebench import data, report
 from joulebench.config import ConfigError, resolved_config
-from joulebench.pretrained import torchvision_weights
+from joulebench.data import sources
+from joulebench.report import aggregate
+from joulebench.train.pretrained import torchvision_weights
 from joulebench.variants import lineage_error
 
 # One screen: what a config error may take up, Snakemake's own lines included.
@@ -115,17 +116,17 @@ def test_weights_choices_name_each_weights_once():
 
 
 def test_counts_of_images_are_pluralised():
-    assert [data.image_count(n) for n in (0, 1, 2)] == ["0 images", "1 image", "2 images"]
-    assert data.image_count(1, "training") == "1 training image"
-    with pytest.raises(data.DatasetError, match=r"larger than the training split \(1 image after"):
-        data.check_batch_size(1, 64)
+    assert [sources.image_count(n) for n in (0, 1, 2)] == ["0 images", "1 image", "2 images"]
+    assert sources.image_count(1, "training") == "1 training image"
+    with pytest.raises(sources.DatasetError, match=r"larger than the training split \(1 image after"):
+        sources.check_batch_size(1, 64)
     labels = np.array([0] * 11 + [1])
-    with pytest.raises(data.DatasetError, match=r"\(smallest: '1', 1 image\)$"):
-        data.split_arrays(np.zeros((12, 1, 4, 4), dtype=np.uint8), labels, 0.15, 0.2, seed=0)
+    with pytest.raises(sources.DatasetError, match=r"\(smallest: '1', 1 image\)$"):
+        sources.split_arrays(np.zeros((12, 1, 4, 4), dtype=np.uint8), labels, 0.15, 0.2, seed=0)
 
 
 def test_the_reports_config_keeps_unicode_paths_readable(tmp_path):
     config = {"dataset": {"name": "pets", "source": "imagefolder", "root": "/data/Bilder/Kätzchen"}}
-    text = report.config_text(config)
+    text = aggregate.config_text(config)
     assert "/data/Bilder/Kätzchen" in text and "\\x" not in text
     assert yaml.safe_load(text) == config

@@ -2,7 +2,7 @@
 
 import pytest
 
-from joulebench.contention import find_contention
+from joulebench.energy.contention import find_contention
 
 
 def record(start, end, *device_ids, host="node1"):
@@ -92,8 +92,8 @@ def measured_record(start, end, joules, device_id="gpu:GPU-MOCK-1", host="node1"
 
 
 def test_report_table_flags_contention_and_adds_provenance_carbon_and_dynamic_energy(tmp_path):
-    from joulebench import io
-    from joulebench.report import build_table
+    from joulebench import store
+    from joulebench.report.aggregate import build_table
 
     data = {**measured_record(0, 10, 100.0), "devices": {}, "measured": False, "source": "estimate:x"}
     # Two seeds trained at the same time on the same GPU (measured slots raised), evaluated apart.
@@ -104,9 +104,9 @@ def test_report_table_flags_contention_and_adds_provenance_carbon_and_dynamic_en
     entries = []
     for seed, (train, evaluation) in records.items():
         paths = {kind: str(tmp_path / f"{kind}{seed}.json") for kind in ("energy", "eval_energy", "metrics")}
-        io.write_json(paths["energy"], train)
-        io.write_json(paths["eval_energy"], evaluation)
-        io.write_json(paths["metrics"], {"test_accuracy": 0.9})
+        store.write_json(paths["energy"], train)
+        store.write_json(paths["eval_energy"], evaluation)
+        store.write_json(paths["metrics"], {"test_accuracy": 0.9})
         entries.append({"dataset": "d", "model": "m", "variant": "baseline", "seed": seed, **paths})
     idle = {**measured_record(0, 1, 40.0), "idle_power_w": {"gpu:GPU-MOCK-1": 40.0}}
     carbon = {"intensity_g_per_kwh": 400.0, "pue": 1.5, "price_per_kwh": 0.2, "currency": "EUR"}
@@ -128,7 +128,7 @@ def test_report_table_flags_contention_and_adds_provenance_carbon_and_dynamic_en
 
 
 def test_a_job_waits_for_a_quiet_host_before_its_window_and_gives_up_after_the_limit():
-    from joulebench.contention import QUIET_MAX_WAIT_S, QUIET_SAMPLE_S, wait_for_quiet_host
+    from joulebench.energy.contention import QUIET_MAX_WAIT_S, QUIET_SAMPLE_S, wait_for_quiet_host
 
     clock = {"own": 0.0, "host": 0.0}
     # Other processes use 50% of 2 cores for three samples, then 2%.

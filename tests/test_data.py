@@ -7,11 +7,11 @@ import torch
 from PIL import Image
 
 from conftest import make_image_tree
-from joulebench import data
+from joulebench.data import sources
 
 
 def test_digits_is_the_real_dataset():
-    images, labels, classes = data.load_digits_source()
+    images, labels, classes = sources.load_digits_source()
     assert images.shape == (1797, 1, 8, 8)
     assert images.dtype == np.float32 and images.min() >= 0.0 and images.max() <= 1.0
     assert classes == [str(i) for i in range(10)]
@@ -20,28 +20,28 @@ def test_digits_is_the_real_dataset():
 
 def test_split_is_disjoint_stratified_and_seeded(digits_arrays):
     arrays, _ = digits_arrays
-    sizes = [len(arrays[f"{s}_y"]) for s in data.SPLITS]
+    sizes = [len(arrays[f"{s}_y"]) for s in sources.SPLITS]
     assert sum(sizes) == 1797
     assert sizes[2] == pytest.approx(0.2 * 1797, abs=1)
     assert sizes[1] == pytest.approx(0.15 * 1797, abs=2)
     # Stratified: every class share in test within one image of the overall share.
-    overall = np.bincount(np.concatenate([arrays[f"{s}_y"] for s in data.SPLITS])) / 1797
+    overall = np.bincount(np.concatenate([arrays[f"{s}_y"] for s in sources.SPLITS])) / 1797
     test_counts = np.bincount(arrays["test_y"])
     assert np.all(np.abs(test_counts - overall * sizes[2]) <= 1.0)
     # Disjoint: no image appears in two splits.
-    keys = {s: {img.tobytes() for img in arrays[f"{s}_x"]} for s in data.SPLITS}
+    keys = {s: {img.tobytes() for img in arrays[f"{s}_x"]} for s in sources.SPLITS}
     assert not keys["train"] & keys["test"]
-    images, labels, _ = data.load_digits_source()
-    again = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    images, labels, _ = sources.load_digits_source()
+    again = sources.split_arrays(images, labels, 0.15, 0.2, seed=0)
     assert all(np.array_equal(arrays[k], again[k]) for k in arrays)
     # Ids point back at the source image.
     assert np.array_equal(images[arrays["test_id"]], arrays["test_x"])
-    assert sorted(np.concatenate([arrays[f"{s}_id"] for s in data.SPLITS])) == list(range(1797))
+    assert sorted(np.concatenate([arrays[f"{s}_id"] for s in sources.SPLITS])) == list(range(1797))
 
 
 def test_imagefolder_loads_real_files(tmp_path):
     make_image_tree(tmp_path)
-    source = data.load_imagefolder_source(str(tmp_path))
+    source = sources.load_imagefolder_source(str(tmp_path))
     assert source.images.shape == (6, 3, 6, 6)
     assert source.classes == ["cat", "dog"]
     assert list(source.labels) == [0, 0, 0, 1, 1, 1]
@@ -52,16 +52,16 @@ def test_imagefolder_of_mixed_sizes_asks_for_image_size_and_is_never_dropped(tmp
     make_image_tree(tmp_path)
     Image.fromarray(np.zeros((9, 9, 3), dtype=np.uint8)).save(tmp_path / "cat" / "big.png")
     for skip in (False, True):
-        with pytest.raises(data.DatasetError, match=r"big.png is 9x9\); set dataset.image_size"):
-            data.load_imagefolder_source(str(tmp_path), skip_unusable=skip)
+        with pytest.raises(sources.DatasetError, match=r"big.png is 9x9\); set dataset.image_size"):
+            sources.load_imagefolder_source(str(tmp_path), skip_unusable=skip)
 
 
-@pytest.mark.parametrize("resize", data.RESIZE_METHODS)
+@pytest.mark.parametrize("resize", sources.RESIZE_METHODS)
 def test_imagefolder_of_mixed_sizes_and_formats_is_brought_to_image_size(tmp_path, resize):
     make_image_tree(tmp_path)
     Image.fromarray(np.full((9, 15, 3), 200, dtype=np.uint8)).save(tmp_path / "cat" / "wide.jpg")
     Image.fromarray(np.full((40, 20), 90, dtype=np.uint8)).save(tmp_path / "dog" / "tall.bmp")
-    source = data.load_imagefolder_source(str(tmp_path), image_size=[8, 10], resize=resize, workers=2)
+    source = sources.load_imagefolder_source(str(tmp_path), image_size=[8, 10], resize=resize, workers=2)
     assert source.images.shape == (8, 3, 8, 10) and source.images.dtype == np.uint8
     assert source.rejected == []
     wide = source.images[source.names.index("cat/wide.jpg")]
@@ -80,7 +80,7 @@ def test_imagefolder_mixing_grey_rgb_and_rgba_loads_every_image_as_rgb(tmp_path)
     rgba = np.zeros((6, 6, 4), dtype=np.uint8)
     rgba[..., 0], rgba[..., 3] = 200, 255
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "cat" / "alpha.png")
-    source = data.load_imagefolder_source(str(tmp_path))
+    source = sources.load_imagefolder_source(str(tmp_path))
     assert source.images.shape == (8, 3, 6, 6) and source.rejected == []
     converted = source.images[source.names.index("dog/grey.png")]
     assert (converted == grey[None].repeat(3, 0)).all()  # grey copied, not changed
@@ -93,15 +93,15 @@ def test_imagefolder_all_grey_stays_one_channel(tmp_path):
         (tmp_path / name).mkdir()
         for i in range(2):
             Image.fromarray(np.full((5, 5), 10 * i, dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
-    assert data.load_imagefolder_source(str(tmp_path)).images.shape == (4, 1, 5, 5)
+    assert sources.load_imagefolder_source(str(tmp_path)).images.shape == (4, 1, 5, 5)
 
 
 def test_imagefolder_empty_class_folder_is_named(tmp_path):
     make_image_tree(tmp_path)
     (tmp_path / "emu").mkdir()
     (tmp_path / "emu" / "notes.txt").write_text("not an image")
-    with pytest.raises(data.DatasetError) as err:
-        data.load_imagefolder_source(str(tmp_path))
+    with pytest.raises(sources.DatasetError) as err:
+        sources.load_imagefolder_source(str(tmp_path))
     assert str(err.value) == (
         f"class folders without image files under {str(tmp_path)!r}: emu; add images "
         "(.jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp) or remove the folders"
@@ -111,8 +111,8 @@ def test_imagefolder_empty_class_folder_is_named(tmp_path):
 def test_a_single_class_is_rejected(tmp_path):
     make_image_tree(tmp_path, {"cat": 3})
     dataset = {"name": "pets", "source": "imagefolder", "root": str(tmp_path), "resize": "stretch"}
-    with pytest.raises(data.DatasetError) as err:
-        data.load_source(dataset)
+    with pytest.raises(sources.DatasetError) as err:
+        sources.load_source(dataset)
     assert str(err.value) == (
         "dataset 'pets': every image is in one class ('cat'); a classifier needs at least two classes"
     )
@@ -123,8 +123,8 @@ def test_too_few_images_per_class_to_split_says_which_class(tmp_path):
     message = "cannot split 12 images into train/val/test with every class in each split; images per class: "
     for count in (1, 2):  # sklearn refuses to stratify 1; with 2, a split would miss the class
         labels = np.array([0] * (12 - count) + [1] * count)
-        with pytest.raises(data.DatasetError) as err:
-            data.split_arrays(images, labels, 0.15, 0.2, seed=0, classes=["cat", "dog"])
+        with pytest.raises(sources.DatasetError) as err:
+            sources.split_arrays(images, labels, 0.15, 0.2, seed=0, classes=["cat", "dog"])
         assert str(err.value) == (
             f"{message}{{'cat': {12 - count}, 'dog': {count}}}; add images to the small classes "
             f"(smallest: 'dog', {count} image{'s' if count > 1 else ''})"
@@ -133,19 +133,19 @@ def test_too_few_images_per_class_to_split_says_which_class(tmp_path):
 
 def test_imagefolder_without_class_folders_says_what_is_expected(tmp_path):
     Image.fromarray(np.zeros((6, 6, 3), dtype=np.uint8)).save(tmp_path / "loose.png")
-    with pytest.raises(data.DatasetError, match="expected root/<class>/<image>"):
-        data.load_imagefolder_source(str(tmp_path))
+    with pytest.raises(sources.DatasetError, match="expected root/<class>/<image>"):
+        sources.load_imagefolder_source(str(tmp_path))
 
 
 def test_imagefolder_missing_root_names_the_path(tmp_path):
     missing = tmp_path / "nope"
-    with pytest.raises(data.DatasetError, match="nope.*does not exist"):
-        data.load_imagefolder_source(str(missing))
+    with pytest.raises(sources.DatasetError, match="nope.*does not exist"):
+        sources.load_imagefolder_source(str(missing))
 
 
 def test_torchvision_missing_root_without_download(tmp_path):
-    with pytest.raises(data.DatasetError, match="does not exist.*download: true"):
-        data.load_torchvision_source("CIFAR10", str(tmp_path / "cifar"), download=False)
+    with pytest.raises(sources.DatasetError, match="does not exist.*download: true"):
+        sources.load_torchvision_source("CIFAR10", str(tmp_path / "cifar"), download=False)
 
 
 def write_mnist_root(root, train_labels, test_labels):
@@ -164,7 +164,7 @@ def write_mnist_root(root, train_labels, test_labels):
 
 def test_torchvision_reads_a_local_mnist_root(tmp_path):
     write_mnist_root(tmp_path, [0, 1, 0, 1], [0, 1])
-    images, labels, classes = data.load_torchvision_source("MNIST", str(tmp_path), download=False)
+    images, labels, classes = sources.load_torchvision_source("MNIST", str(tmp_path), download=False)
     assert images.shape == (6, 1, 28, 28)
     assert images.dtype == np.uint8 and images.max() == 255
     assert list(labels) == [0, 1, 0, 1, 0, 1]
@@ -174,8 +174,8 @@ def test_torchvision_reads_a_local_mnist_root(tmp_path):
 def test_labels_outside_the_classes_are_rejected(tmp_path):
     write_mnist_root(tmp_path, [0, 1, 12, 1], [0, 1])
     dataset = {"name": "MNIST", "source": "torchvision", "root": str(tmp_path), "download": False}
-    with pytest.raises(data.DatasetError) as err:
-        data.load_source(dataset)
+    with pytest.raises(sources.DatasetError) as err:
+        sources.load_source(dataset)
     assert str(err.value) == (
         "dataset 'MNIST': 1 labels are outside the 10 classes 0..9 (first: label 12 of MNIST:2); "
         "fix the labels or the class list"
@@ -205,9 +205,9 @@ def write_cifar10_root(root, train_labels, test_labels):
 def test_cifar10_root_in_torchvision_format_is_prepared_as_uint8(tmp_path, monkeypatch):
     import torchvision.datasets.cifar as cifar
 
-    from joulebench import io, stages
-
     # torchvision checks the official files' md5 sums; these files are ours, in the same format.
+    from joulebench import stages, store
+
     monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
     labels = [label for label in range(3) for _ in range(10)]
     write_cifar10_root(tmp_path / "cifar", labels, [0, 1, 2] * 3)
@@ -221,46 +221,46 @@ def test_cifar10_root_in_torchvision_format_is_prepared_as_uint8(tmp_path, monke
     }
     out = {key: tmp_path / name for key, name in names.items()}
     stages.prepare_dataset({}, out, dataset, True, {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725})
-    stored = io.open_arrays(out["splits"])
+    stored = store.open_arrays(out["splits"])
     assert stored["train_x"].dtype == np.uint8 and stored["train_x"].shape[1:] == (3, 32, 32)
     assert int(stored["pixel_max"]) == 255
-    facts = io.read_json(out["facts"])
+    facts = store.read_json(out["facts"])
     assert facts["classes"][:3] == ["airplane", "automobile", "bird"] and facts["num_classes"] == 10
-    assert sum(facts[f"{s}_count"] for s in data.SPLITS) == 39
+    assert sum(facts[f"{s}_count"] for s in sources.SPLITS) == 39
     # Each image keeps its class colour: uint8 20 * label + 10, float (20 * label + 10) / 255.
-    floats = io.load_arrays(out["splits"])
+    floats = store.load_arrays(out["splits"])
     expected = (20 * floats["train_y"] + 10).astype(np.float32) / np.float32(255)
     assert np.array_equal(floats["train_x"][:, 0, 0, 0], expected)
 
 
 def test_uint8_loader_gives_the_float_batches_bit_for_bit(tmp_path, digits_arrays):
-    from joulebench import io
+    from joulebench import store
 
     arrays, _ = digits_arrays
     stored = {key: value for key, value in arrays.items()}
-    for split in data.SPLITS:
+    for split in sources.SPLITS:
         stored[f"{split}_x"] = np.rint(arrays[f"{split}_x"] * 16).astype(np.uint8)
-    io.save_arrays(tmp_path / "splits.npz", {**stored, "pixel_max": np.asarray(16)})
-    mapped = io.open_arrays(tmp_path / "splits.npz")
+    store.save_arrays(tmp_path / "splits.npz", {**stored, "pixel_max": np.asarray(16)})
+    mapped = store.open_arrays(tmp_path / "splits.npz")
     assert isinstance(mapped["train_x"], np.memmap) and mapped["train_x"].dtype == np.uint8
     for shuffle in (False, True):
-        floats = data.loader(arrays, "train", 64, shuffle=shuffle, seed=3)
-        uint8s = data.loader(mapped, "train", 64, shuffle=shuffle, seed=3)
+        floats = sources.loader(arrays, "train", 64, shuffle=shuffle, seed=3)
+        uint8s = sources.loader(mapped, "train", 64, shuffle=shuffle, seed=3)
         for (x_float, y_float), (x_uint8, y_uint8) in zip(floats, uint8s, strict=True):
             assert x_uint8.dtype == torch.float32 and torch.equal(x_float, x_uint8)
             assert torch.equal(y_float, y_uint8)
-    workers = data.loader(mapped, "val", 100, workers=2)
+    workers = sources.loader(mapped, "val", 100, workers=2)
     assert sum(len(y) for _, y in workers) == len(arrays["val_y"])
 
 
 def test_a_batch_larger_than_the_training_split_is_an_error_naming_the_key(digits_arrays):
     from joulebench.models import build_model
-    from joulebench.train import TrainSettings, train
+    from joulebench.train.loop import TrainSettings, train
 
     arrays, _ = digits_arrays
     small = {**arrays, "train_x": arrays["train_x"][:40], "train_y": arrays["train_y"][:40]}
     model = build_model({"arch": "small_cnn", "in_channels": 1, "num_classes": 10, "precision": "fp32"})
-    with pytest.raises(data.DatasetError) as err:
+    with pytest.raises(sources.DatasetError) as err:
         train(model, small, TrainSettings(epochs=1, batch_size=64, lr=0.003), meter=None)
     assert str(err.value) == (
         "training.batch_size 64 is larger than the training split (40 images after splitting, "
@@ -272,7 +272,7 @@ def test_a_batch_larger_than_the_training_split_is_an_error_naming_the_key(digit
 def test_mixed_size_image_folder_runs_end_to_end(tmp_path):
     """Real PNG, JPEG and BMP files of four sizes, grey and colour, through the whole workflow."""
     from conftest import run_snakemake, tiny_config
-    from joulebench import io
+    from joulebench import store
 
     root = tmp_path / "photos"
     make_image_tree(root, {"cat": 12, "dog": 12})
@@ -291,10 +291,10 @@ def test_mixed_size_image_folder_runs_end_to_end(tmp_path):
     )
     run_snakemake(tmp_path / "run", config)
     results = tmp_path / "run" / "results"
-    facts = io.read_json(results / "data" / "photos" / "dataset.json")
+    facts = store.read_json(results / "data" / "photos" / "dataset.json")
     assert facts["image_size"] == [8, 8] and facts["channels"] == 3
-    raw = io.read_json(results / "data" / "photos" / "raw" / "dataset.json")
-    assert sum(raw[f"{s}_count"] for s in data.SPLITS) == 2 * (12 + 5)  # none dropped
+    raw = store.read_json(results / "data" / "photos" / "raw" / "dataset.json")
+    assert sum(raw[f"{s}_count"] for s in sources.SPLITS) == 2 * (12 + 5)  # none dropped
     assert list(results.rglob("metrics.json"))
 
 
@@ -304,19 +304,19 @@ def test_batches_are_pinned_only_for_a_cuda_device(digits_arrays, monkeypatch):
     asked = mock.MagicMock(return_value=True)
     monkeypatch.setattr(torch.cuda, "is_available", asked)
     arrays, _ = digits_arrays
-    assert data.loader(arrays, "val", 64).pin_memory is False
-    assert data.loader(arrays, "val", 64, device=torch.device("cpu"), workers=2).pin_memory is False
+    assert sources.loader(arrays, "val", 64).pin_memory is False
+    assert sources.loader(arrays, "val", 64, device=torch.device("cpu"), workers=2).pin_memory is False
     assert asked.call_count == 0
-    assert data.loader(arrays, "val", 64, device=torch.device("cuda", 1)).pin_memory is True
+    assert sources.loader(arrays, "val", 64, device=torch.device("cuda", 1)).pin_memory is True
 
 
 def test_loader_workers_load_every_batch_and_stop_with_the_loader(digits_arrays):
     arrays, _ = digits_arrays
     before = set(multiprocessing.active_children())
-    batches = data.loader(arrays, "train", 100, shuffle=True, workers=2)
-    with data.workers_stopped(batches):
+    batches = sources.loader(arrays, "train", 100, shuffle=True, workers=2)
+    with sources.workers_stopped(batches):
         for _ in range(2):  # persistent workers serve every epoch
             assert sum(len(labels) for _, labels in batches) == len(arrays["train_y"])
         assert len(set(multiprocessing.active_children()) - before) == 2
     assert set(multiprocessing.active_children()) - before == set()
-    data.stop_workers(data.loader(arrays, "val", 64))  # a loader without workers: nothing to stop
+    sources.stop_workers(sources.loader(arrays, "val", 64))  # a loader without workers: nothing to stop

@@ -18,12 +18,13 @@ import torch
 import yaml
 
 from conftest import ROOT, artifact, model_files, run_snakemake, tiny_config
-from joulebench import data, io
-from joulebench.checkpoint import file_digest
+from joulebench import store
 from joulebench.config import ConfigError, check_config, resolved_config
-from joulebench.data_parallel import combine_windows, launch_training, shard_arrays
-from joulebench.distributed import launch_command
+from joulebench.data import sources
 from joulebench.models import build_model, load_model
+from joulebench.train.checkpoint import file_digest
+from joulebench.train.data_parallel import combine_windows, launch_training, shard_arrays
+from joulebench.train.distributed import launch_command
 from simulated_host.nvml import autospec_pynvml
 
 PROCESSES = 2
@@ -197,10 +198,10 @@ def _launch(spec: dict) -> None:
 
 
 def _train_two_processes(folder):
-    images, labels, classes = data.load_digits_source()
-    arrays = data.split_arrays(images, labels, 0.15, 0.2, seed=0)
-    io.save_arrays(folder / "splits.npz", arrays)
-    io.write_json(folder / "dataset.json", data.describe(arrays, classes))
+    images, labels, classes = sources.load_digits_source()
+    arrays = sources.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    store.save_arrays(folder / "splits.npz", arrays)
+    store.write_json(folder / "dataset.json", sources.describe(arrays, classes))
     _launch(run_spec(folder, folder / "out", epochs=2))
     return folder / "out", len(arrays["train_y"])
 
@@ -214,16 +215,16 @@ def two_process_run(tmp_path_factory):
 def test_two_processes_train_a_model_a_single_process_can_load(two_process_run):
     out, _ = two_process_run
     model, recipe = load_model(*artifact(out))  # the unwrapped module's state dict: no "module." prefix
-    assert io.load_tensors(out / "model.pt").keys() == build_model(recipe).state_dict().keys()
+    assert store.load_tensors(out / "model.pt").keys() == build_model(recipe).state_dict().keys()
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == [1, 2]
     assert history["val_accuracy"].iloc[-1] > 0.8
-    training = io.read_json(out / "training.json")
+    training = store.read_json(out / "training.json")
     assert training["data_parallel"] == {"processes": 2, "backend": "gloo", "per_process_batch_size": 32}
     assert training["batch_size"] == 64
     # Each rank trains under the recipe's numeric flags; both records say which.
     assert training["numerics"]["deterministic_algorithms_warn_only"] is True
-    assert io.read_json(out / "energy.json")["numerics"] == training["numerics"]
+    assert store.read_json(out / "energy.json")["numerics"] == training["numerics"]
 
 
 def test_energy_is_counted_once_per_node_not_once_per_rank(two_process_run):
@@ -233,7 +234,7 @@ def test_energy_is_counted_once_per_node_not_once_per_rank(two_process_run):
     than the two cores of this host can give in the window's wall time.
     """
     out, _ = two_process_run
-    record = io.read_json(out / "energy.json")
+    record = store.read_json(out / "energy.json")
     assert record["data_parallel"]["world_size"] == 2
     assert len(record["nodes"]) == 1
     node = record["nodes"][0]
@@ -268,7 +269,7 @@ def test_workflow_trains_a_data_parallel_variant(tmp_path):
     config["augmentation"] = {"transforms": []}
     run_snakemake(tmp_path, config)
     model_dir = tmp_path / "results/models/digits/small_cnn/ddp2/seed0"
-    record = io.read_json(model_dir / "energy.json")
+    record = store.read_json(model_dir / "energy.json")
     assert record["rule"] == "train_model" and record["nodes"][0]["measured_by_rank"] == 0
     log = (tmp_path / "logs/train_model/digits/small_cnn/ddp2/seed0.log").read_text()
     assert "torch.distributed.run" in log and "rank1" in log
@@ -296,7 +297,7 @@ def test_a_package_counter_is_read_once_per_node(tmp_path, monkeypatch):
         for name, value in variables.items():
             monkeypatch.setenv(name, value)
         out, _ = _train_two_processes(tmp_path / "run")
-    record = io.read_json(out / "energy.json")
+    record = store.read_json(out / "energy.json")
     assert record["source"] == "rapl+rapl-dram" and record["measured"] is True
     assert sorted(record["devices"]) == ["cpu0", "dram0"]
     assert record["nodes"][0]["measured_by_rank"] == 0
@@ -313,7 +314,7 @@ def test_a_package_counter_is_read_once_per_node(tmp_path, monkeypatch):
 LAUNCH = """
 import json, sys
 import torch
-from joulebench.data_parallel import launch_training
+from joulebench.train.data_parallel import launch_training
 sys.stderr = open(sys.argv[2], "w", buffering=1)
 torch.set_num_threads(2)
 launch_training(json.loads(sys.argv[1]), 2)
@@ -346,15 +347,17 @@ def test_a_terminated_job_stops_its_workers_and_leaves_no_outputs(tmp_path, two_
         time.sleep(0.2)
     # torchrun's agent and the workers it started.
     processes = psutil.Process(job.pid).children(recursive=True)
-    workers = [p for p in processes if "joulebench.data_parallel" in p.cmdline() and p.name() != "pt_elastic"]
+    workers = [
+        p for p in processes if "joulebench.train.data_parallel" in p.cmdline() and p.name() != "pt_elastic"
+    ]
     assert len(workers) == PROCESSES
     job.terminate()
-    assert job.wait(timeout=60) == 143  # joulebench.checkpoint.SIGTERM_EXIT_STATUS
+    assert job.wait(timeout=60) == 143  # joulebench.train.checkpoint.SIGTERM_EXIT_STATUS
     gone, alive = psutil.wait_procs(processes, timeout=30)
     assert not alive, alive
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     assert [path.name for path in checkpoint.parent.iterdir()] == ["last.pt"]
-    assert io.load_tensors(checkpoint)["epoch"] >= 1
+    assert store.load_tensors(checkpoint)["epoch"] >= 1
 
 
 def _kill_job_after_first_checkpoint(job: subprocess.Popen, checkpoint, log) -> None:
@@ -375,7 +378,7 @@ def _kill_job_after_first_checkpoint(job: subprocess.Popen, checkpoint, log) -> 
 
 
 def assert_same_weights(dir_a, dir_b) -> None:
-    a, b = io.load_tensors(dir_a / "model.pt"), io.load_tensors(dir_b / "model.pt")
+    a, b = store.load_tensors(dir_a / "model.pt"), store.load_tensors(dir_b / "model.pt")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -410,10 +413,10 @@ def test_a_killed_job_resumes_from_its_checkpoint_to_the_uninterrupted_result(tm
         pd.read_csv(resumed / "history.csv")[learned],
         pd.read_csv(tmp_path / "reference/history.csv")[learned],
     )
-    assert io.read_json(resumed / "training.json")["resumed_after_epoch"] == killed_after
-    assert io.read_json(tmp_path / "reference/training.json")["resumed_after_epoch"] is None
+    assert store.read_json(resumed / "training.json")["resumed_after_epoch"] == killed_after
+    assert store.read_json(tmp_path / "reference/training.json")["resumed_after_epoch"] is None
     # Energy and seconds: every epoch once, the earlier attempt's from the checkpoint.
-    record = io.read_json(resumed / "energy.json")
+    record = store.read_json(resumed / "energy.json")
     assert [w["window"] for w in record["windows"]] == [f"epoch{n}" for n in range(1, epochs + 1)]
     assert record["resumed"]["after_epoch"] == killed_after
     prior = record["windows"][:killed_after]
@@ -482,7 +485,8 @@ def node_of_8_gpus(monkeypatch):
     import zeus.monitor.energy
     from zeus.device.gpu import nvidia
 
-    from joulebench import data_parallel, energy
+    from joulebench.energy import meter as energy
+    from joulebench.train import data_parallel
 
     node = MockNode(gpus=8, watts=70.0)
     zeus.device.gpu._gpus = None
@@ -502,10 +506,10 @@ def node_of_8_gpus(monkeypatch):
 
 
 def test_a_node_meters_the_gpus_of_its_ranks_and_no_other(node_of_8_gpus):
-    from joulebench.data_parallel import DataParallelMeter
     from joulebench.devices import Placement
-    from joulebench.distributed import Rank
-    from joulebench.energy import EstimateModel
+    from joulebench.energy.meter import EstimateModel
+    from joulebench.train.data_parallel import DataParallelMeter
+    from joulebench.train.distributed import Rank
 
     # Rank 0 computes on GPU 0, rank 1 on GPU 1; GPUs 2-7 are idle or another user's.
     rank = Rank(rank=0, world_size=2, local_rank=0, host="node-a")

@@ -9,12 +9,13 @@ import pytest
 from snakemake.utils import validate
 
 from conftest import ROOT, figure_files, model_files, tiny_config
-from joulebench import devices, report_figures, stages
+from joulebench import devices, stages
 from joulebench.config import ConfigError, check_config
-from joulebench.recipes import needs_gpu, pinned_device
-from joulebench.report import training_device
-from joulebench.report_stats import device_label, paired_differences, summarize
-from joulebench.report_summary import devices_markdown, verdict
+from joulebench.report import figures
+from joulebench.report.aggregate import training_device
+from joulebench.report.stats import device_label, paired_differences, summarize
+from joulebench.report.summary import devices_markdown, verdict
+from joulebench.train.overrides import needs_gpu, pinned_device
 
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
 GPU = devices.Placement(devices.torch.device("cuda", 0), 0)
@@ -172,12 +173,12 @@ def _legend_texts(figure_base):
 
 def test_every_figure_marks_the_device_of_each_row(cross_device_table, tmp_path, monkeypatch):
     summary = summarize(cross_device_table)
-    _, markers, _ = report_figures._looks(summary)
+    _, markers, _ = figures._looks(summary)
     # One model: marker shape tells the devices apart.
     assert markers[("small_cnn", "cpu")] != markers[("small_cnn", "baseline")]
     assert markers[("small_cnn", "bf16")] == markers[("small_cnn", "baseline")]
     legends = {}
-    save = report_figures.save_figure
+    save = figures.save_figure
 
     def keep_legend(fig, files):
         legends[files[0].stem] = _legend_texts(fig) + [
@@ -185,7 +186,7 @@ def test_every_figure_marks_the_device_of_each_row(cross_device_table, tmp_path,
         ]
         return save(fig, files)
 
-    monkeypatch.setattr(report_figures, "save_figure", keep_legend)
+    monkeypatch.setattr(figures, "save_figure", keep_legend)
     histories = pd.DataFrame(
         [
             {"model": "small_cnn", "variant": v, "seed": s, "epoch": e, "val_accuracy": a - 0.1 / e,
@@ -193,7 +194,7 @@ def test_every_figure_marks_the_device_of_each_row(cross_device_table, tmp_path,
             for (v, s), (a, j, _, _) in CROSS.items() for e in (1, 2)
         ]
     )  # fmt: skip
-    paths = report_figures.write_figures(summary, histories, figure_files(tmp_path))
+    paths = figures.write_figures(summary, histories, figure_files(tmp_path))
     assert len(paths) == 14
     for name, texts in legends.items():
         if name == "energy_by_stage":  # bars have no markers: each bar's label names its device
@@ -209,5 +210,5 @@ def test_every_figure_marks_the_device_of_each_row(cross_device_table, tmp_path,
     # Every row on one device: one legend line says which.
     legends.clear()
     one = summary[summary["variant"] != "cpu"]
-    report_figures.plot_time_vs_energy(one, [tmp_path / "one_device.pdf", tmp_path / "one_device.png"])
+    figures.plot_time_vs_energy(one, [tmp_path / "one_device.pdf", tmp_path / "one_device.png"])
     assert "all trained on NVIDIA H200" in legends["one_device"]

@@ -15,9 +15,10 @@ import zeus.device.cpu
 import zeus.device.gpu
 from zeus.device.gpu import nvidia
 
-from joulebench import devices, energy
+from joulebench import devices
 from joulebench.devices import CPU, GpuAccess, Placement, probe_gpu
-from joulebench.energy import EnergyMeter
+from joulebench.energy import meter as energy
+from joulebench.energy.meter import EnergyMeter
 from simulated_host.nvml import autospec_pynvml
 
 # A rule whose work runs on GPU 0. No CUDA here: torch's tensors stay on the CPU, its stand-in.

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from joulebench import data, diversity
+from joulebench.data import diversity, sources
 
 
 def test_vendi_score_counts_effectively_distinct_images():
@@ -21,7 +21,7 @@ def test_class_entropy_is_one_when_balanced_and_lower_when_not():
 
 
 def test_digits_are_more_diverse_than_a_subset_of_one_class():
-    images, labels, _ = data.load_digits_source()
+    images, labels, _ = sources.load_digits_source()
     everything = diversity.diversity(images, labels, 10)
     ones = diversity.diversity(images[labels == 1], labels[labels == 1], 10)
     assert everything["vendi_sample"] == diversity.SAMPLE and everything["class_evenness"] > 0.99
@@ -30,7 +30,7 @@ def test_digits_are_more_diverse_than_a_subset_of_one_class():
 
 
 def test_compared_stages_are_scored_on_samples_of_one_size():
-    images, labels, _ = data.load_digits_source()
+    images, labels, _ = sources.load_digits_source()
     chosen = np.sort(np.random.default_rng(1).choice(len(labels), 584, replace=False))
     stages = diversity.diversity_of_stages(
         {"cleaned": (images, labels), "sampled": (images[chosen], labels[chosen])}, 10

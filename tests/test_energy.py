@@ -29,15 +29,17 @@ import zeus.utils.framework
 from zeus.device.gpu import nvidia
 
 from conftest import ROOT
-from joulebench import checkpoint, devices, energy
+from joulebench import devices
 from joulebench.devices import CPU, Placement
-from joulebench.energy import (
+from joulebench.energy import meter as energy
+from joulebench.energy.meter import (
     ESTIMATE_MODEL,
     EnergyMeter,
     EstimateModel,
     measure_idle_power,
 )
-from joulebench.energy_columns import dynamic_joules
+from joulebench.report.columns import dynamic_joules
+from joulebench.train import checkpoint
 from simulated_host.nvml import autospec_pynvml
 
 # A rule whose work runs on GPU 0. No CUDA here: torch's tensors stay on the CPU, its stand-in.
@@ -419,7 +421,7 @@ def test_nvml_sees_a_gpu_torch_cannot_use_so_training_meters_the_cpu(gpus):
     # while training had chosen the CPU. Zeus's real sync is left in place here.
     from joulebench.devices import accelerator
     from joulebench.models import build_model
-    from joulebench.train import TrainSettings, train
+    from joulebench.train.loop import TrainSettings, train
 
     gpus([pynvml.NVML_DEVICE_ARCH_HOPPER])
     zeus.monitor.energy.sync_execution_fn = zeus.utils.framework.sync_execution
@@ -550,7 +552,7 @@ def test_other_processes_loading_the_host_flag_the_window_busy_host():
     import subprocess
     import sys
 
-    from joulebench.contention import QUIET_MAX_WAIT_S
+    from joulebench.energy.contention import QUIET_MAX_WAIT_S
 
     # Real load: one spinning process per core while this process sleeps through the window, which
     # opens after the meter waited its longest for a quiet host.
@@ -613,7 +615,7 @@ def test_a_rule_job_imports_neither_scikit_learn_nor_pandas_until_it_uses_them()
     # Each job pays its imports (bench_job_overhead.py): Zeus's module-level sklearn.metrics import
     # (0.75 s) is deferred to its first call, and pandas (0.2 s) to the first table a stage writes.
     code = (
-        "import sys, joulebench.stages, joulebench.energy;"
+        "import sys, joulebench.stages, joulebench.energy.meter;"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy', 'pandas', 'pyarrow'}));"
         "import zeus.monitor.power as power; print(power.auc([0.0, 1.0, 2.0], [1.0, 3.0, 1.0]));"
         "print(joulebench.stages.pd.DataFrame({'a': [1]}).shape)"
@@ -629,7 +631,7 @@ def test_a_rule_job_imports_neither_scikit_learn_nor_pandas_until_it_uses_them()
 
 
 def test_the_host_speed_index_is_taken_before_the_window_opens_and_never_charged(monkeypatch):
-    from joulebench import host_speed
+    from joulebench.energy import host_speed
 
     probes = []
 
@@ -666,7 +668,7 @@ def test_every_window_records_host_speed_steal_and_frequency():
 
 
 def test_the_probe_restores_the_callers_thread_count():
-    from joulebench import host_speed
+    from joulebench.energy import host_speed
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -684,7 +686,7 @@ intr 12345
 
 
 def test_steal_share_from_proc_stat():
-    from joulebench import host_speed
+    from joulebench.energy import host_speed
 
     start = host_speed.parse_proc_stat(PROC_STAT)
     assert start == {"user": 1000, "nice": 10, "system": 300, "idle": 5000, "iowait": 40, "irq": 0,

@@ -5,8 +5,8 @@ import torch
 import torchvision
 
 from conftest import artifact
-from joulebench.energy import EnergyMeter, EstimateModel
-from joulebench.evaluate import count_macs, evaluate, parameter_counts, percentile
+from joulebench.energy.meter import EnergyMeter, EstimateModel
+from joulebench.evaluate.metrics import count_macs, evaluate, parameter_counts, percentile
 from joulebench.models import build_model, save_model
 
 # One model per torchvision family we claim (each instantiates in well under a second).

@@ -13,35 +13,35 @@ import torch
 from test_readme import readme_inline_command
 
 from conftest import ROOT, make_image_tree, readme_checkout, run_as_printed, run_snakemake, tiny_config
-from joulebench import io
+from joulebench import store
 
 # ---------------------------------------------------------------- outputs are atomic
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp_files(tmp_path):
     target = tmp_path / "metrics.json"
-    io.write_json(target, {"accuracy": 0.9})
+    store.write_json(target, {"accuracy": 0.9})
 
     def crash(tmp):
         Path(tmp).write_text('{"accuracy": 0.')  # half a JSON, then the process "dies"
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        io.write_atomic(target, crash)
-    assert io.read_json(target) == {"accuracy": 0.9}
+        store.write_atomic(target, crash)
+    assert store.read_json(target) == {"accuracy": 0.9}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
 def test_results_get_normal_file_permissions(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
-    io.write_json(tmp_path / "x.json", {})
+    store.write_json(tmp_path / "x.json", {})
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_json_never_holds_nan(tmp_path):
     with pytest.raises(ValueError):
-        io.write_json(tmp_path / "bad.json", {"joules": float("nan")})
+        store.write_json(tmp_path / "bad.json", {"joules": float("nan")})
     assert not list(tmp_path.iterdir())
 
 
@@ -176,7 +176,7 @@ def test_a_forced_rerun_is_identical_and_disk_use_does_not_grow(tmp_path):
         run_snakemake(tmp_path, config, "--forceall")
         tables.append(pd.read_csv(tmp_path / "results/report/results.csv"))
         models = (tmp_path / "results").rglob("model.pt")
-        weights.append({str(p.relative_to(tmp_path)): io.load_tensors(p) for p in models})
+        weights.append({str(p.relative_to(tmp_path)): store.load_tensors(p) for p in models})
         snapshots.append(_snapshot(tmp_path))
     deterministic = ["variant", "seed", "test_accuracy", "params", "nonzero_params", "macs"]
     for table in tables[1:]:

@@ -25,9 +25,10 @@ import zeus.device.gpu
 from zeus.device.gpu import nvidia
 
 from conftest import ROOT, tiny_config
-from joulebench import data, energy
 from joulebench.config import check_config, resolved_config
+from joulebench.data import sources
 from joulebench.devices import CPU, Placement
+from joulebench.energy import meter as energy
 from simulated_host.nvml import SimulatedNVML
 
 SIMULATED_HOST = ROOT / "tests" / "simulated_host"
@@ -226,7 +227,7 @@ def test_the_gpu_config_is_valid_and_its_digits_folder_is_written_for_the_run(mo
     assert precisions == {"fp16", "bf16"} and {"prune", "quantize"} <= techniques
     dataset = config["dataset"]
     assert dataset["root"] == str(tmp_path / check.DIGITS_FOLDER)
-    source = data.load_imagefolder_source(dataset["root"], image_size=dataset["image_size"])
+    source = sources.load_imagefolder_source(dataset["root"], image_size=dataset["image_size"])
     assert source.images.shape == (1797, 1, 32, 32) and source.classes == [str(c) for c in range(10)]
 
 

@@ -7,12 +7,13 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_config
-from joulebench import io, report_figures
+from joulebench import store
 from joulebench.config import ConfigError, check_config, resolved_config
-from joulebench.recipes import cpu_threads, scaled_lr, training_overrides
-from joulebench.report import split_skipped
-from joulebench.report_decisions import hardware_decisions, time_energy_cost
-from joulebench.report_summary import hardware_decisions_markdown, skipped_markdown
+from joulebench.report import figures
+from joulebench.report.aggregate import split_skipped
+from joulebench.report.decisions import hardware_decisions, time_energy_cost
+from joulebench.report.summary import hardware_decisions_markdown, skipped_markdown
+from joulebench.train.overrides import cpu_threads, scaled_lr, training_overrides
 
 TRAINING = {"epochs": 1, "batch_size": 64, "lr": 0.003}
 
@@ -136,7 +137,7 @@ def test_skipped_runs_are_split_off_and_listed_once_per_variant(tmp_path):
     for variant, record in (("baseline", {"rule": "train_model", "joules": 1.0}), ("pl250", None)):
         for seed in (0, 1):
             path = tmp_path / variant / f"seed{seed}" / "energy.json"
-            io.write_json(path, record or {"skipped": "no GPU on this host", "rule": "train_model"})
+            store.write_json(path, record or {"skipped": "no GPU on this host", "rule": "train_model"})
             entries.append(
                 {
                     "dataset": "digits",
@@ -164,7 +165,7 @@ def test_skipped_runs_are_split_off_and_listed_once_per_variant(tmp_path):
 def test_time_vs_energy_figure_has_a_panel_per_model_as_pdf_and_300_dpi_png(summary, tmp_path):
     two_models = pd.concat([summary, summary.assign(model="resnet18")], ignore_index=True)
     files = [tmp_path / "time_vs_energy.pdf", tmp_path / "time_vs_energy.png"]
-    assert report_figures.plot_time_vs_energy(two_models, files) == files
+    assert figures.plot_time_vs_energy(two_models, files) == files
     assert files[0].read_bytes().startswith(b"%PDF")
     with Image.open(files[1]) as png:
         assert round(png.info["dpi"][0]) == 300

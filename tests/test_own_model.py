@@ -11,10 +11,10 @@ from snakemake.utils import validate
 from torchvision.models import get_model
 
 from conftest import ROOT, artifact, run_snakemake, tiny_config
-from joulebench import io
+from joulebench import store
 from joulebench.config import ConfigError, check_config, resolved_config
 from joulebench.models import ModelError, SmallCNN, build_model, freeze_pretrained, load_model, save_model
-from joulebench.pretrained import cache_path, load_weights, locate_weights, torchvision_weights
+from joulebench.train.pretrained import cache_path, load_weights, locate_weights, torchvision_weights
 
 # A torchvision model outside small_cnn/resnet18/mobilenet_v3_small that trains in seconds on 8x8.
 OTHER_MODEL = "shufflenet_v2_x0_5"
@@ -178,9 +178,9 @@ def test_pretrained_finetunes_and_a_new_architecture_run_end_to_end(tmp_path):
     for name, path in files.items():
         for variant in variants:
             directory = workdir / f"results/models/digits/{name}/{variant}/seed0"
-            pretrained = io.read_json(directory / "training.json")["pretrained"]
+            pretrained = store.read_json(directory / "training.json")["pretrained"]
             assert pretrained["path"] == str(path) and pretrained["source"] == "file"
-            assert io.read_json(directory / "model.json")["pretrained"]["sha256"] == pretrained["sha256"]
+            assert store.read_json(directory / "model.json")["pretrained"]["sha256"] == pretrained["sha256"]
         source = torch.load(path, weights_only=True)
         path.unlink()  # a fine-tuned model reloads from its own files
         frozen, recipe = load_model(

@@ -22,10 +22,11 @@ from zeus.device.gpu import nvidia
 from zeus.optimizer.power_limit import ZeusCost
 
 from conftest import model_files
-from joulebench import checkpoint, devices, io, resume, stages
+from joulebench import devices, stages, store
 from joulebench.config import resolved_config
 from joulebench.devices import CPU, Placement
-from joulebench.power_limit import PowerLimitError, held_power_limit, requested_mw
+from joulebench.train import checkpoint, resume
+from joulebench.train.power_limit import PowerLimitError, held_power_limit, requested_mw
 from simulated_host.nvml import autospec_pynvml
 
 # The rule's work "runs on GPU 0"; no CUDA here, so tensors stay on the CPU, its stand-in.
@@ -176,12 +177,12 @@ def test_a_limit_outside_the_allowed_range_is_refused_naming_the_range(gpu, vari
 
 
 def _tiny_inputs(tmp_path, digits_arrays):
-    from joulebench import data
+    from joulebench.data import sources
 
     arrays, classes = digits_arrays
     splits, facts = tmp_path / "splits.npz", tmp_path / "dataset.json"
-    io.save_arrays(splits, arrays)
-    io.write_json(facts, data.describe(arrays, classes))
+    store.save_arrays(splits, arrays)
+    store.write_json(facts, sources.describe(arrays, classes))
     training = {**resolved_config()["training"], "epochs": 1}
     energy = {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}
     return splits, facts, training, energy
@@ -231,10 +232,10 @@ def test_training_under_a_limit_records_it_and_resets_it(gpu, monkeypatch, tmp_p
     assert limits_during_training == [350_000]
     assert nvml.set_calls == [("handle0", 350_000), ("handle0", DEFAULT_MW)]
     for name in ("training.json", "energy.json"):
-        record = io.read_json(tmp_path / "out" / name)
+        record = store.read_json(tmp_path / "out" / name)
         assert record["power_limit"]["applied_w"] == 350.0, name
         assert record["cpu_threads"] == torch.get_num_threads()
-    assert io.read_json(tmp_path / "out" / "energy.json")["gpu"]["metered"] is True
+    assert store.read_json(tmp_path / "out" / "energy.json")["gpu"]["metered"] is True
 
 
 def test_without_a_gpu_the_variant_writes_a_skipped_marker_that_evaluation_passes_on(tmp_path, digits_arrays):
@@ -244,13 +245,13 @@ def test_without_a_gpu_the_variant_writes_a_skipped_marker_that_evaluation_passe
     with mock.patch.object(devices, "accelerator", lambda: CPU):
         train_into(out, splits, facts, variant, training, energy)
     for name in ("model.json", "training.json", "energy.json"):
-        assert io.read_json(out / name)["skipped"] == "no GPU on this host"
+        assert store.read_json(out / name)["skipped"] == "no GPU on this host"
     assert (out / "model.pt").stat().st_size == 0
     files = model_files(out)
     inputs = {"splits": splits, "model": files["model"], "recipe": files["recipe"]}
     metrics = {"metrics": tmp_path / "metrics.json", "energy": tmp_path / "eval.json"}
     stages.evaluate_variant(inputs, metrics, resolved_config()["evaluation"], energy)
-    assert io.read_json(tmp_path / "metrics.json")["skipped"] == "no GPU on this host"
+    assert store.read_json(tmp_path / "metrics.json")["skipped"] == "no GPU on this host"
 
 
 SEARCH = {
@@ -285,7 +286,7 @@ def test_global_search_profiles_the_limits_records_the_choice_and_resets(
     assert nvml.limit_mw == DEFAULT_MW  # reset to the default at the end
     assert nvml.persistence == pynvml.NVML_FEATURE_DISABLED  # turned on by Zeus, put back
     for name in ("training.json", "energy.json"):
-        limit = io.read_json(tmp_path / "out" / name)["power_limit"]
+        limit = store.read_json(tmp_path / "out" / name)["power_limit"]
         assert limit["optimizer"] == "global" and limit["finished"] is True, name
         assert [p["power_limit_w"] for p in limit["profiled"]] == [700, 450, 200]
         assert limit["chosen_w"] in (700, 450, 200)
@@ -311,7 +312,7 @@ def test_global_search_ends_with_the_previous_limit_even_after_zeus_exit_hook(
     for hook in zeus_hooks:
         hook()  # what the process's exit runs: Zeus's hook that would set the largest limit
     assert nvml.limit_mw == SITE_CAP_MW
-    limit = io.read_json(tmp_path / "out" / "energy.json")["power_limit"]
+    limit = store.read_json(tmp_path / "out" / "energy.json")["power_limit"]
     assert limit["previous_w"] == 500.0 and limit["restored_w"] == 500.0
     assert limit["chosen_w"] == 200
 

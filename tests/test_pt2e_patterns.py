@@ -1,4 +1,4 @@
-"""torchao's PT2E patterns traced once (joulebench.pt2e_patterns): the same graphs, far fewer traces."""
+"""torchao's PT2E patterns traced once (joulebench.compress.pt2e_patterns): the same graphs, fewer traces."""
 
 import copy
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from joulebench import pt2e_patterns, quantize
+from joulebench.compress import pt2e_patterns, quantize
 from joulebench.models import build_model
 
 

@@ -10,20 +10,20 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, report_files
-from joulebench import io
+from joulebench import store
 from joulebench.config import resolved_config
-from joulebench.host_speed import REFERENCE
-from joulebench.report import build_table, read_histories, stage_joules, write_report
-from joulebench.report_decisions import (
+from joulebench.energy.host_speed import REFERENCE
+from joulebench.report.aggregate import build_table, read_histories, stage_joules, write_report
+from joulebench.report.decisions import (
     break_even,
     break_even_table,
     cheapest_meeting_target,
     decide,
     most_accurate_within_budget,
 )
-from joulebench.report_stats import mean_ci, paired_differences, pareto_mask, proportion_ci, summarize
-from joulebench.report_summary import summary_markdown, verdict
-from joulebench.report_tables import latex_escape, latex_table, paper_table
+from joulebench.report.stats import mean_ci, paired_differences, pareto_mask, proportion_ci, summarize
+from joulebench.report.summary import summary_markdown, verdict
+from joulebench.report.tables import latex_escape, latex_table, paper_table
 from joulebench.variants import lineage
 
 CARBON = resolved_config()["energy"]["carbon"]
@@ -184,9 +184,9 @@ def hand_made_run(tmp_path):
             "inference_energy_source": "estimate:green-algorithms",
             "precision": "fp16" if variant == "fp16" else "fp32",
         }
-        io.write_json(eval_dir / "metrics.json", metrics)
-        io.write_json(eval_dir / "energy.json", energy_record("evaluate_model", 3.0, start + 0.5))
-        io.write_json(model_dir / "energy.json", energy_record(RULES[variant], joules, start))
+        store.write_json(eval_dir / "metrics.json", metrics)
+        store.write_json(eval_dir / "energy.json", energy_record("evaluate_model", 3.0, start + 0.5))
+        store.write_json(model_dir / "energy.json", energy_record(RULES[variant], joules, start))
         history = pd.DataFrame(
             {
                 "epoch": [1, 2],
@@ -196,7 +196,9 @@ def hand_made_run(tmp_path):
             }
         )
         # Post-training quantization trains no epochs: its history has none.
-        io.write_csv(model_dir / "history.csv", history.iloc[:0] if variant == "int8_of_prune" else history)
+        store.write_csv(
+            model_dir / "history.csv", history.iloc[:0] if variant == "int8_of_prune" else history
+        )
         start += 10.0
         entries.append(
             {
@@ -235,12 +237,12 @@ def test_build_table_has_stage_energy_and_lineage(hand_made_run):
 
 def metered_on(path: str, host: str, devices: dict) -> None:
     """Rewrite the record at `path` as metered on `host`: joules per device id."""
-    record = io.read_json(path)
+    record = store.read_json(path)
     record["devices"] = {
         f"d{i}": {"joules": joules, "source": "nvml-counter", "name": "dev", "device_id": device_id}
         for i, (device_id, joules) in enumerate(devices.items())
     }
-    io.write_json(path, {**record, "host": host, "measured": True, "estimated_joules": 0.0})
+    store.write_json(path, {**record, "host": host, "measured": True, "estimated_joules": 0.0})
 
 
 def test_idle_baseline_is_subtracted_only_on_its_own_host_and_devices(hand_made_run):
@@ -533,7 +535,7 @@ def test_summary_names_variants_measured_on_a_busy_host(hand_made_run):
     )
     assert "Busy host" not in quiet
     prune80 = next(e for e in entries if e["variant"] == "prune80" and e["seed"] == 1)
-    io.write_json(prune80["energy"], energy_record("prune_model", 34.0, 1050.0, busy=True))
+    store.write_json(prune80["energy"], energy_record("prune_model", 34.0, 1050.0, busy=True))
     table = build_table(entries, VARIANTS, data_energy, CARBON)
     assert table.loc[table["variant"] == "prune80", "pipeline_busy_host"].tolist() == [False, True]
     summary = summarize(table)
@@ -568,7 +570,7 @@ def test_summary_names_variants_measured_while_another_process_used_the_gpu(hand
     record = energy_record("prune_model", 34.0, 1050.0, measured=True) | {
         "busy_gpu_windows": ["rule:prune_model"]
     }
-    io.write_json(prune80["energy"], record)
+    store.write_json(prune80["energy"], record)
     table, _, _, text = report_of(entries, data_energy, settings)
     assert table.loc[table["variant"] == "prune80", "pipeline_busy_gpu"].tolist() == [False, True]
     assert "**Busy GPU**: other processes computed on the metered GPU during energy windows of " in text
@@ -585,9 +587,9 @@ def test_the_summary_states_the_boundary_and_marks_a_verdict_across_boundaries(h
     # fp16 trained on a GPU that NVML reads; the baseline was estimated. (The data job is in both.)
     for entry in entries:
         if entry["variant"] == "fp16":
-            record = io.read_json(entry["energy"])
+            record = store.read_json(entry["energy"])
             parts = [{"part": "gpu0", "joules": 1.0, "source": "nvml-counter"}]
-            io.write_json(entry["energy"], {**record, "parts": parts, "boundary": {"id": "gpu"}})
+            store.write_json(entry["energy"], {**record, "parts": parts, "boundary": {"id": "gpu"}})
     table, _, differences, text = report_of(entries, data_energy, settings)
     assert set(table.loc[table["variant"] == "fp16", "pipeline_energy_boundary"]) == {
         "cpu:estimate+dram:estimate+gpu"
@@ -609,9 +611,9 @@ def test_summary_states_the_runs_host_speed_and_flags_variants_made_on_a_slow_ho
     # Every job at 1,000 units/s but baseline seed 1's training, at 800 (20% slower).
     for entry in entries:
         for key in ("energy", "eval_energy"):
-            record = io.read_json(entry[key])
+            record = store.read_json(entry[key])
             slow = key == "energy" and (entry["variant"], entry["seed"]) == ("baseline", 1)
-            io.write_json(entry[key], {**record, "host_speed": 800.0 if slow else 1000.0,
+            store.write_json(entry[key], {**record, "host_speed": 800.0 if slow else 1000.0,
                                        "host_speed_reference": REFERENCE})  # fmt: skip
     data_energy.update(host_speed=1000.0, host_speed_reference=REFERENCE)
     table, summary, _, text = report_of(entries, data_energy, settings)
@@ -643,8 +645,8 @@ def test_summary_states_the_runs_host_speed_and_flags_variants_made_on_a_slow_ho
     )
     # A slow data job sits in every lineage: it cancels in every comparison and flags no row.
     for entry in entries:
-        record = io.read_json(entry["energy"])
-        io.write_json(entry["energy"], {**record, "host_speed": 1000.0})
+        record = store.read_json(entry["energy"])
+        store.write_json(entry["energy"], {**record, "host_speed": 1000.0})
     data_energy.update(host_speed=800.0)
     table, summary, _, text = report_of(entries, data_energy, settings)
     assert not table["pipeline_slow_host"].any()
@@ -686,8 +688,8 @@ def test_figures_go_to_the_files_the_rule_declares_whatever_their_names(hand_mad
 
 
 def test_break_even_markdown_gives_the_reason_and_flags_crossed_devices():
-    from joulebench.report_decisions import UNDETERMINED, break_even_unknown_because
-    from joulebench.report_summary import break_even_markdown
+    from joulebench.report.decisions import UNDETERMINED, break_even_unknown_because
+    from joulebench.report.summary import break_even_markdown
 
     keys = {"dataset": "digits", "model": "small_cnn", "variant": "prune80"}
     pair = {"n_pairs": 3, "inference_joules_per_1k_clear": True, "pipeline_energy_j_clear": False}
@@ -718,7 +720,7 @@ def test_verdicts_say_when_inference_crosses_devices(hand_made_run):
 
 
 def test_accuracy_interval_stays_within_0_and_100_percent():
-    from joulebench.report_stats import proportion_ci
+    from joulebench.report.stats import proportion_ci
 
     low, high = proportion_ci([0.97, 0.99, 1.0])
     assert 0.0 < low < 0.97 and 0.99 < high <= 1.0
@@ -728,16 +730,16 @@ def test_accuracy_interval_stays_within_0_and_100_percent():
 
 
 def test_data_diversity_of_each_stage_in_the_report(tmp_path):
-    from joulebench.report import read_diversity
-    from joulebench.report_summary import diversity_markdown
+    from joulebench.report.aggregate import read_diversity
+    from joulebench.report.summary import diversity_markdown
 
     values = {"class_entropy_nats": 2.3, "class_evenness": 0.99, "vendi_sample": 1000}
-    io.write_json(
+    store.write_json(
         tmp_path / "cleaning_report.json",
         {"diversity": {"raw": {**values, "vendi_score": 40.0}, "cleaned": {**values, "vendi_score": 41.0}}},
     )
     subset = tmp_path / "subset.json"  # the record names its variant: the path plays no part
-    io.write_json(
+    store.write_json(
         subset,
         {"variant": "subset50", "method": "el2n", "seed": 0,
          "diversity": {"cleaned": {**values, "vendi_score": 41.0},
@@ -755,7 +757,7 @@ def test_data_diversity_of_each_stage_in_the_report(tmp_path):
 
 
 def test_vendi_scores_of_samples_of_different_sizes_give_no_verdict():
-    from joulebench.report_summary import diversity_markdown
+    from joulebench.report.summary import diversity_markdown
 
     values = {"variant": "subset50_el2n", "seed": 0, "class_entropy_nats": 2.3, "class_evenness": 0.99}
     diversity = pd.DataFrame(
@@ -774,7 +776,8 @@ def test_the_report_imports_neither_torch_nor_zeus():
     """aggregate_report runs in envs/report.yaml, which has neither: its modules import them not
     even lazily at import time."""
     code = (
-        "import sys, joulebench.report, joulebench.logs; print(sorted({'torch', 'zeus'} & set(sys.modules)))"
+        "import sys, joulebench.report.aggregate, joulebench.run.logs;"
+        " print(sorted({'torch', 'zeus'} & set(sys.modules)))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -789,7 +792,7 @@ def noisy_prune80_inference(entries) -> None:
     an interval of -0.8 ± 15.2 that includes 0. Its means still give a number: 32 J more to
     produce, 0.8 J/1k saved, N* = 40,000."""
     entry = next(e for e in entries if (e["variant"], e["seed"]) == ("prune80", 1))
-    io.write_json(entry["metrics"], {**io.read_json(entry["metrics"]), "inference_joules_per_1k": 4.6})
+    store.write_json(entry["metrics"], {**store.read_json(entry["metrics"]), "inference_joules_per_1k": 4.6})
 
 
 def test_break_even_within_noise_gives_no_number_and_says_what_would_resolve_it(hand_made_run, tmp_path):
@@ -809,7 +812,7 @@ def test_break_even_within_noise_gives_no_number_and_says_what_would_resolve_it(
         "noise (its 95% interval includes 0); more seeds (`seeds`) or more inference rounds "
         "(`evaluation.rounds`) would resolve it" in row
     )
-    records = {r["variant"]: r for r in io.read_json(outputs["decisions"])["break_even"]}
+    records = {r["variant"]: r for r in store.read_json(outputs["decisions"])["break_even"]}
     assert records["prune80"]["break_even_inferences"] is None
     assert "within noise" in records["prune80"]["break_even_unknown_because"]
     # int8_of_prune's differences are both told from zero: its number stays, with no reason.
@@ -821,7 +824,7 @@ def test_break_even_within_noise_gives_no_number_and_says_what_would_resolve_it(
 
 
 def test_a_production_difference_within_noise_asks_for_seeds_only():
-    from joulebench.report_decisions import break_even_unknown_because
+    from joulebench.report.decisions import break_even_unknown_because
 
     pair = {"n_pairs": 3, "inference_pairs": 15, "inference_joules_per_1k_clear": True,
             "pipeline_energy_j_clear": False}  # fmt: skip
@@ -861,7 +864,7 @@ def test_printed_accuracy_intervals_are_the_logit_interval_and_stay_within_100_p
             mean, low_text, high_text, half_width = match.groups()
             top = float(high_text) if high_text else float(mean) + float(half_width)
             assert top <= 100.0, (key, match.group(0))
-    cheapest = io.read_json(outputs["decisions"])["cheapest_meeting_target"]
+    cheapest = store.read_json(outputs["decisions"])["cheapest_meeting_target"]
     assert [r["variant"] for r in cheapest] == ["fp16"]
     assert cheapest[0]["test_accuracy_low"] == pytest.approx(bounds.loc["fp16", "test_accuracy_low"])
     assert cheapest[0]["test_accuracy_high"] == pytest.approx(bounds.loc["fp16", "test_accuracy_high"])

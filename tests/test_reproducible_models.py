@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from joulebench import quantize
+from joulebench.compress import quantize
 
 # A QAT quantization as the workflow's quantize rule runs it (torchao's patterns traced once, prepare,
 # fake-quantized training steps, convert, save), on small_cnn with a few random batches.
@@ -23,7 +23,8 @@ QAT_SCRIPT = textwrap.dedent(
 
     import torch
 
-    from joulebench import pt2e_patterns, quantize
+    from joulebench.compress import pt2e_patterns
+    from joulebench.compress import quantize
     from joulebench.models import build_model
 
     pt2e_patterns.keep_traced_patterns()

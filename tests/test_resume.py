@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from conftest import model_files
-from joulebench import data, io
-from joulebench.checkpoint import ForeignCheckpointError
+from joulebench import store
 from joulebench.config import resolved_config
+from joulebench.data import sources
 from joulebench.stages import train_variant
+from joulebench.train.checkpoint import ForeignCheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = {**resolved_config()["training"], "epochs": 4, "batch_size": 64, "lr": 3e-3}
@@ -35,8 +36,8 @@ train_variant({inputs!r}, {outputs!r}, "small_cnn", {{}}, {training!r}, 0, {ener
 def dataset(tmp_path, digits_arrays):
     arrays, classes = digits_arrays
     splits, facts = tmp_path / "splits.npz", tmp_path / "dataset.json"
-    io.save_arrays(splits, arrays)
-    io.write_json(facts, data.describe(arrays, classes))
+    store.save_arrays(splits, arrays)
+    store.write_json(facts, sources.describe(arrays, classes))
     return splits, facts
 
 
@@ -70,7 +71,7 @@ def wait_for(path: Path, job: subprocess.Popen, timeout=120.0) -> None:
 
 
 def assert_same_weights(dir_a: Path, dir_b: Path) -> None:
-    a, b = io.load_tensors(dir_a / "model.pt"), io.load_tensors(dir_b / "model.pt")
+    a, b = store.load_tensors(dir_a / "model.pt"), store.load_tensors(dir_b / "model.pt")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -124,7 +125,7 @@ def test_sigterm_exits_nonzero_and_leaves_a_complete_checkpoint(tmp_path, datase
     assert job.returncode == 143, stderr
     assert not (out / "model.pt").exists()
     assert [p.name for p in checkpoint.parent.iterdir()] == ["last.pt"], "no temp file left behind"
-    assert io.load_tensors(checkpoint)["epoch"] >= 1
+    assert store.load_tensors(checkpoint)["epoch"] >= 1
 
 
 @pytest.mark.slow  # training subprocesses: ~30 s on an idle 2-core machine
@@ -140,7 +141,7 @@ def test_a_foreign_checkpoint_is_refused(tmp_path, dataset):
 
 
 def test_rng_state_round_trip_covers_the_shuffle_and_online_augmentation(digits_arrays):
-    from joulebench.checkpoint import restore_rng_state, rng_state
+    from joulebench.train.checkpoint import restore_rng_state, rng_state
 
     arrays = digits_arrays[0]
     flips = [{"name": "HorizontalFlip", "params": {"p": 0.5}}]
@@ -148,11 +149,11 @@ def test_rng_state_round_trip_covers_the_shuffle_and_online_augmentation(digits_
     def epoch(batches):
         return torch.cat([images for images, _ in batches])
 
-    first = data.loader(arrays, "train", 256, shuffle=True, seed=0, augment=flips)
+    first = sources.loader(arrays, "train", 256, shuffle=True, seed=0, augment=flips)
     epoch(first)
     saved = rng_state(first, torch.device("cpu"))
     expected = epoch(first)
-    fresh = data.loader(arrays, "train", 256, shuffle=True, seed=0, augment=flips)
+    fresh = sources.loader(arrays, "train", 256, shuffle=True, seed=0, augment=flips)
     restore_rng_state(saved, fresh, torch.device("cpu"))
     assert torch.equal(epoch(fresh), expected)
 
@@ -169,7 +170,7 @@ def window(name, joules, device_id="cpu:package0", seconds=2.0):
 
 
 def test_merged_energy_counts_each_epoch_once_across_attempts():
-    from joulebench.checkpoint import merge_prior_energy
+    from joulebench.train.checkpoint import merge_prior_energy
 
     current = {**window("rule:train_model", 50.0, seconds=6.0), "windows": [window("epoch3", 40.0)]}
     current["short_windows"] = current["busy_host_windows"] = []

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from joulebench import io, sample, stages
+from joulebench import stages, store
 from joulebench.config import resolved_config
+from joulebench.data import sample
 
 ENERGY = {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}
 TRAINING = {**resolved_config()["training"], "epochs": 1}
@@ -37,8 +38,8 @@ def test_highest_scores_keeps_the_hardest_with_ties_by_index():
 def write_digits_splits(tmp_path, digits_arrays):
     arrays, classes = digits_arrays
     splits, facts = tmp_path / "splits.npz", tmp_path / "dataset.json"
-    io.save_arrays(splits, arrays)
-    io.write_json(facts, {"channels": 1, "num_classes": len(classes), "image_size": [8, 8]})
+    store.save_arrays(splits, arrays)
+    store.write_json(facts, {"channels": 1, "num_classes": len(classes), "image_size": [8, 8]})
     return splits, facts
 
 
@@ -58,9 +59,9 @@ def test_sample_dataset_writes_subset_balance_and_energy(tmp_path, digits_arrays
     }
     stages.sample_dataset({"splits": splits, "facts": facts}, out, "subset50", variant, TRAINING, 0, ENERGY)
     full, subset, summary = (
-        io.load_arrays(splits),
-        io.load_arrays(out["splits"]),
-        io.read_json(out["summary"]),
+        store.load_arrays(splits),
+        store.load_arrays(out["splits"]),
+        store.read_json(out["summary"]),
     )
     if method == "stratified":  # rounded per class, so the total can differ from 0.5 * N
         per_class = [sample.subset_size(n, 0.5) for n in np.bincount(full["train_y"])]
@@ -79,7 +80,7 @@ def test_sample_dataset_writes_subset_balance_and_energy(tmp_path, digits_arrays
     assert np.array_equal(full["train_x"][rows], subset["train_x"])
     assert summary["before"]["class_counts"] == np.bincount(full["train_y"]).tolist()
     assert summary["after"]["class_counts"] == np.bincount(subset["train_y"], minlength=10).tolist()
-    record = io.read_json(out["energy"])
+    record = store.read_json(out["energy"])
     assert record["rule"] == "sample_dataset" and record["joules"] > 0
     if method == "el2n":
         # The proxy run is metered inside this rule: one epoch window and the scoring window.
@@ -92,7 +93,7 @@ def test_el2n_is_high_for_misclassified_images(digits_arrays):
     import torch
 
     from joulebench.models import build_model
-    from joulebench.train import TrainSettings, seed_everything, train
+    from joulebench.train.loop import TrainSettings, seed_everything, train
 
     arrays, _ = digits_arrays
     seed_everything(0)
@@ -127,16 +128,16 @@ def test_workflow_cleans_samples_and_charges_the_subset_its_sampling(tiny_run):
 
     workdir, config, _ = tiny_run
     data_dir = workdir / "results/data/digits"
-    report = io.read_json(data_dir / "cleaning_report.json")
+    report = store.read_json(data_dir / "cleaning_report.json")
     removed = pd.read_csv(data_dir / "removed.csv")
     assert report["removed_total"] == len(removed)
-    raw, cleaned = io.load_arrays(data_dir / "raw/splits.npz"), io.load_arrays(data_dir / "splits.npz")
+    raw, cleaned = store.load_arrays(data_dir / "raw/splits.npz"), store.load_arrays(data_dir / "splits.npz")
     for split in ("train", "val", "test"):
         gone = (removed["split"] == split).sum()
         assert len(cleaned[f"{split}_y"]) == len(raw[f"{split}_y"]) - gone
     assert (data_dir / "augmentation.png").stat().st_size > 0
     (variant,) = [name for name, v in config["variants"].items() if v["technique"] == "subset"]
-    sampling = io.read_json(data_dir / f"subsets/{variant}/seed0/energy.json")
+    sampling = store.read_json(data_dir / f"subsets/{variant}/seed0/energy.json")
     table = pd.read_csv(workdir / "results/report/results.csv").set_index("variant")
     baseline, subset = table.loc["baseline"], table.loc[variant]
     # Same data preparation and cleaning for both; the subset also carries its sampling rule.

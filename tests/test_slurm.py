@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from conftest import ROOT, snakemake_command, tiny_config
-from joulebench import io
+from joulebench import store
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -187,7 +187,7 @@ def test_gpu_rules_are_scheduled_on_a_gpu(slurm_run):
 
 
 def energy_records(workdir: Path, under: str = "results") -> dict[Path, dict]:
-    return {path: io.read_json(path) for path in sorted((workdir / under).rglob("energy.json"))}
+    return {path: store.read_json(path) for path in sorted((workdir / under).rglob("energy.json"))}
 
 
 def test_energy_records_name_their_slurm_job_node_and_gpu(slurm_run):
@@ -211,7 +211,7 @@ def test_report_sums_energy_over_separate_jobs(slurm_run):
     workdir, output = slurm_run
     row = pd.read_csv(workdir / "results/report/results.csv").set_index("variant").loc["baseline"]
     data = sum(record["joules"] for record in energy_records(workdir, "results/data").values())
-    train = io.read_json(workdir / "results/models/digits/small_cnn/baseline/seed0/energy.json")
+    train = store.read_json(workdir / "results/models/digits/small_cnn/baseline/seed0/energy.json")
     assert row["pipeline_energy_j"] == pytest.approx(data + train["joules"])
     assert row["own_energy_j"] == pytest.approx(train["joules"])
     assert str(row["slurm_job_id"]) == train["slurm_job_id"]
@@ -222,10 +222,10 @@ def test_outputs_equal_a_local_run(slurm_run, local_run):
     slurm_dir, _ = slurm_run
     model_dir = "results/models/digits/small_cnn/baseline/seed0"
     metrics = "results/eval/digits/small_cnn/baseline/seed0/metrics.json"
-    accuracy = [io.read_json(run / metrics)["test_accuracy"] for run in (slurm_dir, local_run)]
+    accuracy = [store.read_json(run / metrics)["test_accuracy"] for run in (slurm_dir, local_run)]
     assert accuracy[0] == accuracy[1]
-    on_cluster = io.load_tensors(slurm_dir / model_dir / "model.pt")
-    local = io.load_tensors(local_run / model_dir / "model.pt")
+    on_cluster = store.load_tensors(slurm_dir / model_dir / "model.pt")
+    local = store.load_tensors(local_run / model_dir / "model.pt")
     assert on_cluster.keys() == local.keys()
     for name, tensor in on_cluster.items():
         assert torch.equal(tensor, local[name]), name
@@ -301,7 +301,7 @@ def test_cancelled_training_resumes_from_its_checkpoint(profile, slurm_run, tmp_
     assert not re.search(r"epoch 1/", log.split("esum", 1)[1]), "the rerun trained epoch 1 again"
     history = pd.read_csv(workdir / model_dir / "history.csv")
     assert list(history["epoch"]) == list(range(1, epochs + 1))
-    assert io.read_json(workdir / model_dir / "training.json")["resumed_after_epoch"] >= 1
+    assert store.read_json(workdir / model_dir / "training.json")["resumed_after_epoch"] >= 1
 
 
 def test_data_parallel_training_runs_as_two_slurm_tasks(profile, tmp_path):
@@ -324,7 +324,7 @@ def test_data_parallel_training_runs_as_two_slurm_tasks(profile, tmp_path):
     steps = bounded(["sacct", "-n", "-P", "-o", "JobID,NTasks", "-j", job_id], COMMAND_LIMIT_S)
     tasks = re.findall(r"^\S+\|(\d*)$", steps.stdout, re.M)
     assert any(int(count or 0) == 2 for count in tasks), steps.stdout
-    record = io.read_json(workdir / model_dir / "energy.json")
+    record = store.read_json(workdir / model_dir / "energy.json")
     assert record["slurm_job_id"] == job_id
     assert record["data_parallel"]["world_size"] == 2
     (node,) = record["nodes"]

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from joulebench.checkpoint import Checkpointer
 from joulebench.devices import CPU
-from joulebench.energy import EnergyMeter
+from joulebench.energy.meter import EnergyMeter
 from joulebench.models import build_model
-from joulebench.train import (
+from joulebench.train.checkpoint import Checkpointer
+from joulebench.train.loop import (
     DeviceOutOfMemory,
     Distillation,
     TrainSettings,
@@ -322,7 +322,7 @@ def test_loader_workers_end_with_the_training_when_an_epoch_fails(digits_arrays)
     assert set(multiprocessing.active_children()) - before == set()
 
 
-# train_model's declared outputs (joulebench.resume.write_trained), by name.
+# train_model's declared outputs (joulebench.train.resume.write_trained), by name.
 TRAINED_FILES = {
     "model": "model.pt",
     "recipe": "recipe.json",
@@ -353,9 +353,9 @@ def test_effective_precision_falls_back_where_autocast_refuses_the_dtype(monkeyp
 
 
 def test_numeric_flags_are_the_recipes_choice_and_land_in_the_training_records(tmp_path, digits_arrays):
-    from joulebench import io
-    from joulebench.resume import train_resumably
-    from joulebench.train import numeric_flags
+    from joulebench import store
+    from joulebench.train.loop import numeric_flags
+    from joulebench.train.resume import train_resumably
 
     seed_everything(0)
     flags = numeric_flags()
@@ -371,5 +371,5 @@ def test_numeric_flags_are_the_recipes_choice_and_land_in_the_training_records(t
     arrays = subset(digits_arrays[0], train=128, val=64)
     settings = TrainSettings(epochs=1, batch_size=64, lr=3e-3)
     train_resumably("train_model", build_model(RECIPE), RECIPE, arrays, settings, CPU, {}, outputs, None, {})
-    assert io.read_json(outputs["training"])["numerics"] == flags
-    assert io.read_json(outputs["energy"])["numerics"] == flags
+    assert store.read_json(outputs["training"])["numerics"] == flags
+    assert store.read_json(outputs["energy"])["numerics"] == flags

@@ -1,4 +1,4 @@
-"""The warm worker (joulebench.warm): a rule script forked from it behaves as if run on its own."""
+"""The warm worker (joulebench.run.warm): a rule script forked from it behaves as if run on its own."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from joulebench import warm
+from joulebench.run import warm
 
 SCRIPTS = ROOT / "workflow" / "scripts"
 
@@ -24,7 +24,7 @@ JOB = textwrap.dedent(
     """
     import json, os, sys, time
     if __name__ == "__main__":
-        from joulebench.warm import run_in_worker
+        from joulebench.run.warm import run_in_worker
 
         run_in_worker()
         action = sys.argv[1]
@@ -84,7 +84,7 @@ CUDA_JOB = textwrap.dedent(
     """
     import json, os, sys
     if __name__ == "__main__":
-        from joulebench.warm import run_in_worker
+        from joulebench.run.warm import run_in_worker
 
         run_in_worker(work=tuple(sys.argv[1:3]) if len(sys.argv) > 2 else None)
         import torch
@@ -218,7 +218,7 @@ def test_the_worker_stops_when_the_process_that_started_it_is_gone(tmp_path):
         f"""
         import os, sys
         sys.path.insert(0, {str(SCRIPTS)!r})
-        from joulebench import warm
+        from joulebench.run import warm
         process, _ = warm.start({str(SCRIPTS)!r}, {str(tmp_path / "worker.log")!r})
         print(process.pid, os.environ[warm.SOCKET_VARIABLE], flush=True)
         os._exit(0)  # no warm.stop: a Snakemake killed with SIGKILL
@@ -248,8 +248,8 @@ def test_a_local_run_starts_its_jobs_from_the_warm_worker_and_stops_it(tiny_run)
     assert not Path(socket_path).exists()
     # The QAT job named its method: the worker traced torchao's patterns once, before forking it,
     # and the job itself (its log) traced none.
-    assert worker_log.count("prepared joulebench.quantize int8_qat") == 1
-    assert "traced" in worker_log.split("prepared joulebench.quantize int8_qat")[0]
+    assert worker_log.count("prepared joulebench.compress.quantize int8_qat") == 1
+    assert "traced" in worker_log.split("prepared joulebench.compress.quantize int8_qat")[0]
     (qat_log,) = (workdir / "logs" / "quantize_model").rglob("channels50_qat/seed0.log")
     assert "started from the run's warm worker" in qat_log.read_text()
     assert "PT2E patterns" not in qat_log.read_text()
@@ -278,7 +278,7 @@ def test_a_forked_job_starts_with_clean_cuda_state(tmp_path, worker):
     guard. A job forked afterwards must be able to start CUDA itself, with its own
     CUDA_VISIBLE_DEVICES, and must query the real device count."""
     socket_path, _ = worker
-    for work in ((), ("joulebench.quantize", "int8_qat")):
+    for work in ((), ("joulebench.compress.quantize", "int8_qat")):
         env = {"CUDA_VISIBLE_DEVICES": "3"}
         job = run_job(tmp_path, socket_path, *work, env=env, script_text=CUDA_JOB)
         out, err = job.communicate(timeout=300)

@@ -33,7 +33,7 @@ def test_every_output_exists_with_sane_values(tiny_run):
     assert (table["own_energy_j"] > 0).all() and (table["pipeline_energy_j"] > 0).all()
     assert set(table["own_energy_source"]) == {"estimate:green-algorithms"}
     assert not table["pipeline_energy_measured"].any()
-    # Attribution and provenance columns (joulebench.energy_columns): estimates have no device,
+    # Attribution and provenance columns (joulebench.report.columns): estimates have no device,
     # so nothing is contended and there is no dynamic energy; carbon comes from the joules.
     assert not table["own_contended"].any() and not table["pipeline_contended"].any()
     assert table["own_energy_hardware"].str.startswith("none measured").all()

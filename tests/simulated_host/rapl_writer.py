@@ -18,7 +18,7 @@ PERIOD_S = 0.01
 
 
 def host_busy_seconds() -> float:
-    # As joulebench.energy counts it: busy time of every core, guest time once.
+    # As joulebench.energy.meter counts it: busy time of every core, guest time once.
     times = psutil.cpu_times()
     guest = getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
     return sum(times) - times.idle - getattr(times, "iowait", 0.0) - guest

@@ -9,7 +9,8 @@ min_version("9.0")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from joulebench import variants, warm  # noqa: E402
+from joulebench import variants  # noqa: E402
+from joulebench.run import warm
 from joulebench.config import check_config, idle_baseline_seconds, model_entries, schema_error  # noqa: E402
 
 try:
@@ -259,7 +260,7 @@ def idle_baseline(wildcards):
 
 
 # Jobs of a local run on a host without a GPU fork from one warm worker that has imported torch and
-# the stages, instead of each importing them (joulebench.warm); JOULEBENCH_WARM=0 switches it off.
+# the stages, instead of each importing them (joulebench.run.warm); JOULEBENCH_WARM=0 switches it off.
 # SLURM jobs, and every job on a host with a GPU, start in their own interpreters.
 WARM_WORKER = {}
 

@@ -3,7 +3,7 @@
 # wall time) beside its total. Runs first (priority) and, locally, alone: it takes every core, the
 # `measured` slot and the `gpu` slot, so no other job runs during it. Under SLURM it is one job on
 # one node and GPU: the report subtracts it only from records of that host whose every metered
-# device it measured, and names the reason for every other record (joulebench.energy_columns).
+# device it measured, and names the reason for every other record (joulebench.report.columns).
 rule measure_idle_power:
     output:
         idle=IDLE_POWER,

@@ -1,6 +1,6 @@
 # Zeus starts helper processes with `spawn`, which re-imports this file: nothing runs unless it is main.
 if __name__ == "__main__":
-    from joulebench.logs import start_rule_logging
+    from joulebench.run.logs import start_rule_logging
     from joulebench.stages import plot_augmentation
 
     start_rule_logging(snakemake.log[0], snakemake.threads)

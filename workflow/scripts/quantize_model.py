@@ -1,10 +1,10 @@
 # Zeus starts helper processes with `spawn`, which re-imports this file: nothing runs unless it is main.
 if __name__ == "__main__":
-    from joulebench.warm import run_in_worker
+    from joulebench.run.warm import run_in_worker
 
-    # In the run's warm worker, where there is one (joulebench.warm), which sets up the method once.
-    run_in_worker(work=("joulebench.quantize", snakemake.params.variant["method"]))
-    from joulebench.logs import start_rule_logging
+    # In the run's warm worker, where there is one (joulebench.run.warm), which sets up the method once.
+    run_in_worker(work=("joulebench.compress.quantize", snakemake.params.variant["method"]))
+    from joulebench.run.logs import start_rule_logging
     from joulebench.stages import quantize_variant
 
     start_rule_logging(snakemake.log[0], snakemake.threads)

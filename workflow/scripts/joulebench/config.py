@@ -6,7 +6,7 @@ import re
 import textwrap
 from pathlib import Path
 
-from joulebench.carbon import CarbonSettingsError, carbon_model
+from joulebench.report.carbon import CarbonSettingsError, carbon_model
 from joulebench.variants import lineage_error, made_by
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -193,7 +193,7 @@ def check_model(name: str, entry: dict, shape: tuple[int, int, int] | None) -> N
         load_matching,
         source_architecture,
     )
-    from joulebench.pretrained import locate_weights, read_state_dict
+    from joulebench.train.pretrained import locate_weights, read_state_dict
 
     check_model_name(name)
     # The number of classes is only known after the data stage; any count tests the input size.
@@ -213,7 +213,7 @@ def check_augmentation(augmentation: dict, source: str) -> None:
     transforms = augmentation["transforms"]
     if not transforms:
         return  # albumentations takes seconds to import: only when it is used
-    from joulebench.augment import AugmentationError, check_transforms
+    from joulebench.data.augment import AugmentationError, check_transforms
 
     # The digits are 8x8 grey; other sources are tried on a 32x32 colour image.
     shape = (1, 8, 8) if source == "sklearn-digits" else (3, 32, 32)

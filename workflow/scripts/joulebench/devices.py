@@ -86,7 +86,7 @@ def accelerator() -> Placement:
 
 
 def placement_on(device: str | None) -> Placement:
-    """Where a model pinned to `device` computes (joulebench.recipes.pinned_device): the CPU for
+    """Where a model pinned to `device` computes (joulebench.train.overrides.pinned_device): the CPU for
     `cpu`, else the accelerator. A `cuda` pin on a host without a GPU gets the CPU here: callers
     skip such a variant before computing (recipes.needs_gpu), never run it there."""
     return CPU if device == "cpu" else accelerator()

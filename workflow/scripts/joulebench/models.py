@@ -16,7 +16,7 @@ import difflib
 import torch
 from torch import nn
 
-from joulebench import io
+from joulebench import store
 
 
 class SmallCNN(nn.Module):
@@ -264,26 +264,26 @@ def model_recipe(arch: str, channels: int, num_classes: int, image_size, precisi
 
 def save_model(model: nn.Module, recipe: dict, model_path, recipe_path) -> None:
     """The weights (`model_path`, a state dict) and the recipe to rebuild the module (`recipe_path`)."""
-    io.save_tensors(model_path, model.state_dict())
-    io.write_json(recipe_path, recipe)
+    store.save_tensors(model_path, model.state_dict())
+    store.write_json(recipe_path, recipe)
 
 
 def load_model(model_path, recipe_path) -> tuple[nn.Module, dict]:
     """Rebuild a saved model: architecture, then shapes, then quantization, then weights."""
-    recipe = io.read_json(recipe_path)
+    recipe = store.read_json(recipe_path)
     model = build_model(recipe)
     quantization = recipe.get("quantization")
     if quantization in ("int8_static", "int8_qat"):
-        from joulebench.quantize import load_exported
+        from joulebench.compress.quantize import load_exported
 
-        # A torch.export archive (see joulebench.quantize); run through oneDNN int8 kernels.
+        # A torch.export archive (see joulebench.compress.quantize); run through oneDNN int8 kernels.
         return load_exported(model_path)[0], recipe
     if quantization:
-        from joulebench.quantize import dynamic_int8, quantized_tensor_types
+        from joulebench.compress.quantize import dynamic_int8, quantized_tensor_types
 
-        state_dict = io.load_tensors(model_path, allow=quantized_tensor_types())
+        state_dict = store.load_tensors(model_path, allow=quantized_tensor_types())
     else:
-        state_dict = io.load_tensors(model_path)
+        state_dict = store.load_tensors(model_path)
     _resize_to(model, state_dict)
     if quantization:
         model = dynamic_int8(model)

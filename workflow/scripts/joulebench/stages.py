@@ -14,26 +14,29 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from joulebench import compress, data, diversity, io, power_limit, prune, quantize, train
-from joulebench.checkpoint import file_digest
+from joulebench import store
+from joulebench.compress import apply, prune, quantize
+from joulebench.compress.quantize import load_reference
+from joulebench.data import diversity, sources
 from joulebench.devices import CPU, Placement, accelerator, placement_on
-from joulebench.energy import EstimateModel, measure_idle_power, rule_meter
-from joulebench.evaluate import evaluate
-from joulebench.lazy import pandas as pd
+from joulebench.energy.meter import EstimateModel, measure_idle_power, rule_meter
+from joulebench.evaluate.metrics import evaluate
+from joulebench.evaluate.protocol import Protocol
 from joulebench.models import build_model, check_input, freeze_pretrained, load_model, model_recipe
-from joulebench.pretrained import load_weights
-from joulebench.protocol import Protocol
-from joulebench.quantize import load_reference
-from joulebench.recipes import cpu_threads, needs_gpu, pinned_device, training_overrides
-from joulebench.resume import train_resumably, write_trained
-from joulebench.train import Distillation, effective_precision, seed_everything, training_settings
+from joulebench.run.lazy import pandas as pd
+from joulebench.train import loop, power_limit
+from joulebench.train.checkpoint import file_digest
+from joulebench.train.loop import Distillation, effective_precision, seed_everything, training_settings
+from joulebench.train.overrides import cpu_threads, needs_gpu, pinned_device, training_overrides
+from joulebench.train.pretrained import load_weights
+from joulebench.train.resume import train_resumably, write_trained
 
 log = logging.getLogger(__name__)
 
 
 def import_before_window(modules) -> None:
     """Import what a window's work will import: importing is not the measured work, and its time
-    varies with the disk cache from run to run (joulebench.energy.imported_packages records any
+    varies with the disk cache from run to run (joulebench.energy.meter.imported_packages records any
     package a window still imports)."""
     for name in modules:
         importlib.import_module(name)
@@ -60,10 +63,10 @@ def first_call_before_window(model, recipe: dict, arrays: dict) -> None:
 def prepare_dataset(inputs: dict, outputs: dict, dataset: dict, skip_unusable: bool, estimate: dict) -> None:
     """Load and split the source; with `skip_unusable` (cleaning on) unusable files are listed in
     `rejected` instead of being fatal. Image files are decoded in the job's threads."""
-    data.import_loaders(dataset)
+    sources.import_loaders(dataset)
     with rule_meter("prepare_dataset", estimate) as meter, meter.window("load_and_split"):
-        source = data.load_source(dataset, skip_unusable=skip_unusable, workers=torch.get_num_threads())
-        arrays = data.split_arrays(
+        source = sources.load_source(dataset, skip_unusable=skip_unusable, workers=torch.get_num_threads())
+        arrays = sources.split_arrays(
             source.images,
             source.labels,
             dataset["val_fraction"],
@@ -71,24 +74,24 @@ def prepare_dataset(inputs: dict, outputs: dict, dataset: dict, skip_unusable: b
             dataset["split_seed"],
             source.classes,
         )
-    facts = data.describe(arrays, source.classes)
-    log.info("dataset %s: %s", dataset["name"], {k: facts[f"{k}_count"] for k in data.SPLITS})
+    facts = sources.describe(arrays, source.classes)
+    log.info("dataset %s: %s", dataset["name"], {k: facts[f"{k}_count"] for k in sources.SPLITS})
     # Names let the cleaning report point at the file (or source index) of every removed image.
     names = np.asarray(source.names, dtype=str)
     pixel_max = np.asarray(source.pixel_max)
-    io.save_arrays(outputs["splits"], {**arrays, "item_names": names, "pixel_max": pixel_max})
-    io.write_json(outputs["facts"], facts)
-    io.write_csv(outputs["rejected"], pd.DataFrame(source.rejected, columns=["item", "reason", "detail"]))
-    io.write_json(outputs["energy"], meter.record())
+    store.save_arrays(outputs["splits"], {**arrays, "item_names": names, "pixel_max": pixel_max})
+    store.write_json(outputs["facts"], facts)
+    store.write_csv(outputs["rejected"], pd.DataFrame(source.rejected, columns=["item", "reason", "detail"]))
+    store.write_json(outputs["energy"], meter.record())
 
 
 def clean_dataset(inputs: dict, outputs: dict, cleaning: dict, estimate: dict) -> None:
     """Drop duplicates, leaks and conflicting labels; report every removed item with its reason."""
-    from joulebench import clean
+    from joulebench.data import clean
 
-    raw = dict(io.open_arrays(inputs["splits"]))
+    raw = dict(store.open_arrays(inputs["splits"]))
     names = [str(name) for name in raw.pop("item_names")]
-    classes = io.read_json(inputs["facts"])["classes"]
+    classes = store.read_json(inputs["facts"])["classes"]
     settings = {k: v for k, v in cleaning.items() if k != "examples_per_reason"}
     chosen, lookalikes = {}, []
     import_before_window(clean.WORK_MODULES)
@@ -113,16 +116,16 @@ def clean_dataset(inputs: dict, outputs: dict, cleaning: dict, estimate: dict) -
         },
         len(classes),
     )
-    report["throughput_images_per_s"] = sum(report["before"][s]["count"] for s in data.SPLITS) / max(
+    report["throughput_images_per_s"] = sum(report["before"][s]["count"] for s in sources.SPLITS) / max(
         meter.record()["wall_time_s"], 1e-9
     )
-    log.info("removed %s: %s", data.image_count(len(removed)), report["removed_by_reason"])
-    io.save_arrays(outputs["splits"], {**arrays, "item_names": np.asarray(names, dtype=str)})
-    io.write_json(outputs["facts"], data.describe(arrays, classes))
-    io.write_json(outputs["report"], report)
-    io.write_csv(outputs["removed"], clean.removed_frame(removed))
-    io.write_csv(outputs["lookalikes"], clean.lookalike_frame(lookalikes))
-    io.write_json(outputs["energy"], meter.record())
+    log.info("removed %s: %s", sources.image_count(len(removed)), report["removed_by_reason"])
+    store.save_arrays(outputs["splits"], {**arrays, "item_names": np.asarray(names, dtype=str)})
+    store.write_json(outputs["facts"], sources.describe(arrays, classes))
+    store.write_json(outputs["report"], report)
+    store.write_csv(outputs["removed"], clean.removed_frame(removed))
+    store.write_csv(outputs["lookalikes"], clean.lookalike_frame(lookalikes))
+    store.write_json(outputs["energy"], meter.record())
 
 
 def sample_dataset(
@@ -134,15 +137,15 @@ def sample_dataset(
     seed: int,
     estimate: dict,
 ) -> None:
-    """A training subset by `variant["method"]` (joulebench.sample); a scoring method's proxy run
+    """A training subset by `variant["method"]` (joulebench.data.sample); a scoring method's proxy run
     is metered here, where the variant is pinned, else on the GPU where there is one. The summary
     names its variant and seed, for the report."""
-    from joulebench import sample
+    from joulebench.data import sample
 
-    arrays, facts = io.open_arrays(inputs["splits"]), io.read_json(inputs["facts"])
+    arrays, facts = store.open_arrays(inputs["splits"]), store.read_json(inputs["facts"])
     labels, num_classes = arrays["train_y"], facts["num_classes"]
     placement = CPU if variant["method"] in ("random", "stratified") else placement_on(pinned_device(variant))
-    import_before_window([*train.WORK_MODULES, *sample.WORK_MODULES] if variant["method"] == "el2n" else [])
+    import_before_window([*loop.WORK_MODULES, *sample.WORK_MODULES] if variant["method"] == "el2n" else [])
     with rule_meter("sample_dataset", estimate, placement) as meter:
         chosen, choice = sample.select_subset(arrays, facts, variant, training, seed, meter)
     subset = sample.take_train_subset(arrays, chosen)
@@ -159,17 +162,19 @@ def sample_dataset(
             num_classes,
         ),
     }
-    log.info("subset %s: %d of %s", variant["method"], len(chosen), data.image_count(len(labels), "training"))
-    io.save_arrays(outputs["splits"], subset)
-    io.write_json(outputs["summary"], summary)
-    io.write_json(outputs["energy"], meter.record())
+    log.info(
+        "subset %s: %d of %s", variant["method"], len(chosen), sources.image_count(len(labels), "training")
+    )
+    store.save_arrays(outputs["splits"], subset)
+    store.write_json(outputs["summary"], summary)
+    store.write_json(outputs["energy"], meter.record())
 
 
 def plot_augmentation(inputs: dict, outputs: dict, transforms: list, samples: int) -> None:
     """A figure of training images and their augmentations (the first `samples` of the split)."""
-    from joulebench import augment
+    from joulebench.data import augment
 
-    images = io.load_arrays(inputs["splits"])["train_x"][:samples]
+    images = store.load_arrays(inputs["splits"])["train_x"][:samples]
     augment.plot_samples(images, transforms, seed=0, path=outputs["png"])
 
 
@@ -177,14 +182,14 @@ def augment_dataset(
     inputs: dict, outputs: dict, transforms: list, copies: int, seed: int, estimate: dict
 ) -> None:
     """Offline augmentation: the splits with `copies` augmented copies of train appended."""
-    from joulebench import augment
+    from joulebench.data import augment
 
-    arrays = io.load_arrays(inputs["splits"])
+    arrays = store.load_arrays(inputs["splits"])
     with rule_meter("augment_dataset", estimate) as meter, meter.window("augment"):
         augmented = augment.materialize(arrays, transforms, copies, seed)
     log.info("training images: %d -> %d", len(arrays["train_y"]), len(augmented["train_y"]))
-    io.save_arrays(outputs["splits"], augmented)
-    io.write_json(outputs["energy"], meter.record())
+    store.save_arrays(outputs["splits"], augmented)
+    store.write_json(outputs["energy"], meter.record())
 
 
 def train_variant(
@@ -205,12 +210,12 @@ def train_variant(
     A precision the device cannot compute in runs as the precision autocast really uses there
     (fp16 -> bf16 on a CPU without fp16 autocast); the recipe and training.json name both.
     A data_parallel variant starts its workers here, which write the outputs and resume from the
-    checkpoint like a single process (joulebench.data_parallel). `transforms`: the online
+    checkpoint like a single process (joulebench.train.data_parallel). `transforms`: the online
     augmentation of the training batches.
     """
     technique = variant.get("technique", "train")
     if technique == "data_parallel":
-        from joulebench.data_parallel import launch_training
+        from joulebench.train.data_parallel import launch_training
 
         spec = {
             "inputs": {k: str(v) for k, v in inputs.items()},
@@ -233,7 +238,7 @@ def train_variant(
     threads = cpu_threads(variant)
     if threads is not None:
         torch.set_num_threads(threads)
-    arrays, facts = io.load_arrays(inputs["splits"]), io.read_json(inputs["facts"])
+    arrays, facts = store.load_arrays(inputs["splits"]), store.read_json(inputs["facts"])
     requested = variant.get("precision", "fp32")
     precision = effective_precision(requested, placement.torch_device)
     if precision != requested:
@@ -258,7 +263,7 @@ def train_variant(
         **training_overrides(variant, training),
     )
     import_before_window(
-        [*train.WORK_MODULES, *(["joulebench.augment", "albumentations"] if transforms else [])]
+        [*loop.WORK_MODULES, *(["joulebench.data.augment", "albumentations"] if transforms else [])]
     )
     data_facts = {"splits": file_digest(inputs["splits"])}
     conditions = None
@@ -308,18 +313,18 @@ def write_skipped(outputs: dict, rule: str, reason: str) -> None:
     log.warning("%s skipped: %s", rule, reason)
     for path in outputs.values():
         if str(path).endswith(".json"):
-            io.write_json(path, marker)
+            store.write_json(path, marker)
         elif str(path).endswith(".csv"):
-            io.write_csv(path, pd.DataFrame(columns=["epoch"]))
+            store.write_csv(path, pd.DataFrame(columns=["epoch"]))
         else:
-            io.write_atomic(path, lambda tmp: open(tmp, "wb").close())
+            store.write_atomic(path, lambda tmp: open(tmp, "wb").close())
 
 
 def distill_variant(
     inputs: dict, outputs: dict, variant: dict, training: dict, seed: int, estimate: dict, checkpoint=None
 ) -> None:
     """Train a smaller student against the teacher's soft targets (teacher forwards are metered)."""
-    arrays = io.load_arrays(inputs["splits"])
+    arrays = store.load_arrays(inputs["splits"])
     teacher, teacher_recipe = load_model(inputs["model"], inputs["recipe"])
     seed_everything(seed)
     recipe = model_recipe(
@@ -333,7 +338,7 @@ def distill_variant(
         recipe["device"] = teacher_recipe["device"]
     student = build_model(recipe)
     distillation = Distillation(teacher, variant["temperature"], variant["alpha"])
-    import_before_window(train.WORK_MODULES)
+    import_before_window(loop.WORK_MODULES)
     settings = replace(
         training_settings(training, seed, epochs=variant.get("epochs")),
         target_val_accuracy=training.get("target_val_accuracy"),
@@ -362,23 +367,23 @@ def prune_variant(
     inputs: dict, outputs: dict, variant: dict, training: dict, seed: int, estimate: dict
 ) -> None:
     """Unstructured (masks made permanent) or channel pruning of the parent, fine-tuned; see compress."""
-    arrays = io.load_arrays(inputs["splits"])
+    arrays = store.load_arrays(inputs["splits"])
     model, recipe = load_model(inputs["model"], inputs["recipe"])
     seed_everything(seed)
     settings = training_settings(training, seed, epochs=variant["finetune_epochs"])
-    import_before_window([*train.WORK_MODULES, *prune.WORK_MODULES[variant["method"]]])
+    import_before_window([*loop.WORK_MODULES, *prune.WORK_MODULES[variant["method"]]])
     with rule_meter("prune_model", estimate, placement_on(recipe.get("device"))) as meter:
-        model, history, facts = compress.prune_model(model, variant, arrays, settings, meter)
-    record = {**meter.record(), "numerics": train.numeric_flags()}
+        model, history, facts = apply.prune_model(model, variant, arrays, settings, meter)
+    record = {**meter.record(), "numerics": loop.numeric_flags()}
     write_trained(outputs, model, {**recipe, "pruning": {**variant, **facts}}, history, record)
 
 
 def quantize_variant(
     inputs: dict, outputs: dict, variant: dict, training: dict, seed: int, estimate: dict
 ) -> None:
-    """INT8 quantization of the parent: dynamic, static with calibration, or QAT (joulebench.compress).
+    """INT8 quantization of the parent: dynamic, static with calibration, or QAT (joulebench.compress.apply).
     Post-training methods have no epochs: their history has none."""
-    arrays = io.load_arrays(inputs["splits"])
+    arrays = store.load_arrays(inputs["splits"])
     model, recipe = load_model(inputs["model"], inputs["recipe"])
     seed_everything(seed)
     settings = training_settings(training, seed, epochs=variant["finetune_epochs"])
@@ -387,14 +392,14 @@ def quantize_variant(
     placement = placement_on(recipe.get("device")) if variant["method"] == "int8_qat" else CPU
     prepare_before_window(quantize, variant["method"])  # PT2E methods: Dynamo, traced patterns
     with rule_meter("quantize_model", estimate, placement) as meter:
-        model, history, facts = compress.quantize_model(model, variant, arrays, settings, meter)
+        model, history, facts = apply.quantize_model(model, variant, arrays, settings, meter)
     log.info("quantization: %s", facts)
     recipe = {**recipe, "quantization": variant["method"]}
-    compress.save_quantized(model, recipe, arrays, outputs["model"], outputs["recipe"])
-    io.write_csv(outputs["history"], pd.DataFrame(history, columns=None if history else ["epoch"]))
+    apply.save_quantized(model, recipe, arrays, outputs["model"], outputs["recipe"])
+    store.write_csv(outputs["history"], pd.DataFrame(history, columns=None if history else ["epoch"]))
     # A QAT fine-tune trains: its record says under which numeric flags.
-    numerics = {"numerics": train.numeric_flags()} if variant["method"] == "int8_qat" else {}
-    io.write_json(outputs["energy"], {**meter.record(), **numerics})
+    numerics = {"numerics": loop.numeric_flags()} if variant["method"] == "int8_qat" else {}
+    store.write_json(outputs["energy"], {**meter.record(), **numerics})
 
 
 def inference_placement(recipe: dict) -> Placement:
@@ -405,12 +410,12 @@ def inference_placement(recipe: dict) -> Placement:
 
 
 def evaluate_variant(inputs: dict, outputs: dict, evaluation: dict, estimate: dict) -> None:
-    recipe = io.read_json(inputs["recipe"])
+    recipe = store.read_json(inputs["recipe"])
     if recipe.get("skipped"):  # a variant this host could not run (write_skipped): pass the marker on
         for path in outputs.values():
-            io.write_json(path, {"skipped": recipe["skipped"], "rule": "evaluate_model"})
+            store.write_json(path, {"skipped": recipe["skipped"], "rule": "evaluate_model"})
         return
-    arrays = io.load_arrays(inputs["splits"])
+    arrays = store.load_arrays(inputs["splits"])
     model, recipe = load_model(inputs["model"], inputs["recipe"])
     # A lowered int8 graph calls fused kernels; count parameters and MACs on its reference graph.
     reference = load_reference(inputs["model"])[0] if recipe.get("format") == "torch.export" else None
@@ -421,23 +426,23 @@ def evaluate_variant(inputs: dict, outputs: dict, evaluation: dict, estimate: di
         metrics = evaluate(model, arrays, inputs["model"], evaluation, meter, reference, precision)
     metrics["precision"] = precision
     log.info("metrics: %s", metrics)
-    io.write_json(outputs["metrics"], metrics)
-    io.write_json(outputs["energy"], {**meter.record(), "protocol": metrics["protocol"]})
+    store.write_json(outputs["metrics"], metrics)
+    store.write_json(outputs["energy"], {**meter.record(), "protocol": metrics["protocol"]})
 
 
 def compare_inference(
     inputs: dict, outputs: dict, variants: list, evaluation: dict, estimate: dict, seed: int
 ) -> None:
-    """Every variant of one model and seed in interleaved, shuffled rounds (joulebench.compare).
+    """Every variant of one model and seed in interleaved, shuffled rounds (joulebench.evaluate.compare).
 
     `inputs` holds `model_<variant>` and `recipe_<variant>` of each of `variants`.
     """
-    from joulebench.compare import Candidate, compare
+    from joulebench.evaluate.compare import Candidate, compare
 
-    arrays = io.load_arrays(inputs["splits"])
+    arrays = store.load_arrays(inputs["splits"])
     candidates = {}
     for variant in variants:
-        if io.read_json(inputs[f"recipe_{variant}"]).get("skipped"):
+        if store.read_json(inputs[f"recipe_{variant}"]).get("skipped"):
             continue  # a variant this host cannot run (write_skipped): nothing to compare
         model, recipe = load_model(inputs[f"model_{variant}"], inputs[f"recipe_{variant}"])
         placement = inference_placement(recipe)
@@ -445,9 +450,9 @@ def compare_inference(
         candidates[variant] = Candidate(model, placement, recipe.get("precision", "fp32"))
     with rule_meter("compare_inference", estimate, accelerator()) as meter:
         rows = compare(candidates, arrays, evaluation, meter, seed)
-    io.write_csv(outputs["rounds"], pd.DataFrame(rows))
+    store.write_csv(outputs["rounds"], pd.DataFrame(rows))
     protocol = Protocol.from_config(evaluation, accelerator().torch_device.type).describe()
-    io.write_json(outputs["energy"], {**meter.record(), "protocol": protocol})
+    store.write_json(outputs["energy"], {**meter.record(), "protocol": protocol})
 
 
 def measure_idle_baseline(inputs: dict, outputs: dict, seconds: float, estimate: dict) -> None:
@@ -455,4 +460,4 @@ def measure_idle_baseline(inputs: dict, outputs: dict, seconds: float, estimate:
     # The devices the experiment's jobs compute on: the CPU packages and the job's GPU.
     record = measure_idle_power(seconds, EstimateModel(**estimate), accelerator())
     log.info("idle power: %s", record["idle_power_w"] or "not measured (no energy counter here)")
-    io.write_json(outputs["idle"], record)
+    store.write_json(outputs["idle"], record)

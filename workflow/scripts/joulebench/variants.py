@@ -2,13 +2,13 @@
 name, which techniques train from scratch, a variant's parent and its lineage.
 
 The rules (workflow/rules/common.smk), the config checks (joulebench.config) and the report
-(joulebench.report) all ask here. `variants` is config `variants`: name -> settings, each with a
+(joulebench.report.aggregate) all ask here. `variants` is config `variants`: name -> settings, each with a
 `technique` and, for a model made from another, `from` (default: the baseline). Torch-free.
 """
 
 import difflib
 
-from joulebench.recipes import needs_gpu, pinned_device
+from joulebench.train.overrides import needs_gpu, pinned_device
 
 BASELINE = "baseline"
 
@@ -63,7 +63,7 @@ def lineage(variants: dict, name: str) -> list[str]:
 def on_accelerator(variants: dict, name: str) -> bool:
     """Whether the models of a variant's lineage compute on the accelerator: all but those of a
     lineage whose from-scratch root is pinned to the CPU (a pin holds for every model made from
-    the pinned one, joulebench.recipes)."""
+    the pinned one, joulebench.train.overrides)."""
     root = lineage(variants, name)[-1]
     return pinned_device(variants.get(root, {})) != "cpu"
 
