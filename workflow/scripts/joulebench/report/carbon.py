@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 JOULES_PER_KWH = 3.6e6
-TABLE = Path(__file__).resolve().parents[2] / "resources" / "carbon_intensity.csv"
+TABLE = Path(__file__).resolve().parents[3] / "resources" / "carbon_intensity.csv"
 # Where neither energy.carbon.region nor intensity_g_per_kwh is set (they exclude each other, so
 # the schema cannot default either).
 DEFAULT_REGION = "WORLD"

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # The worker module every rank runs (`python -m`); its body is under `if __name__ == "__main__"`.
 WORKER_MODULE = "joulebench.train.data_parallel"
 # The folder holding the joulebench package, put on the workers' PYTHONPATH.
-PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 # How long the launcher waits for the workers to stop after passing on SIGTERM, before SIGKILL.
 STOP_GRACE_S = 30
 # SLURM variables that name the allocation; the step-level ones (SLURM_NTASKS, SLURM_STEP_*,
