@@ -58,7 +58,7 @@ def run_stage(stage: str, folder: Path, work: Path, threads: int) -> None:
     """One stage in this process (the parent measures it)."""
     import torch
 
-    from joulebench import stages
+    from joulebench.data.stages import clean_dataset, prepare_dataset
 
     torch.set_num_threads(threads)
     names = {
@@ -71,14 +71,14 @@ def run_stage(stage: str, folder: Path, work: Path, threads: int) -> None:
     if stage == "prepare":
         dataset = {"name": "scale", "source": "imagefolder", "root": str(folder), "image_size": IMAGE_SIZE}
         dataset |= {"resize": "stretch", "val_fraction": 0.15, "test_fraction": 0.2, "split_seed": 0}
-        stages.prepare_dataset({}, raw, dataset, CLEANING["enabled"], ENERGY)
+        prepare_dataset({}, raw, dataset, CLEANING["enabled"], ENERGY)
     else:
         out = {
             key: work / f"{key}.out"
             for key in ("splits", "facts", "report", "removed", "lookalikes", "energy")
         }
         out["splits"] = work / "splits.npz"
-        stages.clean_dataset(raw, out, CLEANING, ENERGY)
+        clean_dataset(raw, out, CLEANING, ENERGY)
 
 
 def measure(stage: str, folder: Path, work: Path, threads: int, images: int) -> None:

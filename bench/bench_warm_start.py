@@ -30,7 +30,7 @@ if __name__ == "__main__":
 
     run_in_worker()
     from joulebench.run.logs import start_rule_logging
-    from joulebench.stages import evaluate_variant  # noqa: F401
+    from joulebench.evaluate.stages import evaluate_model  # noqa: F401
 
     start_rule_logging("job.log", 1)
 """

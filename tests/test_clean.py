@@ -10,9 +10,10 @@ import pytest
 from PIL import Image, ImageEnhance
 from sklearn.datasets import load_sample_images
 
-from joulebench import stages, store
+from joulebench import store
 from joulebench.config import resolved_config
 from joulebench.data import clean, sources
+from joulebench.data.stages import clean_dataset, prepare_dataset
 
 CLASSES = ("boats", "flowers", "roofs")
 PER_CLASS = 20
@@ -96,7 +97,7 @@ def run_cleaning(root, tmp_path, settings=SETTINGS):
             ("energy", "e.json"),
         )
     }
-    stages.prepare_dataset({}, raw, dataset, settings["enabled"], ENERGY)
+    prepare_dataset({}, raw, dataset, settings["enabled"], ENERGY)
     out = {
         "splits": tmp_path / "splits.npz",
         "facts": tmp_path / "dataset.json",
@@ -105,7 +106,7 @@ def run_cleaning(root, tmp_path, settings=SETTINGS):
         "lookalikes": tmp_path / "lookalikes.csv",
         "energy": tmp_path / "energy.json",
     }
-    stages.clean_dataset(raw, out, settings, ENERGY)
+    clean_dataset(raw, out, settings, ENERGY)
     return out
 
 

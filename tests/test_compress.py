@@ -9,8 +9,7 @@ import yaml
 from torch import nn
 
 from conftest import ROOT, artifact
-from joulebench.compress import apply as compress
-from joulebench.compress import prune, quantize
+from joulebench.compress import apply, prune, quantize
 from joulebench.config import resolved_config
 from joulebench.energy.meter import EnergyMeter, EstimateModel
 from joulebench.evaluate.metrics import count_macs, parameter_counts
@@ -171,16 +170,14 @@ def static_artifact(tmp_path_factory, digits_arrays_module):
     model = small_model()
     train(model, arrays, TrainSettings(epochs=1, batch_size=64, lr=0.003), meter())
     directory = tmp_path_factory.mktemp("static")
-    converted, _, _ = compress.quantize_model(
+    converted, _, _ = apply.apply_quantization(
         copy.deepcopy(model),
         {"method": "int8_static", "calibration_batches": 4},
         arrays,
         TrainSettings(epochs=1, batch_size=64, lr=0.003),
         meter(),
     )
-    compress.save_quantized(
-        converted, {**RECIPE, "quantization": "int8_static"}, arrays, *artifact(directory)
-    )
+    apply.save_quantized(converted, {**RECIPE, "quantization": "int8_static"}, arrays, *artifact(directory))
     save_model(model, RECIPE, *artifact(directory / "float"))
     return model.eval(), directory, arrays
 
@@ -241,7 +238,7 @@ def test_qat_trains_fake_quantized_graph_then_converts_to_int8(digits_arrays_mod
     arrays = digits_arrays_module
     seed_everything(0)
     settings = TrainSettings(epochs=1, batch_size=64, lr=0.003)
-    converted, history, _ = compress.quantize_model(
+    converted, history, _ = apply.apply_quantization(
         small_model(), {"method": "int8_qat", "finetune_epochs": 1}, arrays, settings, meter()
     )
     assert len(history) == 1 and history[0]["val_accuracy"] > 0.5
@@ -297,8 +294,8 @@ def test_every_default_variant_stays_within_tolerance_of_the_baseline(digits_arr
             continue
         parent = made[variant.get("from", "baseline")]
         settings = TrainSettings(epochs=variant.get("finetune_epochs", 1), batch_size=64, lr=0.003)
-        apply = compress.prune_model if variant["technique"] == "prune" else compress.quantize_model
-        model, _, _ = apply(copy.deepcopy(parent), variant, arrays, settings, meter())
+        step = apply.apply_pruning if variant["technique"] == "prune" else apply.apply_quantization
+        model, _, _ = step(copy.deepcopy(parent), variant, arrays, settings, meter())
         made[name] = model
         runnable = model
         if isinstance(model, torch.fx.GraphModule):
@@ -325,7 +322,7 @@ def test_multi_step_pruning_history_accumulates_across_steps(digits_arrays):
     arrays, _ = digits_arrays
     settings = TrainSettings(epochs=1, batch_size=128, lr=0.003)
     with meter() as rule_meter:
-        _, history, _ = compress.prune_model(
+        _, history, _ = apply.apply_pruning(
             small_model(), {"method": "magnitude", "sparsity": 0.8, "steps": 2}, arrays, settings, rule_meter
         )
     assert [row["prune_step"] for row in history] == [1, 2]

@@ -206,7 +206,8 @@ def test_cifar10_root_in_torchvision_format_is_prepared_as_uint8(tmp_path, monke
     import torchvision.datasets.cifar as cifar
 
     # torchvision checks the official files' md5 sums; these files are ours, in the same format.
-    from joulebench import stages, store
+    from joulebench import store
+    from joulebench.data.stages import prepare_dataset
 
     monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
     labels = [label for label in range(3) for _ in range(10)]
@@ -220,7 +221,7 @@ def test_cifar10_root_in_torchvision_format_is_prepared_as_uint8(tmp_path, monke
         "energy": "energy.json",
     }
     out = {key: tmp_path / name for key, name in names.items()}
-    stages.prepare_dataset({}, out, dataset, True, {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725})
+    prepare_dataset({}, out, dataset, True, {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725})
     stored = store.open_arrays(out["splits"])
     assert stored["train_x"].dtype == np.uint8 and stored["train_x"].shape[1:] == (3, 32, 32)
     assert int(stored["pixel_max"]) == 255

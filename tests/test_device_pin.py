@@ -9,13 +9,15 @@ import pytest
 from snakemake.utils import validate
 
 from conftest import ROOT, figure_files, model_files, tiny_config
-from joulebench import devices, stages
+from joulebench import devices
 from joulebench.config import ConfigError, check_config
+from joulebench.evaluate.stages import inference_placement
 from joulebench.report import figures
 from joulebench.report.aggregate import training_device
 from joulebench.report.stats import device_label, paired_differences, summarize
 from joulebench.report.summary import devices_markdown, verdict
 from joulebench.train.overrides import needs_gpu, pinned_device
+from joulebench.train.stages import train_model
 
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
 GPU = devices.Placement(devices.torch.device("cuda", 0), 0)
@@ -28,9 +30,9 @@ def test_the_pin_decides_the_placement_and_unpinned_follows_the_accelerator(monk
     assert devices.placement_on(None) == GPU
     assert devices.CPU.describe()["device"] == "cpu" and GPU.describe()["device"] == "cuda"
     # A float model infers where its variant was pinned; an int8 one on its CPU kernels.
-    assert stages.inference_placement({"device": "cpu"}) == devices.CPU
-    assert stages.inference_placement({}) == GPU
-    assert stages.inference_placement({"device": "cuda", "quantization": "int8_dynamic"}) == devices.CPU
+    assert inference_placement({"device": "cpu"}) == devices.CPU
+    assert inference_placement({}) == GPU
+    assert inference_placement({"device": "cuda", "quantization": "int8_dynamic"}) == devices.CPU
 
 
 def test_a_variant_needs_a_gpu_for_a_cuda_pin_or_a_power_limit():
@@ -90,7 +92,7 @@ def test_a_cuda_pin_without_a_gpu_is_skipped_before_any_work(monkeypatch, tmp_pa
     variant = {"technique": "device", "device": "cuda"}
     # The splits are never read: the skip comes first.
     inputs = {"splits": "missing.npz", "facts": "missing.json"}
-    stages.train_variant(inputs, model_files(tmp_path), "small_cnn", variant, {}, 0, {})
+    train_model(inputs, model_files(tmp_path), "small_cnn", variant, {}, 0, {})
     for name in ("model.json", "training.json", "energy.json"):
         assert json.loads((tmp_path / name).read_text()) == {
             "skipped": "no GPU on this host",

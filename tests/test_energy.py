@@ -36,7 +36,7 @@ from joulebench.energy.meter import (
     ESTIMATE_MODEL,
     EnergyMeter,
     EstimateModel,
-    measure_idle_power,
+    idle_record,
 )
 from joulebench.report.columns import dynamic_joules
 from joulebench.train import checkpoint
@@ -205,7 +205,7 @@ def test_estimate_model_arithmetic():
 
 
 def test_idle_baseline_without_counters_has_no_idle_power():
-    idle = measure_idle_power(0.05)
+    idle = idle_record(0.05)
     assert idle["measured"] is False and idle["idle_power_w"] == {}
     with EnergyMeter("unit") as meter:
         busy(0.05)
@@ -507,7 +507,7 @@ def test_rapl_window_across_a_counter_wrap_reads_the_energy_not_a_negative_numbe
 
 def test_idle_baseline_and_dynamic_energy(gpus):
     nvml = gpus([pynvml.NVML_DEVICE_ARCH_HOPPER], idle_w=60.0)
-    idle = measure_idle_power(0.3, placement=ON_GPU0)
+    idle = idle_record(0.3, placement=ON_GPU0)
     assert idle["idle_power_w"] == {"gpu:GPU-MOCK-handle0": pytest.approx(60.0, rel=0.05)}
     with EnergyMeter("unit", placement=ON_GPU0) as meter:
         time.sleep(0.2)
@@ -615,10 +615,10 @@ def test_a_rule_job_imports_neither_scikit_learn_nor_pandas_until_it_uses_them()
     # Each job pays its imports (bench_job_overhead.py): Zeus's module-level sklearn.metrics import
     # (0.75 s) is deferred to its first call, and pandas (0.2 s) to the first table a stage writes.
     code = (
-        "import sys, joulebench.stages, joulebench.energy.meter;"
+        "import sys, joulebench.data.stages, joulebench.energy.meter;"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy', 'pandas', 'pyarrow'}));"
         "import zeus.monitor.power as power; print(power.auc([0.0, 1.0, 2.0], [1.0, 3.0, 1.0]));"
-        "print(joulebench.stages.pd.DataFrame({'a': [1]}).shape)"
+        "print(joulebench.data.stages.pd.DataFrame({'a': [1]}).shape)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT / "workflow" / "scripts", capture_output=True, text=True

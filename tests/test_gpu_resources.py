@@ -14,7 +14,7 @@ from test_slurm import profile_for_tests
 
 from conftest import run_snakemake, tiny_config
 
-# One variant of every kind that decides where a job computes (joulebench.stages places each
+# One variant of every kind that decides where a job computes (each subpackage's stages module places each
 # stage): float and int8 models, post-training and QAT quantization, sampling with and without a
 # proxy run, data parallelism, and lineages pinned to the CPU.
 VARIANTS = {

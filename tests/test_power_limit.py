@@ -22,11 +22,13 @@ from zeus.device.gpu import nvidia
 from zeus.optimizer.power_limit import ZeusCost
 
 from conftest import model_files
-from joulebench import devices, stages, store
+from joulebench import devices, store
 from joulebench.config import resolved_config
 from joulebench.devices import CPU, Placement
+from joulebench.evaluate.stages import evaluate_model
 from joulebench.train import checkpoint, resume
 from joulebench.train.power_limit import PowerLimitError, held_power_limit, requested_mw
+from joulebench.train.stages import train_model
 from simulated_host.nvml import autospec_pynvml
 
 # The rule's work "runs on GPU 0"; no CUDA here, so tensors stay on the CPU, its stand-in.
@@ -191,9 +193,7 @@ def _tiny_inputs(tmp_path, digits_arrays):
 def train_into(out, splits, facts, variant, training, energy) -> dict:
     """train_model's stage on these inputs, its declared outputs under `out`; returns them."""
     outputs = model_files(out)
-    stages.train_variant(
-        {"splits": splits, "facts": facts}, outputs, "small_cnn", variant, training, 0, energy
-    )
+    train_model({"splits": splits, "facts": facts}, outputs, "small_cnn", variant, training, 0, energy)
     return outputs
 
 
@@ -250,7 +250,7 @@ def test_without_a_gpu_the_variant_writes_a_skipped_marker_that_evaluation_passe
     files = model_files(out)
     inputs = {"splits": splits, "model": files["model"], "recipe": files["recipe"]}
     metrics = {"metrics": tmp_path / "metrics.json", "energy": tmp_path / "eval.json"}
-    stages.evaluate_variant(inputs, metrics, resolved_config()["evaluation"], energy)
+    evaluate_model(inputs, metrics, resolved_config()["evaluation"], energy)
     assert store.read_json(tmp_path / "metrics.json")["skipped"] == "no GPU on this host"
 
 

@@ -16,8 +16,8 @@ from conftest import model_files
 from joulebench import store
 from joulebench.config import resolved_config
 from joulebench.data import sources
-from joulebench.stages import train_variant
 from joulebench.train.checkpoint import ForeignCheckpointError
+from joulebench.train.stages import train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = {**resolved_config()["training"], "epochs": 4, "batch_size": 64, "lr": 3e-3}
@@ -27,8 +27,8 @@ JOB = """
 import sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {scripts!r})
-from joulebench.stages import train_variant
-train_variant({inputs!r}, {outputs!r}, "small_cnn", {{}}, {training!r}, 0, {energy!r}, {checkpoint!r})
+from joulebench.train.stages import train_model
+train_model({inputs!r}, {outputs!r}, "small_cnn", {{}}, {training!r}, 0, {energy!r}, {checkpoint!r})
 """
 
 
@@ -43,7 +43,7 @@ def dataset(tmp_path, digits_arrays):
 
 def train_in_process(dataset, out, checkpoint, seed=0, training=TRAINING):
     torch.set_num_threads(1)
-    train_variant(
+    train_model(
         inputs_of(dataset), model_files(out), "small_cnn", {}, training, seed, ENERGY, str(checkpoint)
     )
 

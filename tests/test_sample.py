@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from joulebench import stages, store
+from joulebench import store
 from joulebench.config import resolved_config
 from joulebench.data import sample
+from joulebench.data.stages import sample_dataset
 
 ENERGY = {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}
 TRAINING = {**resolved_config()["training"], "epochs": 1}
@@ -57,7 +58,7 @@ def test_sample_dataset_writes_subset_balance_and_energy(tmp_path, digits_arrays
         key: tmp_path / name
         for key, name in (("splits", "s.npz"), ("summary", "s.json"), ("energy", "e.json"))
     }
-    stages.sample_dataset({"splits": splits, "facts": facts}, out, "subset50", variant, TRAINING, 0, ENERGY)
+    sample_dataset({"splits": splits, "facts": facts}, out, "subset50", variant, TRAINING, 0, ENERGY)
     full, subset, summary = (
         store.load_arrays(splits),
         store.load_arrays(out["splits"]),

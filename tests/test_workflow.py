@@ -92,7 +92,8 @@ IMPORTING_RULES = {"quantize_model", "compare_inference", "prepare_dataset"}
 
 def test_training_evaluation_and_data_windows_import_nothing(tiny_run):
     """Importing is not the measured work, and its time varies with the disk cache between runs:
-    each stage imports what its window will use before the window opens (stages.import_before_window).
+    each stage imports what its window will use before the window opens
+    (joulebench.run.prepare.import_before_window).
     Dynamo (torch.optim imports it), albumentations, scipy, torch_pruning and the MAC counter once
     loaded inside these windows, as much as half of a training window."""
     workdir, _, _ = tiny_run

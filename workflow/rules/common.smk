@@ -103,7 +103,7 @@ def training_tasks(wildcards):
 
 
 # GPUs per job. Each rule that computes on the accelerator (joulebench.devices.accelerator, placed
-# by joulebench.stages) asks for the GPUs it computes on, and a job that computes on the CPU asks
+# by the stages modules) asks for the GPUs it computes on, and a job that computes on the CPU asks
 # for none. Under SLURM the plugin turns `gpu` into sbatch --gpus (a count of 0 adds no flag);
 # locally profiles/default's `gpu: 1` caps every request at its one slot, so no two GPU jobs share
 # the device.

@@ -1,11 +1,5 @@
 # Zeus starts helper processes with `spawn`, which re-imports this file: nothing runs unless it is main.
 if __name__ == "__main__":
-    from joulebench.run.logs import start_rule_logging
-    from joulebench.stages import plot_augmentation
+    from stage_adapter import run_stage
 
-    start_rule_logging(snakemake.log[0], snakemake.threads)
-    plot_augmentation(
-        dict(snakemake.input.items()),
-        dict(snakemake.output.items()),
-        **dict(snakemake.params.items()),
-    )
+    run_stage(snakemake, "joulebench.data.stages:plot_augmentation", warm=False)

@@ -1,16 +1,11 @@
 # Zeus starts helper processes with `spawn`, which re-imports this file: nothing runs unless it is main.
 if __name__ == "__main__":
-    from joulebench.run.warm import run_in_worker
+    from stage_adapter import run_stage
 
-    # In the run's warm worker, where there is one (joulebench.run.warm), which sets up the method once.
-    run_in_worker(work=("joulebench.compress.quantize", snakemake.params.variant["method"]))
-    from joulebench.run.logs import start_rule_logging
-    from joulebench.stages import quantize_variant
-
-    start_rule_logging(snakemake.log[0], snakemake.threads)
-    quantize_variant(
-        dict(snakemake.input.items()),
-        dict(snakemake.output.items()),
+    run_stage(
+        snakemake,
+        "joulebench.compress.stages:quantize_model",
+        # The warm worker sets the method up once for the run (PT2E: Dynamo, traced patterns).
+        work=("joulebench.compress.quantize", snakemake.params.variant["method"]),
         seed=int(snakemake.wildcards.seed),
-        **dict(snakemake.params.items()),
     )

@@ -1,16 +1,10 @@
 # Zeus starts helper processes with `spawn`, which re-imports this file: nothing runs unless it is main.
 if __name__ == "__main__":
-    from joulebench.run.warm import run_in_worker
+    from stage_adapter import run_stage
 
-    run_in_worker()  # in the run's warm worker, where there is one (joulebench.run.warm)
-    from joulebench.run.logs import start_rule_logging
-    from joulebench.stages import train_variant
-
-    start_rule_logging(snakemake.log[0], snakemake.threads)
-    train_variant(
-        dict(snakemake.input.items()),
-        dict(snakemake.output.items()),
+    run_stage(
+        snakemake,
+        "joulebench.train.stages:train_model",
         model_name=snakemake.wildcards.model,
         seed=int(snakemake.wildcards.seed),
-        **dict(snakemake.params.items()),
     )

@@ -34,7 +34,7 @@ def example_batch(arrays: dict) -> torch.Tensor:
     return training_batches(arrays, 2, 1)[0]
 
 
-def prune_model(model: nn.Module, variant: dict, arrays: dict, settings: TrainSettings, meter):
+def apply_pruning(model: nn.Module, variant: dict, arrays: dict, settings: TrainSettings, meter):
     """Prune as configured and fine-tune; returns (model, history rows, facts)."""
     model.cpu().eval()
     params_before = count_parameters(model)[0]
@@ -63,7 +63,7 @@ def prune_model(model: nn.Module, variant: dict, arrays: dict, settings: TrainSe
     return model.cpu().eval(), history, facts
 
 
-def quantize_model(model: nn.Module, variant: dict, arrays: dict, settings: TrainSettings, meter):
+def apply_quantization(model: nn.Module, variant: dict, arrays: dict, settings: TrainSettings, meter):
     """Quantize as configured (QAT fine-tunes first); returns (model or converted graph, history, facts)."""
     method = variant["method"]
     model.cpu().eval()

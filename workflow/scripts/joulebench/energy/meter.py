@@ -655,7 +655,7 @@ class EnergyMeter:
         }
 
 
-def measure_idle_power(
+def idle_record(
     seconds: float, estimate: EstimateModel | None = None, placement: Placement = CPU, monitor=None
 ) -> dict:
     """Measure the devices doing nothing for `seconds`: the idle baseline of this host.

@@ -11,7 +11,7 @@ thread pool that a fork would break; it exits with the run (`stop`) or when the 
 that started it is gone.
 
 A job may also name the work it is about to do (`run_in_worker(work=(stage, method))`): the worker
-then runs that work's set-up before the window once (joulebench.stages.prepare_before_window, such
+then runs that work's set-up before the window once (joulebench.run.prepare.prepare_before_window, such
 as tracing torchao's PT2E patterns), and the job and every job forked after it inherit the result.
 
 Where no worker answers (SLURM jobs, scripts run outside Snakemake, JOULEBENCH_WARM=0, a host
@@ -68,7 +68,10 @@ PRELOAD = (
     "torch",
     "torch.utils.flop_counter",
     "torch.export",
-    "joulebench.stages",
+    "joulebench.data.stages",
+    "joulebench.train.stages",
+    "joulebench.compress.stages",
+    "joulebench.evaluate.stages",
     "joulebench.energy.meter",
     "joulebench.train.loop",
     "joulebench.evaluate.metrics",
@@ -263,7 +266,7 @@ def _prepare(work: tuple[str, str], prepared: set) -> bool:
     if work in prepared:
         return False
     prepared.add(work)
-    from joulebench.stages import prepare_before_window
+    from joulebench.run.prepare import prepare_before_window
 
     started = time.perf_counter()
     try:

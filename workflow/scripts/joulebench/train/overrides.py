@@ -18,7 +18,7 @@ Unpinned variants (and the baseline) run on `devices.accelerator()`. Not pinnabl
 (always the GPU), data_parallel (its workers place themselves, joulebench.train.distributed) and the
 variants made from a parent (prune, quantize, distill), which run where their parent was pinned.
 A `cuda` pin on a host without a usable GPU skips the variant, as a power limit is skipped
-(joulebench.stages.write_skipped), instead of quietly training it on the CPU.
+(joulebench.train.stages.write_skipped), instead of quietly training it on the CPU.
 """
 
 import math

@@ -25,7 +25,7 @@ limits and `nvidia-smi -i <index> -pl <watts>` sets one (as root).
 Setting a power limit needs the SYS_ADMIN capability; without it the variant stops before any
 training with a message saying how to get it. A GPU that NVML cannot read (a MIG slice) cannot be
 limited either: the job stops and says why. Without a GPU there is nothing to limit: the rule
-writes a skipped marker instead (joulebench.stages), which the report lists.
+writes a skipped marker instead (joulebench.train.stages.write_skipped), which the report lists.
 """
 
 import logging
