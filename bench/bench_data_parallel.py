@@ -24,7 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scrip
 import torch  # noqa: E402
 
 from joulebench import store
-from joulebench.data import sources  # noqa: E402
+from joulebench.data import (
+    sources,  # noqa: E402
+    splits,
+)
 from joulebench.train.data_parallel import launch_training  # noqa: E402
 
 
@@ -70,9 +73,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_data_parallel_") as tmp:
         folder = Path(tmp)
         images, labels, classes = sources.load_digits_source()
-        arrays = sources.split_arrays(images, labels, 0.15, 0.2, seed=0)
+        arrays = splits.split_arrays(images, labels, 0.15, 0.2, seed=0)
         store.save_arrays(folder / "splits.npz", arrays)
-        store.write_json(folder / "dataset.json", sources.describe(arrays, classes))
+        store.write_json(folder / "dataset.json", splits.describe(arrays, classes))
         results = {1: [], 2: []}
         for repeat in range(args.repeats):
             for processes in (1, 2) if repeat % 2 == 0 else (2, 1):

@@ -6,7 +6,7 @@
    hashes, near-duplicate search, diversity), each in its own process on --threads threads, and
    prints its peak RSS (target: under 2 GB) and images per second per core (images / CPU-seconds,
    and images / wall-second / threads).
-3. Times one epoch of the training input pipeline, joulebench.data.sources.loader over the prepared
+3. Times one epoch of the training input pipeline, joulebench.data.loader.loader over the prepared
    uint8 splits (before cleaning), against torchvision's ImageFolder + DataLoader (decode,
    Resize, ToTensor) on the same training files, with the same workers and batch size, and
    prints the ratio (target >= 0.95).
@@ -106,7 +106,7 @@ def loader_ratio(folder: Path, work: Path, workers: int, batch_size: int) -> Non
     from torchvision import datasets, transforms
 
     from joulebench import store
-    from joulebench.data import sources
+    from joulebench.data import loader
 
     torch.set_num_threads(1)
     arrays = store.open_arrays(work / "raw.npz")  # the prepared, uncleaned splits: every file
@@ -119,7 +119,7 @@ def loader_ratio(folder: Path, work: Path, workers: int, batch_size: int) -> Non
             seen += len(images)
         return time.perf_counter() - started, seen
 
-    ours_s, ours_n = epoch(sources.loader(arrays, "train", batch_size, shuffle=True, workers=workers))
+    ours_s, ours_n = epoch(loader.loader(arrays, "train", batch_size, shuffle=True, workers=workers))
     transform = transforms.Compose(
         [transforms.Grayscale(), transforms.Resize((IMAGE_SIZE, IMAGE_SIZE)), transforms.ToTensor()]
     )

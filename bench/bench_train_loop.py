@@ -36,7 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scrip
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from joulebench.data import sources  # noqa: E402
+from joulebench.data import (
+    loader,
+    sources,  # noqa: E402
+    splits,
+)
 from joulebench.devices import CPU  # noqa: E402
 from joulebench.energy.meter import EnergyMeter  # noqa: E402
 from joulebench.models import build_model  # noqa: E402
@@ -66,7 +70,7 @@ class NoMeter:
 def plain_loop(model, arrays: dict, settings: TrainSettings) -> None:
     """The minimal loop: what plain PyTorch costs for these steps and the per-epoch validation."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    batches = sources.loader(arrays, "train", settings.batch_size, shuffle=True, seed=settings.seed)
+    batches = loader.loader(arrays, "train", settings.batch_size, shuffle=True, seed=settings.seed)
     for _ in range(settings.epochs):
         model.train()
         for images, labels in batches:
@@ -77,7 +81,7 @@ def plain_loop(model, arrays: dict, settings: TrainSettings) -> None:
         model.eval()
         correct = 0
         with torch.no_grad():
-            for images, labels in sources.loader(arrays, "val", 512):
+            for images, labels in loader.loader(arrays, "val", 512):
                 correct += int((model(images).argmax(1) == labels).sum())
 
 
@@ -121,7 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     images, labels, _ = sources.load_digits_source()
-    arrays = sources.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    arrays = splits.split_arrays(images, labels, 0.15, 0.2, seed=0)
     settings = TrainSettings(epochs=args.epochs, batch_size=64, lr=3e-3, seed=0)
     arms = ["plain", "ours", "ours_monitor_off"]
     one_run("plain", arrays, settings)  # warm-up: first-call allocations and lazy imports

@@ -33,7 +33,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from joulebench.data import sources  # noqa: E402
+from joulebench.data import (
+    sources,  # noqa: E402
+    splits,
+)
 from joulebench.devices import Placement, accelerator  # noqa: E402
 from joulebench.energy.meter import EnergyMeter  # noqa: E402
 from joulebench.models import build_model  # noqa: E402
@@ -56,7 +59,7 @@ def digits_arrays(image_size: int) -> dict:
     images, labels, _ = sources.load_digits_source()
     if image_size != DIGITS_SIDE:
         images = F.interpolate(torch.from_numpy(images), size=image_size, mode="bilinear").numpy()
-    return sources.split_arrays(images.astype(np.float32), labels, 0.15, 0.2, seed=0)
+    return splits.split_arrays(images.astype(np.float32), labels, 0.15, 0.2, seed=0)
 
 
 def train_once(arrays: dict, precision: str, seed: int, args, placement: Placement) -> dict:

@@ -156,10 +156,10 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture
 def digits_arrays():
-    from joulebench.data import sources
+    from joulebench.data import sources, splits
 
     images, labels, classes = sources.load_digits_source()
-    return sources.split_arrays(images, labels, 0.15, 0.2, seed=0), classes
+    return splits.split_arrays(images, labels, 0.15, 0.2, seed=0), classes
 
 
 def make_image_tree(root: Path, images_per_class: dict | None = None) -> None:

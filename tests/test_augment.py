@@ -6,7 +6,7 @@ from PIL import Image
 
 from conftest import run_snakemake, tiny_config
 from joulebench.config import ConfigError, check_config, resolved_config
-from joulebench.data import augment, sources
+from joulebench.data import augment, loader
 
 SHIFT = [{"name": "Affine", "params": {"translate_px": [-1, 1], "p": 1.0}}]
 
@@ -50,9 +50,9 @@ def test_a_transform_that_cannot_work_on_8x8_grey_digits_fails_at_config_time(tr
 
 def test_online_augmentation_changes_training_batches_only(digits_arrays):
     arrays, _ = digits_arrays
-    plain = next(iter(sources.loader(arrays, "train", 32, shuffle=True, seed=0)))
-    shifted = next(iter(sources.loader(arrays, "train", 32, shuffle=True, seed=0, augment=SHIFT)))
-    again = next(iter(sources.loader(arrays, "train", 32, shuffle=True, seed=0, augment=SHIFT)))
+    plain = next(iter(loader.loader(arrays, "train", 32, shuffle=True, seed=0)))
+    shifted = next(iter(loader.loader(arrays, "train", 32, shuffle=True, seed=0, augment=SHIFT)))
+    again = next(iter(loader.loader(arrays, "train", 32, shuffle=True, seed=0, augment=SHIFT)))
     assert plain[0].shape == shifted[0].shape and plain[0].dtype == shifted[0].dtype
     assert np.array_equal(plain[1], shifted[1])  # same images drawn, same labels
     assert not np.array_equal(plain[0], shifted[0])

@@ -12,7 +12,7 @@ from sklearn.datasets import load_sample_images
 
 from joulebench import store
 from joulebench.config import resolved_config
-from joulebench.data import clean, sources
+from joulebench.data import clean, sources, splits
 from joulebench.data.stages import clean_dataset, prepare_dataset
 
 CLASSES = ("boats", "flowers", "roofs")
@@ -139,13 +139,13 @@ def test_every_planted_item_is_found_and_no_clean_item_removed(planted_tree, tmp
     assert report["removed_by_reason"]["unreadable"] == 3
     kept = store.load_arrays(out["splits"])
     assert sum(report["after"][s]["count"] for s in clean.SPLIT_ORDER) == sum(
-        len(kept[f"{s}_y"]) for s in sources.SPLITS
+        len(kept[f"{s}_y"]) for s in splits.SPLITS
     )
     facts = store.read_json(out["facts"])
     assert facts["train_count"] == len(kept["train_y"]) and facts["classes"] == list(CLASSES)
     assert store.read_json(out["energy"])["rule"] == "clean_dataset"
     # After cleaning no two images, in any splits, are duplicates.
-    pixels = clean.to_uint8(np.concatenate([kept[f"{s}_x"] for s in sources.SPLITS]))
+    pixels = clean.to_uint8(np.concatenate([kept[f"{s}_x"] for s in splits.SPLITS]))
     hashes = clean.perceptual_hashes(pixels)
     assert len(clean.hamming_pairs(hashes, SETTINGS["near_duplicate_max_distance"])[0]) == 0
 
@@ -206,7 +206,7 @@ def test_disabled_near_duplicates_keep_near_copies():
 
 def test_digits_default_cleaning_removes_few_and_never_a_whole_class():
     images, labels, classes = sources.load_digits_source()
-    arrays = sources.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    arrays = splits.split_arrays(images, labels, 0.15, 0.2, seed=0)
     settings = {**SETTINGS, "near_duplicate_max_distance": 4}
     lookalikes = []
     cleaned, removed = clean.clean_splits(

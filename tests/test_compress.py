@@ -184,10 +184,10 @@ def static_artifact(tmp_path_factory, digits_arrays_module):
 
 @pytest.fixture(scope="module")
 def digits_arrays_module():
-    from joulebench.data import sources
+    from joulebench.data import sources, splits
 
     images, labels, _ = sources.load_digits_source()
-    return sources.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    return splits.split_arrays(images, labels, 0.15, 0.2, seed=0)
 
 
 def test_int8_static_runs_int8_kernels_and_keeps_accuracy(static_artifact):

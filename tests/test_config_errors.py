@@ -7,7 +7,7 @@ import yaml
 
 from conftest import run_snakemake, tiny_config
 from joulebench.config import ConfigError, resolved_config
-from joulebench.data import sources
+from joulebench.data import loader, sources, splits
 from joulebench.report import aggregate
 from joulebench.train.pretrained import torchvision_weights
 from joulebench.variants import lineage_error
@@ -119,10 +119,10 @@ def test_counts_of_images_are_pluralised():
     assert [sources.image_count(n) for n in (0, 1, 2)] == ["0 images", "1 image", "2 images"]
     assert sources.image_count(1, "training") == "1 training image"
     with pytest.raises(sources.DatasetError, match=r"larger than the training split \(1 image after"):
-        sources.check_batch_size(1, 64)
+        loader.check_batch_size(1, 64)
     labels = np.array([0] * 11 + [1])
     with pytest.raises(sources.DatasetError, match=r"\(smallest: '1', 1 image\)$"):
-        sources.split_arrays(np.zeros((12, 1, 4, 4), dtype=np.uint8), labels, 0.15, 0.2, seed=0)
+        splits.split_arrays(np.zeros((12, 1, 4, 4), dtype=np.uint8), labels, 0.15, 0.2, seed=0)
 
 
 def test_the_reports_config_keeps_unicode_paths_readable(tmp_path):

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import make_image_tree
-from joulebench.data import sources
+from joulebench.data import loader, sources, splits
 
 
 def test_digits_is_the_real_dataset():
@@ -20,23 +20,23 @@ def test_digits_is_the_real_dataset():
 
 def test_split_is_disjoint_stratified_and_seeded(digits_arrays):
     arrays, _ = digits_arrays
-    sizes = [len(arrays[f"{s}_y"]) for s in sources.SPLITS]
+    sizes = [len(arrays[f"{s}_y"]) for s in splits.SPLITS]
     assert sum(sizes) == 1797
     assert sizes[2] == pytest.approx(0.2 * 1797, abs=1)
     assert sizes[1] == pytest.approx(0.15 * 1797, abs=2)
     # Stratified: every class share in test within one image of the overall share.
-    overall = np.bincount(np.concatenate([arrays[f"{s}_y"] for s in sources.SPLITS])) / 1797
+    overall = np.bincount(np.concatenate([arrays[f"{s}_y"] for s in splits.SPLITS])) / 1797
     test_counts = np.bincount(arrays["test_y"])
     assert np.all(np.abs(test_counts - overall * sizes[2]) <= 1.0)
     # Disjoint: no image appears in two splits.
-    keys = {s: {img.tobytes() for img in arrays[f"{s}_x"]} for s in sources.SPLITS}
+    keys = {s: {img.tobytes() for img in arrays[f"{s}_x"]} for s in splits.SPLITS}
     assert not keys["train"] & keys["test"]
     images, labels, _ = sources.load_digits_source()
-    again = sources.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    again = splits.split_arrays(images, labels, 0.15, 0.2, seed=0)
     assert all(np.array_equal(arrays[k], again[k]) for k in arrays)
     # Ids point back at the source image.
     assert np.array_equal(images[arrays["test_id"]], arrays["test_x"])
-    assert sorted(np.concatenate([arrays[f"{s}_id"] for s in sources.SPLITS])) == list(range(1797))
+    assert sorted(np.concatenate([arrays[f"{s}_id"] for s in splits.SPLITS])) == list(range(1797))
 
 
 def test_imagefolder_loads_real_files(tmp_path):
@@ -124,7 +124,7 @@ def test_too_few_images_per_class_to_split_says_which_class(tmp_path):
     for count in (1, 2):  # sklearn refuses to stratify 1; with 2, a split would miss the class
         labels = np.array([0] * (12 - count) + [1] * count)
         with pytest.raises(sources.DatasetError) as err:
-            sources.split_arrays(images, labels, 0.15, 0.2, seed=0, classes=["cat", "dog"])
+            splits.split_arrays(images, labels, 0.15, 0.2, seed=0, classes=["cat", "dog"])
         assert str(err.value) == (
             f"{message}{{'cat': {12 - count}, 'dog': {count}}}; add images to the small classes "
             f"(smallest: 'dog', {count} image{'s' if count > 1 else ''})"
@@ -227,7 +227,7 @@ def test_cifar10_root_in_torchvision_format_is_prepared_as_uint8(tmp_path, monke
     assert int(stored["pixel_max"]) == 255
     facts = store.read_json(out["facts"])
     assert facts["classes"][:3] == ["airplane", "automobile", "bird"] and facts["num_classes"] == 10
-    assert sum(facts[f"{s}_count"] for s in sources.SPLITS) == 39
+    assert sum(facts[f"{s}_count"] for s in splits.SPLITS) == 39
     # Each image keeps its class colour: uint8 20 * label + 10, float (20 * label + 10) / 255.
     floats = store.load_arrays(out["splits"])
     expected = (20 * floats["train_y"] + 10).astype(np.float32) / np.float32(255)
@@ -239,18 +239,18 @@ def test_uint8_loader_gives_the_float_batches_bit_for_bit(tmp_path, digits_array
 
     arrays, _ = digits_arrays
     stored = {key: value for key, value in arrays.items()}
-    for split in sources.SPLITS:
+    for split in splits.SPLITS:
         stored[f"{split}_x"] = np.rint(arrays[f"{split}_x"] * 16).astype(np.uint8)
     store.save_arrays(tmp_path / "splits.npz", {**stored, "pixel_max": np.asarray(16)})
     mapped = store.open_arrays(tmp_path / "splits.npz")
     assert isinstance(mapped["train_x"], np.memmap) and mapped["train_x"].dtype == np.uint8
     for shuffle in (False, True):
-        floats = sources.loader(arrays, "train", 64, shuffle=shuffle, seed=3)
-        uint8s = sources.loader(mapped, "train", 64, shuffle=shuffle, seed=3)
+        floats = loader.loader(arrays, "train", 64, shuffle=shuffle, seed=3)
+        uint8s = loader.loader(mapped, "train", 64, shuffle=shuffle, seed=3)
         for (x_float, y_float), (x_uint8, y_uint8) in zip(floats, uint8s, strict=True):
             assert x_uint8.dtype == torch.float32 and torch.equal(x_float, x_uint8)
             assert torch.equal(y_float, y_uint8)
-    workers = sources.loader(mapped, "val", 100, workers=2)
+    workers = loader.loader(mapped, "val", 100, workers=2)
     assert sum(len(y) for _, y in workers) == len(arrays["val_y"])
 
 
@@ -295,7 +295,7 @@ def test_mixed_size_image_folder_runs_end_to_end(tmp_path):
     facts = store.read_json(results / "data" / "photos" / "dataset.json")
     assert facts["image_size"] == [8, 8] and facts["channels"] == 3
     raw = store.read_json(results / "data" / "photos" / "raw" / "dataset.json")
-    assert sum(raw[f"{s}_count"] for s in sources.SPLITS) == 2 * (12 + 5)  # none dropped
+    assert sum(raw[f"{s}_count"] for s in splits.SPLITS) == 2 * (12 + 5)  # none dropped
     assert list(results.rglob("metrics.json"))
 
 
@@ -305,19 +305,19 @@ def test_batches_are_pinned_only_for_a_cuda_device(digits_arrays, monkeypatch):
     asked = mock.MagicMock(return_value=True)
     monkeypatch.setattr(torch.cuda, "is_available", asked)
     arrays, _ = digits_arrays
-    assert sources.loader(arrays, "val", 64).pin_memory is False
-    assert sources.loader(arrays, "val", 64, device=torch.device("cpu"), workers=2).pin_memory is False
+    assert loader.loader(arrays, "val", 64).pin_memory is False
+    assert loader.loader(arrays, "val", 64, device=torch.device("cpu"), workers=2).pin_memory is False
     assert asked.call_count == 0
-    assert sources.loader(arrays, "val", 64, device=torch.device("cuda", 1)).pin_memory is True
+    assert loader.loader(arrays, "val", 64, device=torch.device("cuda", 1)).pin_memory is True
 
 
 def test_loader_workers_load_every_batch_and_stop_with_the_loader(digits_arrays):
     arrays, _ = digits_arrays
     before = set(multiprocessing.active_children())
-    batches = sources.loader(arrays, "train", 100, shuffle=True, workers=2)
-    with sources.workers_stopped(batches):
+    batches = loader.loader(arrays, "train", 100, shuffle=True, workers=2)
+    with loader.workers_stopped(batches):
         for _ in range(2):  # persistent workers serve every epoch
             assert sum(len(labels) for _, labels in batches) == len(arrays["train_y"])
         assert len(set(multiprocessing.active_children()) - before) == 2
     assert set(multiprocessing.active_children()) - before == set()
-    sources.stop_workers(sources.loader(arrays, "val", 64))  # a loader without workers: nothing to stop
+    loader.stop_workers(loader.loader(arrays, "val", 64))  # a loader without workers: nothing to stop

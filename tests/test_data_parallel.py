@@ -20,7 +20,7 @@ import yaml
 from conftest import ROOT, artifact, model_files, run_snakemake, tiny_config
 from joulebench import store
 from joulebench.config import ConfigError, check_config, resolved_config
-from joulebench.data import sources
+from joulebench.data import sources, splits
 from joulebench.models import build_model, load_model
 from joulebench.train.checkpoint import file_digest
 from joulebench.train.data_parallel import combine_windows, launch_training, shard_arrays
@@ -199,9 +199,9 @@ def _launch(spec: dict) -> None:
 
 def _train_two_processes(folder):
     images, labels, classes = sources.load_digits_source()
-    arrays = sources.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    arrays = splits.split_arrays(images, labels, 0.15, 0.2, seed=0)
     store.save_arrays(folder / "splits.npz", arrays)
-    store.write_json(folder / "dataset.json", sources.describe(arrays, classes))
+    store.write_json(folder / "dataset.json", splits.describe(arrays, classes))
     _launch(run_spec(folder, folder / "out", epochs=2))
     return folder / "out", len(arrays["train_y"])
 

@@ -179,12 +179,12 @@ def test_a_limit_outside_the_allowed_range_is_refused_naming_the_range(gpu, vari
 
 
 def _tiny_inputs(tmp_path, digits_arrays):
-    from joulebench.data import sources
+    from joulebench.data.splits import describe
 
     arrays, classes = digits_arrays
     splits, facts = tmp_path / "splits.npz", tmp_path / "dataset.json"
     store.save_arrays(splits, arrays)
-    store.write_json(facts, sources.describe(arrays, classes))
+    store.write_json(facts, describe(arrays, classes))
     training = {**resolved_config()["training"], "epochs": 1}
     energy = {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}
     return splits, facts, training, energy

@@ -15,7 +15,7 @@ import torch
 from conftest import model_files
 from joulebench import store
 from joulebench.config import resolved_config
-from joulebench.data import sources
+from joulebench.data import loader
 from joulebench.train.checkpoint import ForeignCheckpointError
 from joulebench.train.stages import train_model
 
@@ -37,7 +37,7 @@ def dataset(tmp_path, digits_arrays):
     arrays, classes = digits_arrays
     splits, facts = tmp_path / "splits.npz", tmp_path / "dataset.json"
     store.save_arrays(splits, arrays)
-    store.write_json(facts, sources.describe(arrays, classes))
+    store.write_json(facts, splits.describe(arrays, classes))
     return splits, facts
 
 
@@ -149,11 +149,11 @@ def test_rng_state_round_trip_covers_the_shuffle_and_online_augmentation(digits_
     def epoch(batches):
         return torch.cat([images for images, _ in batches])
 
-    first = sources.loader(arrays, "train", 256, shuffle=True, seed=0, augment=flips)
+    first = loader.loader(arrays, "train", 256, shuffle=True, seed=0, augment=flips)
     epoch(first)
     saved = rng_state(first, torch.device("cpu"))
     expected = epoch(first)
-    fresh = sources.loader(arrays, "train", 256, shuffle=True, seed=0, augment=flips)
+    fresh = loader.loader(arrays, "train", 256, shuffle=True, seed=0, augment=flips)
     restore_rng_state(saved, fresh, torch.device("cpu"))
     assert torch.equal(epoch(fresh), expected)
 

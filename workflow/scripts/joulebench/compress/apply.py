@@ -11,7 +11,7 @@ from torch import nn
 
 from joulebench import store
 from joulebench.compress import prune, quantize
-from joulebench.data.sources import loader
+from joulebench.data.loader import loader
 from joulebench.models import count_parameters, save_model
 from joulebench.train.loop import TrainSettings, train
 

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 import torch
 
-from joulebench.data.sources import loader
+from joulebench.data.loader import loader
 
 log = logging.getLogger(__name__)
 

@@ -1,39 +1,28 @@
-"""Datasets as arrays: load a source, split it with a fixed seed, hand out tensors.
+"""Datasets as arrays: load a source (scikit-learn's digits, a torchvision dataset, an ImageFolder).
 
 A prepared dataset is one uncompressed .npz: uint8 images (N, C, H, W) and int64 labels per
-split, `pixel_max` (the pixel value that means 1.0: 255, or 16 for scikit-learn's digits) and a
-JSON of facts (classes, shape, counts). Images become float32 in [0, 1] (x / pixel_max, the
-values the decoder gave) only batch by batch in `loader`, so a split costs a quarter of the
-memory of floats and can be memory-mapped (io.open_arrays).
+split (joulebench.data.splits), `pixel_max` (the pixel value that means 1.0: 255, or 16 for
+scikit-learn's digits) and a JSON of facts (classes, shape, counts). Images become float32 in
+[0, 1] (x / pixel_max, the values the decoder gave) only batch by batch in
+joulebench.data.loader, so a split costs a quarter of the memory of floats and can be
+memory-mapped (joulebench.store.open_arrays).
 """
 
 import importlib
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    Dataset,
-    RandomSampler,
-    SequentialSampler,
-    TensorDataset,
-)
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 TORCHVISION_SOURCES = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "SVHN")
 # dataset.resize: how an image folder of mixed sizes is brought to dataset.image_size.
 RESIZE_METHODS = ("stretch", "pad", "crop")
-# Where batches are consumed unless a caller says otherwise.
-CPU_DEVICE = torch.device("cpu")
 
 
 class DatasetError(ValueError):
@@ -328,151 +317,3 @@ def check_labels(source: Source, where: str) -> None:
         raise DatasetError(
             f"{where}: every image is in one class ({only!r}); a classifier needs at least two classes"
         )
-
-
-def split_arrays(images, labels, val_fraction: float, test_fraction: float, seed: int, classes=None) -> dict:
-    """Stratified train/val/test split, identical for a given seed.
-
-    `<split>_id` holds each image's index in the source, so any later step can name the file.
-    Only indices are shuffled; each split's images are gathered once. `classes` names the
-    classes in the error message.
-    """
-    from sklearn.model_selection import train_test_split  # imported here: costs 3 s per job
-
-    ids = np.arange(len(labels), dtype=np.int64)
-    val_share = val_fraction / (1.0 - test_fraction)
-    names = classes or [str(c) for c in range(int(labels.max()) + 1)]
-    counts = {names[c]: n for c, n in enumerate(np.bincount(labels).tolist()) if n}
-    smallest = min(counts, key=counts.get)
-    unsplittable = DatasetError(
-        f"cannot split {image_count(len(labels))} into train/val/test with every class in each split; "
-        f"images per class: {counts}; add images to the small classes (smallest: {smallest!r}, "
-        f"{image_count(counts[smallest])})"
-    )
-    try:
-        rest_id, test_id = train_test_split(ids, test_size=test_fraction, random_state=seed, stratify=labels)
-        train_id, val_id = train_test_split(
-            rest_id, test_size=val_share, random_state=seed, stratify=labels[rest_id]
-        )
-    except ValueError as err:  # sklearn: a class too small to stratify
-        raise unsplittable from err
-    arrays = {}
-    for split, chosen in (("train", train_id), ("val", val_id), ("test", test_id)):
-        arrays |= {f"{split}_x": images[chosen], f"{split}_y": labels[chosen], f"{split}_id": chosen}
-    if any(set(np.unique(arrays[f"{s}_y"])) != set(np.unique(labels)) for s in SPLITS):
-        raise unsplittable
-    return arrays
-
-
-def describe(arrays: dict, classes: list[str]) -> dict:
-    """Facts later rules need (shape, classes) and the class balance of each split."""
-    facts = {
-        "classes": classes,
-        "num_classes": len(classes),
-        "channels": int(arrays["train_x"].shape[1]),
-        "image_size": [int(s) for s in arrays["train_x"].shape[2:]],
-    }
-    for split in SPLITS:
-        counts = np.bincount(arrays[f"{split}_y"], minlength=len(classes))
-        facts[f"{split}_count"] = int(counts.sum())
-        facts[f"{split}_class_counts"] = [int(c) for c in counts]
-    return facts
-
-
-def check_batch_size(train_count: int, batch_size: int) -> None:
-    """A batch larger than the training split would silently train on one short batch per epoch."""
-    if batch_size > train_count:
-        raise DatasetError(
-            f"training.batch_size {batch_size} is larger than the training split ({image_count(train_count)} "
-            f"after splitting, cleaning and sampling); set training.batch_size to at most {train_count}"
-        )
-
-
-class Uint8Batches(Dataset):
-    """A split of stored uint8 images (an array or a memory map) handed out a batch at a time:
-    one gather and one float conversion per batch (index with a list of indices)."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, pixel_max: int):
-        self.images, self.labels, self.pixel_max = images, labels, int(pixel_max)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, indices):
-        indices = np.asarray(indices)
-        order = np.argsort(indices, kind="stable")  # a memory map is read front to back
-        gathered = self.images[indices[order]]
-        images = np.empty_like(gathered)
-        images[order] = gathered
-        return as_float(torch.from_numpy(images), self.pixel_max), torch.from_numpy(self.labels[indices])
-
-
-def loader(
-    arrays: dict,
-    split: str,
-    batch_size: int,
-    shuffle: bool = False,
-    seed: int = 0,
-    augment=None,
-    workers: int = 0,
-    device: torch.device = CPU_DEVICE,
-):
-    """A DataLoader over one split, float32 images in [0, 1] and int64 labels per batch.
-
-    `arrays` holds uint8 images and `pixel_max` as stored (io.open_arrays) or float images
-    (io.load_arrays). `augment`: albumentations transforms (config `augmentation.transforms`)
-    applied online. `workers` (config `training.loader_workers`): 0 keeps loading in this process,
-    so the energy windows see all of its work; more start that many worker processes, kept for
-    the loader's life (`stop_workers` ends them). `device`: where the batches are consumed. For
-    a CUDA device they are put in pinned memory, so copies to the GPU overlap compute; for any
-    other the loader never touches CUDA (pinning would create a CUDA context in a CPU rule).
-    """
-    images, labels = arrays[f"{split}_x"], arrays[f"{split}_y"]
-    pixel_max = int(arrays.get("pixel_max", 255))
-    generator = torch.Generator().manual_seed(seed)
-    options = {
-        "generator": generator,
-        "num_workers": workers,
-        "pin_memory": torch.device(device).type == "cuda",
-        "persistent_workers": workers > 0,
-    }
-    if augment:
-        from joulebench.data.augment import AugmentedImages, build_pipeline
-
-        pipeline = build_pipeline(list(augment), seed=seed)
-        dataset = AugmentedImages(images, labels, pipeline, pixel_max)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **options)
-    if images.dtype != np.uint8:
-        # A read-only memory map of floats (an old or augmented file) is copied: tensors must be writable.
-        images, labels = np.require(images, requirements="W"), np.require(labels, requirements="W")
-        dataset = TensorDataset(torch.from_numpy(images), torch.from_numpy(labels))
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **options)
-    # The sampler draws from the loader's own generator, as DataLoader(shuffle=True) does, so the
-    # batches (and a checkpoint's saved generator state) are the same as for float arrays.
-    dataset = Uint8Batches(images, np.asarray(labels), pixel_max)
-    order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    return DataLoader(
-        dataset, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None, **options
-    )
-
-
-def stop_workers(batches: DataLoader) -> None:
-    """End a loader's worker processes now and wait for them (a no-op without workers).
-
-    Persistent workers otherwise live as long as the loader object, which a traceback can keep
-    alive after its work failed; waiting for them also makes their CPU time count as this
-    process's reaped children (RUSAGE_CHILDREN). DataLoader has no public way to do this.
-    """
-    iterator = batches._iterator
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()
-    batches._iterator = None
-
-
-@contextmanager
-def workers_stopped(batches: DataLoader):
-    """Use `batches` and stop its worker processes on the way out, whether the work ended or failed."""
-    try:
-        yield batches
-    finally:
-        stop_workers(batches)

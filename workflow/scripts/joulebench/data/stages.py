@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from joulebench import store
-from joulebench.data import diversity, sources
+from joulebench.data import diversity, sources, splits
 from joulebench.devices import CPU, placement_on
 from joulebench.energy.meter import rule_meter
 from joulebench.run.lazy import pandas as pd
@@ -23,7 +23,7 @@ def prepare_dataset(inputs: dict, outputs: dict, dataset: dict, skip_unusable: b
     sources.import_loaders(dataset)
     with rule_meter("prepare_dataset", estimate) as meter, meter.window("load_and_split"):
         source = sources.load_source(dataset, skip_unusable=skip_unusable, workers=torch.get_num_threads())
-        arrays = sources.split_arrays(
+        arrays = splits.split_arrays(
             source.images,
             source.labels,
             dataset["val_fraction"],
@@ -31,8 +31,8 @@ def prepare_dataset(inputs: dict, outputs: dict, dataset: dict, skip_unusable: b
             dataset["split_seed"],
             source.classes,
         )
-    facts = sources.describe(arrays, source.classes)
-    log.info("dataset %s: %s", dataset["name"], {k: facts[f"{k}_count"] for k in sources.SPLITS})
+    facts = splits.describe(arrays, source.classes)
+    log.info("dataset %s: %s", dataset["name"], {k: facts[f"{k}_count"] for k in splits.SPLITS})
     # Names let the cleaning report point at the file (or source index) of every removed image.
     names = np.asarray(source.names, dtype=str)
     pixel_max = np.asarray(source.pixel_max)
@@ -73,12 +73,12 @@ def clean_dataset(inputs: dict, outputs: dict, cleaning: dict, estimate: dict) -
         },
         len(classes),
     )
-    report["throughput_images_per_s"] = sum(report["before"][s]["count"] for s in sources.SPLITS) / max(
+    report["throughput_images_per_s"] = sum(report["before"][s]["count"] for s in splits.SPLITS) / max(
         meter.record()["wall_time_s"], 1e-9
     )
     log.info("removed %s: %s", sources.image_count(len(removed)), report["removed_by_reason"])
     store.save_arrays(outputs["splits"], {**arrays, "item_names": np.asarray(names, dtype=str)})
-    store.write_json(outputs["facts"], sources.describe(arrays, classes))
+    store.write_json(outputs["facts"], splits.describe(arrays, classes))
     store.write_json(outputs["report"], report)
     store.write_csv(outputs["removed"], clean.removed_frame(removed))
     store.write_csv(outputs["lookalikes"], clean.lookalike_frame(lookalikes))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from joulebench.data.sources import check_batch_size, loader, workers_stopped
+from joulebench.data.loader import check_batch_size, loader, workers_stopped
 from joulebench.train.checkpoint import Checkpointer, restore_rng_state, rng_state
 
 log = logging.getLogger(__name__)
