@@ -54,7 +54,7 @@ def test_converting_with_traced_patterns_gives_the_same_int8_graph_without_traci
     example = torch.rand(4, 1, 8, 8)
     uncached = _qat_convert(copy.deepcopy(model), example)
 
-    pt2e_patterns.trace_before_window()
+    quantize.trace_before_window()
     cache = pt2e_patterns.keep_traced_patterns()
     assert cache.traced > 50  # the conv + batch-norm patterns of every conv kind, train/eval switches
     traced = cache.traced

@@ -16,17 +16,17 @@ The input values are left out of the key: torchao's own calls draw them at rando
 depend on them. Each use gets its own copy, so a pass that edits a pattern cannot change the next.
 A pattern whose closure holds anything other than plain values and functions is traced as before.
 
-`trace_before_window` runs torchao's QAT prepare, train/eval switches and convert, and our lowering,
-on a tiny conv + batch-norm model. A PT2E job calls it before its window opens, so the window measures
-the work on the model, not the tracing of a library's fixed patterns: that is set-up, like importing
-the library. In the run's warm worker it runs once for the run (joulebench.run.warm), and the jobs forked
-after it inherit the traced patterns. Where torchao's function has moved, nothing is cached.
+`joulebench.compress.quantize.trace_before_window` runs torchao's QAT prepare, train/eval switches
+and convert, and our lowering, on a tiny conv + batch-norm model. A PT2E job calls it before its
+window opens, so the window measures the work on the model, not the tracing of a library's fixed
+patterns: that is set-up, like importing the library. In the run's warm worker it runs once for the
+run (joulebench.run.warm), and the jobs forked after it inherit the traced patterns. Where torchao's
+function has moved, nothing is cached.
 """
 
 import copy
 import importlib
 import logging
-import time
 import types
 
 import torch
@@ -98,27 +98,3 @@ def keep_traced_patterns() -> PatternCache | None:
     for module in callers:
         setattr(module, _NAME, cache)
     return cache
-
-
-def trace_before_window() -> None:
-    """Trace every pattern a PT2E job's passes match against, on a tiny conv + batch-norm model."""
-    from joulebench.compress import quantize
-
-    cache = keep_traced_patterns()
-    if cache is None:
-        return
-    started, before = time.perf_counter(), cache.traced
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
-    example = torch.zeros(2, 1, 4, 4)
-    prepared = quantize.prepare_qat(model, example)
-    prepared.train()
-    prepared(example)  # observers see data, as in fine-tuning
-    prepared.eval()
-    converted = quantize.convert_qat(prepared)
-    quantize.lower_to_x86(converted, example)
-    if cache.traced > before:
-        log.info(
-            "traced %d of torchao's PT2E patterns before the window (%.1f s, not measured)",
-            cache.traced - before,
-            time.perf_counter() - started,
-        )
