@@ -39,15 +39,10 @@ from joulebench.data import (
 )
 from joulebench.devices import Placement, accelerator  # noqa: E402
 from joulebench.energy.meter import EnergyMeter  # noqa: E402
+from joulebench.evaluate.accuracy import accuracy  # noqa: E402
 from joulebench.models import build_model  # noqa: E402
-from joulebench.train.loop import (  # noqa: E402
-    TrainSettings,
-    accuracy,
-    effective_precision,
-    seed_everything,
-    train,
-    training_summary,
-)
+from joulebench.precision import effective_precision  # noqa: E402
+from joulebench.train.loop import TrainSettings, seed_everything, train, training_summary  # noqa: E402
 
 PRECISIONS = ["fp32", "fp16", "bf16"]
 DIGITS_SIDE = 8

@@ -12,9 +12,11 @@ from conftest import ROOT, artifact
 from joulebench.compress import apply, prune, quantize
 from joulebench.config import resolved_config
 from joulebench.energy.meter import EnergyMeter, EstimateModel
+from joulebench.evaluate.accuracy import accuracy
 from joulebench.evaluate.metrics import count_macs, parameter_counts
-from joulebench.models import build_model, count_parameters, load_model, save_model
-from joulebench.train.loop import TrainSettings, accuracy, seed_everything, train
+from joulebench.models import build_model, count_parameters, save_model
+from joulebench.saved import load_model
+from joulebench.train.loop import TrainSettings, seed_everything, train
 
 RECIPE = {"arch": "small_cnn", "in_channels": 1, "num_classes": 10}
 

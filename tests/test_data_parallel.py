@@ -21,7 +21,8 @@ from conftest import ROOT, artifact, model_files, run_snakemake, tiny_config
 from joulebench import store
 from joulebench.config import ConfigError, check_config, resolved_config
 from joulebench.data import sources, splits
-from joulebench.models import build_model, load_model
+from joulebench.models import build_model
+from joulebench.saved import load_model
 from joulebench.train.checkpoint import file_digest
 from joulebench.train.data_parallel import combine_windows, launch_training, shard_arrays
 from joulebench.train.distributed import launch_command

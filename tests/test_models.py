@@ -2,9 +2,11 @@ import pytest
 import torch
 
 from conftest import artifact
-from joulebench.models import ModelError, build_model, load_model, save_model
+from joulebench.models import ModelError, build_model, save_model
 
 # Ours, the two torchvision models the project started with, and others that take 8x8 input.
+from joulebench.saved import load_model
+
 SMALL_INPUT_MODELS = ["small_cnn", "resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "efficientnet_b0"]
 
 

@@ -13,7 +13,8 @@ from torchvision.models import get_model
 from conftest import ROOT, artifact, run_snakemake, tiny_config
 from joulebench import store
 from joulebench.config import ConfigError, check_config, resolved_config
-from joulebench.models import ModelError, SmallCNN, build_model, freeze_pretrained, load_model, save_model
+from joulebench.models import ModelError, SmallCNN, build_model, freeze_pretrained, save_model
+from joulebench.saved import load_model
 from joulebench.train.pretrained import cache_path, load_weights, locate_weights, torchvision_weights
 
 # A torchvision model outside small_cnn/resnet18/mobilenet_v3_small that trains in seconds on 8x8.

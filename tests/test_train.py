@@ -13,16 +13,14 @@ from torch import nn
 
 from joulebench.devices import CPU
 from joulebench.energy.meter import EnergyMeter
+from joulebench.evaluate.accuracy import accuracy
 from joulebench.models import build_model
+from joulebench.precision import DeviceOutOfMemory, effective_precision, out_of_memory_hint
 from joulebench.train.checkpoint import Checkpointer
 from joulebench.train.loop import (
-    DeviceOutOfMemory,
     Distillation,
     TrainSettings,
-    accuracy,
     distillation_loss,
-    effective_precision,
-    out_of_memory_hint,
     seed_everything,
     train,
     training_summary,
@@ -354,7 +352,7 @@ def test_effective_precision_falls_back_where_autocast_refuses_the_dtype(monkeyp
 
 def test_numeric_flags_are_the_recipes_choice_and_land_in_the_training_records(tmp_path, digits_arrays):
     from joulebench import store
-    from joulebench.train.loop import numeric_flags
+    from joulebench.precision import numeric_flags
     from joulebench.train.resume import train_resumably
 
     seed_everything(0)

@@ -197,7 +197,10 @@ def test_a_killed_jobs_child_dies_with_it(tmp_path, worker):
 @slow
 def test_a_job_in_another_interpreter_or_without_a_worker_runs_on_its_own(tmp_path, worker):
     socket_path, _ = worker
-    for env in ({warm.SOCKET_VARIABLE: str(tmp_path / "no-such.sock")}, {warm.SWITCH_VARIABLE: "0"}):
+    for env in (
+        {warm.SOCKET_VARIABLE: str(tmp_path / "no-such.sock")},
+        {warm.SWITCH_VARIABLE: "0"},
+    ):
         job = run_job(tmp_path, socket_path, "report", env=env)
         out, err = job.communicate(timeout=120)
         assert job.returncode == 0, err

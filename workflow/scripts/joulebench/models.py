@@ -232,7 +232,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return total, nonzero
 
 
-def _resize_to(model: nn.Module, state_dict: dict) -> None:
+def resize_to_saved(model: nn.Module, state_dict: dict) -> None:
     """Give every conv/linear/batch-norm layer the shapes found in state_dict (structured pruning)."""
     for name, module in model.named_modules():
         weight = state_dict.get(f"{name}.weight")
@@ -266,26 +266,3 @@ def save_model(model: nn.Module, recipe: dict, model_path, recipe_path) -> None:
     """The weights (`model_path`, a state dict) and the recipe to rebuild the module (`recipe_path`)."""
     store.save_tensors(model_path, model.state_dict())
     store.write_json(recipe_path, recipe)
-
-
-def load_model(model_path, recipe_path) -> tuple[nn.Module, dict]:
-    """Rebuild a saved model: architecture, then shapes, then quantization, then weights."""
-    recipe = store.read_json(recipe_path)
-    model = build_model(recipe)
-    quantization = recipe.get("quantization")
-    if quantization in ("int8_static", "int8_qat"):
-        from joulebench.compress.quantize import load_exported
-
-        # A torch.export archive (see joulebench.compress.quantize); run through oneDNN int8 kernels.
-        return load_exported(model_path)[0], recipe
-    if quantization:
-        from joulebench.compress.quantize import dynamic_int8, quantized_tensor_types
-
-        state_dict = store.load_tensors(model_path, allow=quantized_tensor_types())
-    else:
-        state_dict = store.load_tensors(model_path)
-    _resize_to(model, state_dict)
-    if quantization:
-        model = dynamic_int8(model)
-    model.load_state_dict(state_dict, assign=True)
-    return model.eval(), recipe

@@ -2,13 +2,13 @@
 
 import logging
 
-from joulebench import store
+from joulebench import precision, store
 from joulebench.compress import apply, prune, quantize
 from joulebench.devices import CPU, placement_on
 from joulebench.energy.meter import rule_meter
-from joulebench.models import load_model
 from joulebench.run.lazy import pandas as pd
 from joulebench.run.prepare import import_before_window, prepare_before_window
+from joulebench.saved import load_model
 from joulebench.train import loop
 from joulebench.train.loop import seed_everything, training_settings
 from joulebench.train.resume import write_trained
@@ -27,7 +27,7 @@ def prune_model(
     import_before_window([*loop.WORK_MODULES, *prune.WORK_MODULES[variant["method"]]])
     with rule_meter("prune_model", estimate, placement_on(recipe.get("device"))) as meter:
         model, history, facts = apply.apply_pruning(model, variant, arrays, settings, meter)
-    record = {**meter.record(), "numerics": loop.numeric_flags()}
+    record = {**meter.record(), "numerics": precision.numeric_flags()}
     write_trained(outputs, model, {**recipe, "pruning": {**variant, **facts}}, history, record)
 
 
@@ -51,5 +51,5 @@ def quantize_model(
     apply.save_quantized(model, recipe, arrays, outputs["model"], outputs["recipe"])
     store.write_csv(outputs["history"], pd.DataFrame(history, columns=None if history else ["epoch"]))
     # A QAT fine-tune trains: its record says under which numeric flags.
-    numerics = {"numerics": loop.numeric_flags()} if variant["method"] == "int8_qat" else {}
+    numerics = {"numerics": precision.numeric_flags()} if variant["method"] == "int8_qat" else {}
     store.write_json(outputs["energy"], {**meter.record(), **numerics})

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from joulebench.devices import Placement
+from joulebench.evaluate.accuracy import accuracy
 from joulebench.evaluate.metrics import inference_autocast
 from joulebench.evaluate.protocol import Protocol, interleaved_order, random_gap, repeat_for, warm_up
-from joulebench.train.loop import accuracy
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from joulebench.devices import gpu_name
 from joulebench.energy.meter import cpu_model
+from joulebench.evaluate.accuracy import accuracy
 from joulebench.evaluate.protocol import Protocol, repeat_for, warm_up
 from joulebench.models import count_parameters
-from joulebench.train.loop import PRECISIONS, accuracy, effective_precision, out_of_memory_hint
+from joulebench.precision import PRECISIONS, effective_precision, out_of_memory_hint
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from joulebench.devices import CPU, Placement, accelerator, placement_on
 from joulebench.energy.meter import rule_meter
 from joulebench.evaluate.metrics import evaluate
 from joulebench.evaluate.protocol import Protocol
-from joulebench.models import load_model
 from joulebench.run.lazy import pandas as pd
+from joulebench.saved import load_model
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ import logging
 import os
 import sys
 
-from joulebench.run.warm import CHILD_VARIABLE
+from joulebench.run.environment import CHILD_VARIABLE
 
 
 def start_rule_logging(log_path, threads: int) -> None:

@@ -55,12 +55,10 @@ import threading
 import time
 from pathlib import Path
 
+from joulebench.run.environment import CHILD_VARIABLE, SOCKET_VARIABLE, SWITCH_VARIABLE
+
 log = logging.getLogger(__name__)
 
-SOCKET_VARIABLE = "JOULEBENCH_WARM_SOCKET"
-SWITCH_VARIABLE = "JOULEBENCH_WARM"
-# Set in a forked job, so that its script runs the work instead of asking the worker again.
-CHILD_VARIABLE = "JOULEBENCH_WARM_CHILD"
 # What every job imports before its work (and each stage's WORK_MODULES): imported once, here.
 PRELOAD = (
     "numpy",

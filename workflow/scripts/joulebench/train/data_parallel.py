@@ -305,15 +305,10 @@ def train_worker(spec: dict) -> None:
 
     from joulebench.data.sources import image_count
     from joulebench.models import build_model, check_input, model_recipe
+    from joulebench.precision import numeric_flags
     from joulebench.train.checkpoint import exit_on_sigterm
     from joulebench.train.distributed import init_process_group, rank_from_env
-    from joulebench.train.loop import (
-        numeric_flags,
-        seed_everything,
-        train,
-        training_settings,
-        training_summary,
-    )
+    from joulebench.train.loop import seed_everything, train, training_settings, training_summary
     from joulebench.train.resume import run_fingerprint, with_prior_epochs, write_trained
 
     rank = rank_from_env()

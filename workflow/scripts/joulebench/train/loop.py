@@ -2,10 +2,7 @@
 
 import logging
 import math
-import os
-import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -13,11 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from joulebench.data.loader import check_batch_size, loader, workers_stopped
+from joulebench.evaluate.accuracy import accuracy
+from joulebench.precision import PRECISIONS, out_of_memory_hint
 from joulebench.train.checkpoint import Checkpointer, restore_rng_state, rng_state
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # What a training run imports on first use, for the training stages to import before their energy
@@ -77,71 +74,6 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def numeric_flags() -> dict:
-    """The settings that decide how this process computes on a GPU, as they stand now: cuDNN's
-    algorithm choice, TF32 for matmuls and convolutions, deterministic algorithms and cuBLAS's
-    workspace (which deterministic cuBLAS needs). Reading them does not touch CUDA."""
-    return {
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "cudnn_deterministic": torch.backends.cudnn.deterministic,
-        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        "deterministic_algorithms_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
-        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-    }
-
-
-# The errors that mean "this device cannot compute in this dtype": torch.autocast's own refusal
-# (torch/amp/autocast_mode.py, a CUDA GPU without bf16) and a kernel with no half-precision
-# implementation on this build ("addmm_impl_cpu_" not implemented for 'Half'). Any other error
-# (a CUDA context that cannot start, an out-of-memory) is not about the dtype and propagates.
-UNSUPPORTED_DTYPE = re.compile(
-    r"Current CUDA Device does not support bfloat16|not implemented for '(Half|BFloat16)'"
-)
-
-
-def effective_precision(requested: str, device: torch.device) -> str:
-    """The precision autocast really computes in on this device, found by running it.
-
-    fp16 autocast is not supported on every CPU build; there we fall back to bf16 and say so.
-    """
-    for name in (requested, "bf16", "fp32") if requested == "fp16" else (requested, "fp32"):
-        dtype = PRECISIONS[name]
-        if dtype is None:
-            return "fp32"
-        try:
-            with torch.autocast(device.type, dtype=dtype):
-                out = nn.Linear(4, 4).to(device)(torch.ones(2, 4, device=device))
-        except RuntimeError as error:
-            if not UNSUPPORTED_DTYPE.search(str(error)):
-                raise
-            continue
-        if out.dtype is dtype:
-            return name
-    return "fp32"
-
-
-class DeviceOutOfMemory(RuntimeError):
-    """The device ran out of memory; the message names the batch size and the setting to lower."""
-
-
-@contextmanager
-def out_of_memory_hint(device: torch.device, work: str, batch_size: int, setting: str):
-    """Turn an allocation failure (CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError)
-    into a DeviceOutOfMemory that says what ran out and what to change."""
-    try:
-        yield
-    except RuntimeError as err:
-        if not (isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)):
-            raise
-        raise DeviceOutOfMemory(
-            f"out of memory on {device} during {work} with batch size {batch_size}; lower {setting} "
-            f"(try {max(1, batch_size // 2)}) or use a smaller model or precision bf16"
-        ) from err
-
-
 def distillation_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
     """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy(labels)."""
     soft = F.kl_div(
@@ -151,21 +83,6 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
         log_target=True,
     )
     return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
-
-
-@torch.no_grad()
-def accuracy(
-    model: nn.Module, arrays: dict, split: str, batch_size: int = 512, memory_format=torch.contiguous_format
-) -> float:
-    device = next(model.parameters()).device
-    model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    total = 0
-    for images, labels in loader(arrays, split, batch_size, device=device):
-        logits = model(images.to(device, memory_format=memory_format))
-        correct += (logits.argmax(1) == labels.to(device)).sum()
-        total += len(labels)
-    return correct.item() / total
 
 
 def target_reached(history: list[dict], target: float | None) -> bool:

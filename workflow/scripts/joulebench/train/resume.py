@@ -14,9 +14,10 @@ import torch
 from joulebench import store
 from joulebench.energy.meter import rule_meter
 from joulebench.models import save_model
+from joulebench.precision import numeric_flags
 from joulebench.run.lazy import pandas as pd
 from joulebench.train.checkpoint import Checkpointer, exit_on_sigterm, fingerprint, merge_prior_energy
-from joulebench.train.loop import numeric_flags, train, training_summary
+from joulebench.train.loop import train, training_summary
 
 
 def write_trained(

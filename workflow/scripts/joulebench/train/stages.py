@@ -7,12 +7,14 @@ import torch
 
 from joulebench import store
 from joulebench.devices import placement_on
-from joulebench.models import build_model, check_input, freeze_pretrained, load_model, model_recipe
+from joulebench.models import build_model, check_input, freeze_pretrained, model_recipe
+from joulebench.precision import effective_precision
 from joulebench.run.lazy import pandas as pd
 from joulebench.run.prepare import import_before_window
+from joulebench.saved import load_model
 from joulebench.train import loop, power_limit
 from joulebench.train.checkpoint import file_digest
-from joulebench.train.loop import Distillation, effective_precision, seed_everything, training_settings
+from joulebench.train.loop import Distillation, seed_everything, training_settings
 from joulebench.train.overrides import cpu_threads, needs_gpu, pinned_device, training_overrides
 from joulebench.train.pretrained import load_weights
 from joulebench.train.resume import train_resumably
