@@ -10,18 +10,15 @@ exact and near duplicates, so the grouping does real work.
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # per core: before numpy starts its thread pool
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from joulebench.config import resolved_config  # noqa: E402
-from joulebench.data import clean  # noqa: E402
+from joulebench.config import resolved_config
+from joulebench.data import clean
 
 TARGET_IMAGES_PER_S = 1000.0
 

@@ -12,20 +12,16 @@ processes hits all variants alike; we print the median over rounds of each round
 import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
-
 from joulebench.compress import (
-    prune,  # noqa: E402
+    prune,
     quantize,
 )
-from joulebench.models import build_model  # noqa: E402
+from joulebench.models import build_model
 
 
 def linear_heavy_mlp() -> nn.Module:

@@ -19,16 +19,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
-
-import torch  # noqa: E402
+import torch
 
 from joulebench import store
 from joulebench.data import (
-    sources,  # noqa: E402
+    sources,
     splits,
 )
-from joulebench.train.data_parallel import launch_training  # noqa: E402
+from joulebench.train.data_parallel import launch_training
 
 
 def run_arm(folder: Path, processes: int, threads: int, epochs: int, batch_size: int, arm: str) -> dict:

@@ -23,12 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from joulebench.config import resolved_config
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
-
-import numpy as np  # noqa: E402
-
-from joulebench.config import resolved_config  # noqa: E402
 
 ENERGY = {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}
 CLEANING = {**resolved_config()["cleaning"], "examples_per_reason": 3}

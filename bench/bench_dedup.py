@@ -16,16 +16,12 @@ other detected pair counts against precision (a few may be genuine near duplicat
 
 import argparse
 import io as bytes_io
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from joulebench.data import clean  # noqa: E402
+from joulebench.data import clean
 
 SIZE = 32
 EDITS = ("shift1", "shift2", "crop", "jpeg", "shift1+jpeg")

@@ -25,26 +25,22 @@ measured directly (empty windows), which bounds the monitor overhead without tra
 
 import argparse
 import statistics
-import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
 from joulebench.data import (
     loader,
-    sources,  # noqa: E402
+    sources,
     splits,
 )
-from joulebench.devices import CPU  # noqa: E402
-from joulebench.energy.meter import EnergyMeter  # noqa: E402
-from joulebench.models import build_model  # noqa: E402
-from joulebench.train.loop import TrainSettings, seed_everything, train  # noqa: E402
+from joulebench.devices import CPU
+from joulebench.energy.meter import EnergyMeter
+from joulebench.models import build_model
+from joulebench.train.loop import TrainSettings, seed_everything, train
 
 RECIPE = {"arch": "small_cnn", "in_channels": 1, "num_classes": 10}
 THROUGHPUT_TARGET = 0.95

@@ -18,11 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from joulebench.run import warm
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "workflow" / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-
-from joulebench.run import warm  # noqa: E402
 
 JOB = """
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
-"""bench/compare_runs.py on two hand-made finished runs, and run as the README prints it."""
+"""joulebench-compare (joulebench.report.compare_runs) on two hand-made finished runs, and run as
+the README prints it."""
 
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 from test_readme import readme_commands
 
-from conftest import ROOT
+# The command the package installs (pyproject's [project.scripts]).
+COMMAND = str(Path(sys.prefix) / "bin" / "joulebench-compare")
 
 KEYS = {"dataset": "digits", "model": "small_cnn"}
 
@@ -28,14 +31,14 @@ def make_run(directory, rows: dict, host_speed: float | None):
 
 
 def two_runs(root):
-    # Issue 17's two runs of one commit: the second on a host 15% slower.
+    # Two runs of one commit: the second on a host 15% slower.
     make_run(root / "runs" / "first", {"baseline": (34.8, 7.8), "prune80": (50.0, None)}, 20000.0)
     make_run(root / "runs" / "second", {"baseline": (39.8, 1.8)}, 17000.0)
 
 
 def run_compare(cwd, *args):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "compare_runs.py"), *map(str, args)],
+        [COMMAND, *map(str, args)],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -63,7 +66,7 @@ def test_compare_runs_without_the_index_or_without_a_report(tmp_path):
     assert "run A: old (host speed no host-speed index in its records)" in out
     assert "host speed B/A: — (a run without the index cannot be compared on it)" in out
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "compare_runs.py"), "old", "missing"],
+        [COMMAND, "old", "missing"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -74,10 +77,9 @@ def test_compare_runs_without_the_index_or_without_a_report(tmp_path):
 def test_compare_runs_runs_as_the_readme_prints_it(tmp_path):
     (command,) = [c for c in readme_commands("Measurement protocol and the interleaved comparison")
                   if "compare_runs" in c]  # fmt: skip
-    argv = shlex.split(command)
-    assert argv[:2] == ["python", "bench/compare_runs.py"]
+    assert shlex.split(command)[0] == ".venv/bin/joulebench-compare"
     two_runs(tmp_path)
-    (tmp_path / "bench").symlink_to(ROOT / "bench")
-    result = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True)
+    (tmp_path / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    result = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "host speed B/A: 0.850" in result.stdout

@@ -1,4 +1,4 @@
-"""The GPU checks in bench/ (gpu_energy_check.py, gpu_precision.py) without a GPU: over the SIMULATED
+"""The GPU checks in checks/ (gpu_energy_check.py, gpu_precision.py) without a GPU: over the SIMULATED
 host of tests/simulated_host, whose NVML a process of its own sees too, and over a mocked NVML.
 
 The simulated GPU's power model follows the CPU share of the process that reads it, so a trainer
@@ -68,7 +68,7 @@ def simulated_gpu(tmp_path) -> dict:
     )
     host = tmp_path / "host"  # no powercap tree: the CPU is estimated
     host.mkdir()
-    path = [str(hooks), str(SIMULATED_HOST), str(ROOT / "bench"), os.environ.get("PYTHONPATH", "")]
+    path = [str(hooks), str(SIMULATED_HOST), str(ROOT / "checks"), os.environ.get("PYTHONPATH", "")]
     return {
         "PYTHONPATH": os.pathsep.join(path),
         "JOULEBENCH_SIMULATED_HOST": str(host),
@@ -77,13 +77,13 @@ def simulated_gpu(tmp_path) -> dict:
     }
 
 
-def bench_module(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+def check_module(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "checks"))
     return importlib.import_module(name)
 
 
 def run_check(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "bench/gpu_energy_check.py", *args]
+    command = [sys.executable, "checks/gpu_energy_check.py", *args]
     return subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}
     )
@@ -94,7 +94,7 @@ def test_the_sampler_reads_nvml_power_usage_every_10_ms_in_a_process_of_its_own(
     # through the simulated NVML it gets from zeus.device.gpu.nvidia in a spawned process.
     for name, value in {**simulated_gpu, "GPU_CHECK_POWER_USAGE_W": "123"}.items():
         monkeypatch.setenv(name, value)
-    check = bench_module("gpu_energy_check", monkeypatch)
+    check = check_module("gpu_energy_check", monkeypatch)
     with check.PowerSampler(nvml_index=0, period=0.01) as sampler:
         time.sleep(1.0)
     assert sampler.pid != os.getpid()
@@ -123,7 +123,7 @@ def test_the_counter_check_passes_against_a_simulated_gpu_counter(simulated_gpu)
 
 
 def test_the_check_runs_as_the_readme_prints_it():
-    # `python bench/gpu_energy_check.py` here (torch computes on no GPU): both parts say SKIP, within
+    # `python checks/gpu_energy_check.py` here (torch computes on no GPU): both parts say SKIP, within
     # seconds, and nothing is measured.
     result = run_check()
     assert result.returncode == 0, result.stdout + result.stderr
@@ -142,7 +142,7 @@ def test_gpu_precision_trains_and_meters_on_the_accelerator(monkeypatch, tmp_pat
     monkeypatch.setattr(zeus.device.gpu, "_gpus", None)
     monkeypatch.setattr(zeus.device.cpu, "_cpus", None)
     monkeypatch.setattr(energy, "NVML_COUNTER_PERIOD_S", 0.0)
-    precision = bench_module("gpu_precision", monkeypatch)
+    precision = check_module("gpu_precision", monkeypatch)
     monkeypatch.setattr(precision, "accelerator", lambda: ON_GPU0)
     trained_on = []
     real_train = precision.train
@@ -168,7 +168,7 @@ def test_gpu_precision_trains_and_meters_on_the_accelerator(monkeypatch, tmp_pat
 
 
 def test_gpu_precision_says_skip_where_torch_computes_on_no_gpu(monkeypatch, tmp_path, capsys):
-    precision = bench_module("gpu_precision", monkeypatch)
+    precision = check_module("gpu_precision", monkeypatch)
     monkeypatch.setattr(precision, "accelerator", lambda: CPU)
     out = tmp_path / "precision.json"
     precision.main(["--out", str(out)])
@@ -188,7 +188,7 @@ def gpu_record(**changes) -> dict:
 
 
 def test_the_workflow_check_fails_records_that_meter_the_wrong_device(monkeypatch):
-    check = bench_module("gpu_energy_check", monkeypatch)
+    check = check_module("gpu_energy_check", monkeypatch)
     path = Path("models/digits/resnet18/baseline/seed0/energy.json")
     assert check.record_failures(path, gpu_record(), gpu_host=True) == []
     unmetered = gpu_record(
@@ -218,7 +218,7 @@ def test_the_workflow_check_fails_records_that_meter_the_wrong_device(monkeypatc
 
 
 def test_the_gpu_config_is_valid_and_its_digits_folder_is_written_for_the_run(monkeypatch, tmp_path):
-    check = bench_module("gpu_energy_check", monkeypatch)
+    check = check_module("gpu_energy_check", monkeypatch)
     config = yaml.safe_load(check.prepare_run(check.GPU_CHECK_CONFIG, tmp_path).read_text())
     check_config(resolved_config(config))
     assert config["models"] == ["resnet18"]

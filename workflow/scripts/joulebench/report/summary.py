@@ -400,7 +400,7 @@ def host_speed_markdown(summary: pd.DataFrame) -> list[str]:
     return [
         f"{intro} Before each job's energy window opens (never charged to it), a fixed reference "
         f"workload (`{host_speed.REFERENCE}`, about 20 ms) gives this host's speed: {spread}. Two runs "
-        "whose medians differ ran on a faster or slower host; `bench/compare_runs.py` compares two "
+        "whose medians differ ran on a faster or slower host; `joulebench-compare` compares two "
         f"runs' intervals and indices. {flagged}",
         "",
     ]

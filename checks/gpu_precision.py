@@ -13,7 +13,7 @@ Printed per precision (median and range over the seeds): the precision autocast 
 in, joules and seconds to the target, epochs run, validation and test accuracy, and the ratio of
 energy and time to fp32's; with --out, every run's record as JSON.
 
-    python bench/gpu_precision.py [--seeds 0 1 2] [--target-accuracy 0.95] [--max-epochs 30] \
+    python checks/gpu_precision.py [--seeds 0 1 2] [--target-accuracy 0.95] [--max-epochs 30] \
         [--batch-size 64] [--channels-last] [--out gpu_precision.json]
 
 On an H200 a run takes a few minutes. Where torch computes on no GPU it prints SKIP and measures
@@ -24,25 +24,22 @@ model or image size (small_cnn at 8x8 is the tests' quick stand-in).
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 from joulebench.data import (
-    sources,  # noqa: E402
+    sources,
     splits,
 )
-from joulebench.devices import Placement, accelerator  # noqa: E402
-from joulebench.energy.meter import EnergyMeter  # noqa: E402
-from joulebench.evaluate.accuracy import accuracy  # noqa: E402
-from joulebench.models import build_model  # noqa: E402
-from joulebench.precision import effective_precision  # noqa: E402
-from joulebench.train.loop import TrainSettings, seed_everything, train, training_summary  # noqa: E402
+from joulebench.devices import Placement, accelerator
+from joulebench.energy.meter import EnergyMeter
+from joulebench.evaluate.accuracy import accuracy
+from joulebench.models import build_model
+from joulebench.precision import effective_precision
+from joulebench.train.loop import TrainSettings, seed_everything, train, training_summary
 
 PRECISIONS = ["fp32", "fp16", "bf16"]
 DIGITS_SIDE = 8

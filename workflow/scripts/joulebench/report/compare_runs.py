@@ -7,7 +7,7 @@ the other's interval, and the two runs' median host-speed indices (joulebench.en
 their ratio. A run's interval is within-run: its seeds share the host's state. Where the means
 disagree and the ratio is far from 1, the host ran at another speed: CPU-time estimates moved with it.
 
-    python bench/compare_runs.py RUN_A RUN_B
+    .venv/bin/joulebench-compare RUN_A RUN_B
 """
 
 import argparse

@@ -23,7 +23,7 @@ Where torch computes on no GPU, both parts print SKIP (nothing is measured) and 
 --config runs the workflow part anyway (on a small config: the default one needs a GPU to finish
 in minutes). Otherwise the status is 1 on MISSED or FAIL.
 
-    python bench/gpu_energy_check.py [--seconds 30] [--period 0.01] [--config PATH] [--workdir DIR]
+    python checks/gpu_energy_check.py [--seconds 30] [--period 0.01] [--config PATH] [--workdir DIR]
         [--no-workflow] [--arch resnet18] [--image-size 32] [--batch-size 64]
 """
 
@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 
 TARGET = 0.05
 MIN_WINDOW_S = 5.0
