@@ -869,3 +869,29 @@ def test_printed_accuracy_intervals_are_the_logit_interval_and_stay_within_100_p
     assert cheapest[0]["test_accuracy_low"] == pytest.approx(bounds.loc["fp16", "test_accuracy_low"])
     assert cheapest[0]["test_accuracy_high"] == pytest.approx(bounds.loc["fp16", "test_accuracy_high"])
     assert cheapest[0]["test_accuracy_high"] < 1.0 and "test_accuracy_ci95" not in cheapest[0]
+
+
+def test_summary_says_what_an_estimate_counts_only_where_a_figure_is_estimated(hand_made_run):
+    entries, data_energy = hand_made_run
+    settings = {"accuracy_target": 0.95}
+    _, _, _, estimated = report_of(entries, data_energy, settings)
+    assert "**What an estimate counts.**" in estimated
+    assert "peak RSS" in estimated and "Idle power and PUE are not included" in estimated
+    assert "`estimate.power_per_core_source`" in estimated
+    assert "**Comparisons that trade CPU time for wall time depend on the estimation model.**" in estimated
+    # Every record of the run measured by a counter, inference included: no such note.
+    for entry in entries:
+        record = store.read_json(entry["energy"])
+        store.write_json(
+            entry["energy"], energy_record(record["rule"], record["joules"], record["start_unix"], True)
+        )
+        store.write_json(
+            entry["eval_energy"], energy_record("evaluate_model", 3.0, record["start_unix"] + 0.5, True)
+        )
+        metrics = store.read_json(entry["metrics"]) | {"inference_energy_source": "nvml-counter"}
+        store.write_json(entry["metrics"], metrics)
+    measured_data = energy_record("prepare_dataset", 5.0, 0.0, measured=True)
+    _, summary, _, measured = report_of(entries, measured_data, settings)
+    assert summary["pipeline_energy_measured"].all() and summary["inference_energy_measured"].all()
+    assert "Energy figures are **measured**" in measured
+    assert "What an estimate counts" not in measured and "estimation model" not in measured

@@ -21,10 +21,14 @@ from the Green Algorithms model (Lannelongue et al., 2021):
     E = cpu_seconds * power_per_core_w + wall_seconds * memory_gb * memory_w_per_gb
 
 `cpu_seconds` is the process's own CPU time (user + system, all threads), which equals
-cores * usage * wall time in the model's terms. Where a GPU does the work but NVML cannot read it
-(a MIG slice, no permission), the model's GPU term is added: wall_seconds * usage * board power
-(x the slice's share of the GPU), the board power from energy.estimate.gpu_power_w or the cited
-table workflow/resources/gpu_board_power.csv. PUE and carbon are applied at aggregation only
+cores * usage * wall time in the model's terms. `power_per_core_w` is the TDP per core of the
+host's CPU model in Green Algorithms' table, or its generic 12 W where the model is not listed
+(`joulebench.energy.cpu_power`); each estimate says which (`power_per_core_source`). `memory_gb` is the
+process's peak RSS, where Green Algorithms counts the memory available to the job; idle power and
+PUE are not in the estimate (ESTIMATE_SCOPE, in every record). Where a GPU does the work but NVML
+cannot read it (a MIG slice, no permission), the model's GPU term is added: wall_seconds * usage *
+board power (x the slice's share of the GPU), the board power from energy.estimate.gpu_power_w or
+the cited table workflow/resources/gpu_board_power.csv. PUE and carbon are applied at aggregation only
 (`joulebench.report.carbon`).
 
 Each rule meters the devices it computes on (`joulebench.devices.Placement`): a CPU-only rule
@@ -60,7 +64,7 @@ import torch
 from zeus.device.gpu import nvidia
 
 from joulebench.devices import CPU, GpuAccess, Placement, board_power_w, gpu_name, mig_share, probe_gpu
-from joulebench.energy import host_speed
+from joulebench.energy import cpu_power, host_speed
 from joulebench.energy.boundary import energy_boundary
 from joulebench.energy.contention import BUSY_HOST_MIN_CPU_S, BUSY_HOST_SHARE, wait_for_quiet_host
 
@@ -103,6 +107,13 @@ ZeusMonitor = _import_zeus_monitor()
 
 RECORD_SCHEMA = "joulebench.energy/1"
 ESTIMATE_MODEL = "green-algorithms"
+# What an estimate counts, written into each one: the figure is the process's own share, with no
+# idle host and no facility overhead (docs/trackers.md converts it to what other trackers print).
+ESTIMATE_SCOPE = {
+    "memory_counted": "peak RSS of the process (Green Algorithms counts the memory available to the job)",
+    "idle_power_included": False,
+    "pue_included": False,
+}
 # Update period of NVML's energy counter: about 100 ms on recent data-centre GPUs (Zeus's
 # approx_instant_energy exists because windows shorter than it can read 0 J). Windows shorter
 # than this are flagged even where the counter happened to tick.
@@ -111,16 +122,25 @@ NVML_COUNTER_PERIOD_S = 0.1
 
 @dataclass(frozen=True)
 class EstimateModel:
-    """Constants of the Green Algorithms model; defaults are its published generic values.
+    """Constants of the Green Algorithms model; defaults are its published values.
 
-    `gpu_power_w`: board power of a GPU NVML cannot read (None: look it up by name in the shipped
-    table); `gpu_usage`: its usage factor (Green Algorithms assumes 1.0 where it is not known).
+    `power_per_core_w`: None looks it up by this host's CPU model (joulebench.energy.cpu_power), and
+    `power_per_core_source` says where the value came from. `gpu_power_w`: board power of a GPU
+    NVML cannot read (None: look it up by name in the shipped table); `gpu_usage`: its usage factor
+    (Green Algorithms assumes 1.0 where it is not known).
     """
 
-    power_per_core_w: float = 12.0
+    power_per_core_w: float | None = None
     memory_w_per_gb: float = 0.3725
     gpu_power_w: float | None = None
     gpu_usage: float = 1.0
+    power_per_core_source: str = field(default="energy.estimate.power_per_core_w", init=False)
+
+    def __post_init__(self):
+        if self.power_per_core_w is None:
+            watts, source = cpu_power.watts_per_core(cpu_model())
+            object.__setattr__(self, "power_per_core_w", watts)
+            object.__setattr__(self, "power_per_core_source", source)
 
     def cpu_joules(self, cpu_seconds: float) -> float:
         return cpu_seconds * self.power_per_core_w
@@ -588,7 +608,9 @@ class EnergyMeter:
             "cpu_seconds": cpu_seconds,
             "peak_rss_gb": memory_gb,
             "power_per_core_w": self.estimate.power_per_core_w,
+            "power_per_core_source": self.estimate.power_per_core_source,
             "memory_w_per_gb": self.estimate.memory_w_per_gb,
+            **ESTIMATE_SCOPE,
             "gpu": self.gpu_term.describe() if self.gpu_term else None,
         }
         estimate["joules"] = sum(estimate[k] or 0.0 for k in ("cpu_joules", "memory_joules", "gpu_joules"))

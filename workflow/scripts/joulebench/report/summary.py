@@ -277,6 +277,33 @@ def busy_host_note(summary: pd.DataFrame) -> list[str]:
     ]
 
 
+def estimate_note(summary: pd.DataFrame) -> list[str]:
+    """What an estimated figure counts, and which comparisons rest on the model; only where a
+    figure behind the summary is estimated."""
+    measured = (
+        summary["pipeline_energy_measured"].all()
+        and summary.get("inference_energy_measured", pd.Series([True])).all()
+    )
+    if measured:
+        return []
+    return [
+        "**What an estimate counts.** CPU-seconds x power per core (each record's "
+        "`estimate.power_per_core_w`; `estimate.power_per_core_source` names the Green Algorithms TDP "
+        "table row of the host's CPU model, its generic 12 W 'Any' value, or the configuration), plus "
+        "wall seconds x memory x `estimate.memory_w_per_gb`, with memory counted as the process's peak "
+        "RSS (Green Algorithms counts the memory available to the job). Idle power and PUE are not "
+        "included (PUE enters the carbon figures only). docs/trackers.md converts these figures into "
+        "what CodeCarbon, carbontracker, eco2ai or the Green Algorithms calculator would print.",
+        "",
+        "**Comparisons that trade CPU time for wall time depend on the estimation model.** Where the "
+        "CPU is estimated, a variant that uses more threads, DataLoader workers or data-parallel "
+        "processes to finish sooner is charged for its CPU-seconds at a fixed power per core and for "
+        "nothing while the host idles or waits, so its verdict follows the model, not the hardware: "
+        "confirm it on a host with energy counters (RAPL) before relying on it.",
+        "",
+    ]
+
+
 def protocol_paragraph(protocol: dict | None) -> list[str]:
     """The measurement protocol of inference energy, in one paragraph (joulebench.evaluate.protocol)."""
     if not protocol:
@@ -479,6 +506,7 @@ def summary_markdown(
         "component no counter covered (see each record's `parts`, which label every term with its "
         f"source). Sources: {', '.join(energy_sources(summary))}.",
         "",
+        *estimate_note(summary),
         *boundary_markdown(summary),
         *busy_host_note(summary),
         *busy_gpu_note(summary),
