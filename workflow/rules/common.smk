@@ -7,7 +7,10 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+# The package beside this file, wherever the workflow runs from: workflow.basedir is the main
+# Snakefile's folder, which is another workflow's where this one is used as a module.
+SCRIPTS = Path(str(workflow.current_basedir)).parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
 
 from joulebench import figure_registry, variants, warm  # noqa: E402
 from joulebench.config import check_config, idle_baseline_seconds, model_entries, schema_error  # noqa: E402
@@ -256,8 +259,7 @@ WARM_WORKER = {}
 
 onstart:
     if workflow.local_exec:
-        scripts = str(Path(workflow.basedir) / "workflow" / "scripts")
-        WARM_WORKER["process"], started = warm.start(scripts, "logs/warm_worker.log")
+        WARM_WORKER["process"], started = warm.start(str(SCRIPTS), "logs/warm_worker.log")
         logger.info(started)
 
 
