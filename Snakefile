@@ -17,11 +17,6 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
-# Light rules run on the submit host under a cluster executor instead of waiting in the queue.
-localrules:
-    aggregate_report,
-
-
 rule all:
     default_target: True
     input:

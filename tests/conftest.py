@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
+from joulebench.report.figure_registry import FIGURES
+from joulebench.report.figure_registry import figure_files as registry_files
+
 ROOT = Path(__file__).resolve().parents[1]
 # Keep tests on the two cores the way the workflow's rules do.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -26,16 +29,8 @@ def model_files(directory) -> dict:
     return {"model": weights, "recipe": recipe, **{key: directory / name for key, name in files.items()}}
 
 
-# The figures of the report, as workflow/rules/common.smk declares them (REPORT_FIGURES).
-REPORT_FIGURES = (
-    "accuracy_vs_training_energy",
-    "accuracy_vs_inference_energy",
-    "accuracy_vs_size",
-    "accuracy_vs_macs",
-    "energy_by_stage",
-    "training_curves",
-    "time_vs_energy",
-)
+# The figures of the report, by name: the package's registry, which the workflow declares.
+REPORT_FIGURES = tuple(FIGURES)
 
 
 def report_files(directory) -> dict:
@@ -61,8 +56,7 @@ def report_files(directory) -> dict:
 
 def figure_files(directory) -> dict:
     """Each report figure's declared [PDF, PNG] by figure name (report_figures in common.smk)."""
-    directory = Path(directory)
-    return {name: [directory / f"{name}.pdf", directory / f"{name}.png"] for name in REPORT_FIGURES}
+    return {name: [Path(pdf), Path(png)] for name, (pdf, png) in registry_files(directory).items()}
 
 
 def tiny_config(**overrides) -> dict:

@@ -9,6 +9,7 @@ import pytest
 from test_readme import readme_inline_command
 
 from conftest import REPORT_FIGURES, readme_checkout, run_as_printed, run_snakemake
+from joulebench.report.figure_registry import FIGURES as REGISTRY
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +83,11 @@ def test_snakemake_report_html_holds_every_figure_with_its_caption(tiny_run, tmp
     assert "what Green-AI techniques really buy" in html and "How to read the categories" in html
     for figure in FIGURES:
         assert f"{figure}.png" in html, figure
+    # Each figure carries its labels (joulebench.report.figure_registry), the columns its category's
+    # table of results shows.
+    for figure in REGISTRY.values():
+        assert f'"labels": {json.dumps(figure.labels())}' in html, figure.title
+    assert "warning" not in result.stderr.lower(), result.stderr
     for caption in ("Pareto front on the means", "pipeline stage", "Validation accuracy against"):
         assert caption in html, caption
 

@@ -7,10 +7,14 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+# The package beside this file, wherever the workflow runs from: workflow.basedir is the main
+# Snakefile's folder, which is another workflow's where this one is used as a module.
+SCRIPTS = Path(str(workflow.current_basedir)).parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
 
 from joulebench import variants  # noqa: E402
-from joulebench.run import warm
+from joulebench.report import figure_registry  # noqa: E402
+from joulebench.run import warm  # noqa: E402
 from joulebench.config import check_config, idle_baseline_seconds, model_entries, schema_error  # noqa: E402
 
 try:
@@ -199,25 +203,15 @@ def data_energy_inputs():
     return sorted({path for entry in report_entries() for path in entry["data_energy"]})
 
 
-# Report figures (name -> category in `snakemake --report`); captions in workflow/report/<name>.rst.
-REPORT_FIGURES = {
-    "accuracy_vs_training_energy": "Pareto fronts",
-    "accuracy_vs_inference_energy": "Pareto fronts",
-    "accuracy_vs_size": "Model cost",
-    "accuracy_vs_macs": "Model cost",
-    "energy_by_stage": "Energy",
-    "training_curves": "Energy",
-    "time_vs_energy": "Energy",
-}
-
-
 def report_figures():
-    """The report's figures as named outputs: figure name -> [its PDF, its PNG]. The package draws
-    each figure by its name into these files; PNGs go into the HTML report with their captions."""
+    """The report's figures (joulebench.report.figure_registry) as named outputs: figure name -> [its PDF,
+    its PNG]. The package draws each figure by its name into these files; PNGs go into the HTML
+    report under their categories, with their captions (workflow/report/<name>.rst) and labels."""
     files = {}
-    for name, category in REPORT_FIGURES.items():
-        png = report(f"{REPORT_DIR}/{name}.png", category=category, caption=f"../report/{name}.rst")
-        files[name] = [f"{REPORT_DIR}/{name}.pdf", png]
+    for name, (pdf, png) in figure_registry.figure_files(REPORT_DIR).items():
+        figure = figure_registry.FIGURES[name]
+        caption = f"../report/{name}.rst"
+        files[name] = [pdf, report(png, category=figure.category, caption=caption, labels=figure.labels())]
     return files
 
 
@@ -267,8 +261,7 @@ WARM_WORKER = {}
 
 onstart:
     if workflow.local_exec:
-        scripts = str(Path(workflow.basedir) / "workflow" / "scripts")
-        WARM_WORKER["process"], started = warm.start(scripts, "logs/warm_worker.log")
+        WARM_WORKER["process"], started = warm.start(str(SCRIPTS), "logs/warm_worker.log")
         logger.info(started)
 
 

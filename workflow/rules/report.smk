@@ -34,6 +34,9 @@ rule aggregate_report:
         ),
     log:
         "logs/aggregate_report.log",
+    # A light rule: it runs on the submit host under a cluster executor instead of waiting in the
+    # queue. Set here, not by name in `localrules:`: a workflow using this one as a module renames it.
+    localrule: True
     conda:
         "../../envs/report.yaml"
     params:

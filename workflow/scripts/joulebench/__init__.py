@@ -8,3 +8,7 @@ takes `inputs` and `outputs`, the rule's declared files by name (Snakemake's `in
 passes as params. The rule scripts in workflow/scripts/ call them through one adapter
 (stage_adapter.run_stage) and the package never sees Snakemake.
 """
+
+from joulebench.version import version as _version
+
+__version__ = _version()

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import pandas as pd
 import yaml
 
+import joulebench
 from joulebench import store, variants
 from joulebench.energy.boundary import boundary_id, pipeline_boundary
 from joulebench.evaluate.protocol import median_and_spread
@@ -322,8 +323,10 @@ def write_report(
 
 def config_text(config: dict) -> str:
     """The resolved config as YAML in the config file's key order, non-ASCII text (a dataset path
-    with umlauts) as written rather than escaped."""
-    return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    with umlauts) as written rather than escaped, under a comment naming the joulebench version
+    that made the report (a comment, so the file stays a valid --configfile)."""
+    header = f"# The resolved config of this report, made by joulebench {joulebench.__version__}.\n"
+    return header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
 
 
 def aggregate_report(

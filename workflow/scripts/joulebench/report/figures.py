@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from joulebench import store  # noqa: E402
+from joulebench.report.figure_registry import FIGURES  # noqa: E402
 from joulebench.report.stats import device_label, energy_unit, pareto_mask  # noqa: E402
 from joulebench.variants import BASELINE  # noqa: E402
 
@@ -324,9 +325,12 @@ def plot_time_vs_energy(summary, files):
 
 def write_figures(summary, histories, files: dict) -> list[Path]:
     """Every figure of the report into its declared files; `files`: figure name -> its PDF and PNG
-    (the aggregate_report rule's outputs of that name; REPORT_FIGURES in common.smk names them,
-    with captions).
+    (the aggregate_report rule's outputs of that name, one per figure of FIGURES, the registry in
+    joulebench.report.figure_registry).
     """
+    missing = sorted(set(FIGURES) - set(files))
+    if missing:
+        raise KeyError(f"no declared files for the report figure(s) {', '.join(missing)}")
     summary = summary.assign(size_kb=summary["size_bytes"] / 1000, mmacs=summary["macs"] / 1e6)
     paths = []
     paths += plot_accuracy_vs(
