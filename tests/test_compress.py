@@ -11,7 +11,8 @@ from torch import nn
 from conftest import ROOT, artifact
 from joulebench.compress import apply, prune, quantize
 from joulebench.config import resolved_config
-from joulebench.energy.meter import EnergyMeter, EstimateModel
+from joulebench.energy.estimate import EstimateModel
+from joulebench.energy.meter import EnergyMeter
 from joulebench.evaluate.accuracy import accuracy
 from joulebench.evaluate.metrics import count_macs, parameter_counts
 from joulebench.models import build_model, count_parameters, save_model

@@ -5,11 +5,12 @@ import json
 import pytest
 
 from joulebench.config import resolved_config
-from joulebench.energy import cpu_power
-from joulebench.energy import meter as energy
-from joulebench.energy.meter import EnergyMeter, EstimateModel
+from joulebench.energy import cpu_power, estimate, inventory
 
 # /proc/cpuinfo "model name" lines of CPUs in the table, and what the table gives per core.
+from joulebench.energy.estimate import EstimateModel
+from joulebench.energy.meter import EnergyMeter
+
 KNOWN = {
     "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz": (7.5, "Xeon Gold 6248"),
     "AMD EPYC 7763 64-Core Processor": (4.4, "AMD EPYC 7763"),
@@ -55,22 +56,22 @@ def test_the_shipped_table_is_green_algorithms_file_with_its_provenance():
 def test_every_estimate_carries_the_power_per_core_its_source_and_what_it_leaves_out(monkeypatch):
     # SIMULATED HOST CPU: this machine's CPU is not in the table, so its model name is replaced by
     # one that is; the table, the meter and Zeus (no counter here) are real.
-    monkeypatch.setattr(energy, "cpu_model", lambda: "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz")
+    monkeypatch.setattr(estimate, "cpu_model", lambda: "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz")
     with EnergyMeter("unit") as meter, meter.window("work"):
         sum(range(200_000))
     record = meter.record()
     assert record["measured"] is False
-    for estimate in (record["estimate"], record["windows"][0]["estimate"]):
-        assert estimate["power_per_core_w"] == 7.5
-        assert estimate["power_per_core_source"] == "Green Algorithms TDP table: Xeon Gold 6248"
-        assert estimate["cpu_joules"] == pytest.approx(estimate["cpu_seconds"] * 7.5)
-        assert estimate["memory_counted"].startswith("peak RSS of the process")
-        assert estimate["idle_power_included"] is False and estimate["pue_included"] is False
+    for facts in (record["estimate"], record["windows"][0]["estimate"]):
+        assert facts["power_per_core_w"] == 7.5
+        assert facts["power_per_core_source"] == "Green Algorithms TDP table: Xeon Gold 6248"
+        assert facts["cpu_joules"] == pytest.approx(facts["cpu_seconds"] * 7.5)
+        assert facts["memory_counted"].startswith("peak RSS of the process")
+        assert facts["idle_power_included"] is False and facts["pue_included"] is False
     json.dumps(record, allow_nan=False)
 
 
 def test_this_hosts_estimate_names_its_own_cpu_model():
-    watts, source = cpu_power.watts_per_core(energy.cpu_model())
+    watts, source = cpu_power.watts_per_core(inventory.cpu_model())
     with EnergyMeter("unit") as meter:
         sum(range(10_000))
     record = meter.record()
@@ -96,5 +97,5 @@ def test_the_shipped_config_leaves_the_power_per_core_to_the_table():
     assert "power_per_core_w" not in estimate
     model = EstimateModel(**estimate)  # what rule_meter builds from it
     assert (model.power_per_core_w, model.power_per_core_source) == cpu_power.watts_per_core(
-        energy.cpu_model()
+        inventory.cpu_model()
     )

@@ -508,7 +508,7 @@ def node_of_8_gpus(monkeypatch):
 
 def test_a_node_meters_the_gpus_of_its_ranks_and_no_other(node_of_8_gpus):
     from joulebench.devices import Placement
-    from joulebench.energy.meter import EstimateModel
+    from joulebench.energy.estimate import EstimateModel
     from joulebench.train.data_parallel import DataParallelMeter
     from joulebench.train.distributed import Rank
 

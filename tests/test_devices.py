@@ -17,7 +17,7 @@ from zeus.device.gpu import nvidia
 
 from joulebench import devices
 from joulebench.devices import CPU, GpuAccess, Placement, probe_gpu
-from joulebench.energy import meter as energy
+from joulebench.energy import estimate
 from joulebench.energy.meter import EnergyMeter
 from simulated_host.nvml import autospec_pynvml
 
@@ -65,7 +65,7 @@ def nvml(monkeypatch):
 def cuda_names_device(monkeypatch, name: str) -> None:
     """The device name torch would give the rule's CUDA device (MOCK: there is no CUDA here)."""
     monkeypatch.setattr(devices, "gpu_name", lambda placement: name)
-    monkeypatch.setattr(energy, "gpu_name", lambda placement: name)
+    monkeypatch.setattr(estimate, "gpu_name", lambda placement: name)
 
 
 def test_a_readable_gpu_is_metered_with_its_zeus_index_and_every_field_described(nvml):

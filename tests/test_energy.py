@@ -18,6 +18,7 @@ import time
 from types import SimpleNamespace
 from unittest import mock
 
+import psutil
 import pynvml
 import pytest
 import torch
@@ -32,12 +33,10 @@ from conftest import ROOT
 from joulebench import devices
 from joulebench.devices import CPU, Placement
 from joulebench.energy import meter as energy
-from joulebench.energy.meter import (
-    ESTIMATE_MODEL,
-    EnergyMeter,
-    EstimateModel,
-    idle_record,
-)
+from joulebench.energy import process
+from joulebench.energy.estimate import ESTIMATE_MODEL, EstimateModel
+from joulebench.energy.idle import idle_record
+from joulebench.energy.meter import EnergyMeter
 from joulebench.report.columns import dynamic_joules
 from joulebench.train import checkpoint
 from simulated_host.nvml import autospec_pynvml
@@ -529,8 +528,8 @@ def test_host_busy_time_counts_guest_time_once(monkeypatch):
     cpu_times = type(
         "scputimes", (tuple,), {name: property(lambda self, i=i: self[i]) for i, name in enumerate(fields)}
     )
-    monkeypatch.setattr(energy.psutil, "cpu_times", lambda: cpu_times(getattr(times, f) for f in fields))
-    assert energy._host_busy_cpu_seconds() == pytest.approx(10.0 + 2.0 + 3.0 + 0.5 + 0.5)
+    monkeypatch.setattr(psutil, "cpu_times", lambda: cpu_times(getattr(times, f) for f in fields))
+    assert energy.host_busy_cpu_seconds() == pytest.approx(10.0 + 2.0 + 3.0 + 0.5 + 0.5)
 
 
 def test_a_resumed_record_keeps_the_busy_host_flags_of_earlier_epochs():
@@ -570,8 +569,8 @@ def test_other_processes_loading_the_host_flag_the_window_busy_host():
     finally:
         for pid in spinners:
             # An error: it ended already (and its new parent reaped it).
-            with contextlib.suppress(energy.psutil.Error):
-                energy.psutil.Process(pid).wait(timeout=30)
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).wait(timeout=30)
     window = meter.windows[0]
     assert window["other_processes_cpu_share"] > 0.5  # they had the cores; we slept
     assert window["busy_host"] is True
@@ -724,12 +723,12 @@ def test_running_loader_workers_are_charged_as_the_rules_own_cpu_time():
         with meter.window("epoch1"):
             for _ in batches:
                 pass
-        worker_alive = any(child.is_running() for child in energy.psutil.Process().children())
+        worker_alive = any(child.is_running() for child in psutil.Process().children())
     assert worker_alive
     epoch = meter.windows[0]
     # The worker made 8 items of 80 ms each, while this process mostly waited for them.
     assert epoch["estimate"]["cpu_seconds"] >= 0.5
-    assert os.getpid() in energy.own_process_ids()
+    assert os.getpid() in process.own_process_ids()
 
 
 def test_a_grace_superchip_counter_covers_its_cpu_and_memory_so_nothing_is_added_beside_it(gpus, monkeypatch):

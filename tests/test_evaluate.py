@@ -5,7 +5,8 @@ import torch
 import torchvision
 
 from conftest import artifact
-from joulebench.energy.meter import EnergyMeter, EstimateModel
+from joulebench.energy.estimate import EstimateModel
+from joulebench.energy.meter import EnergyMeter
 from joulebench.evaluate.metrics import count_macs, evaluate, parameter_counts, percentile
 from joulebench.models import build_model, save_model
 

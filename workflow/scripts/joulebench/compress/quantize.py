@@ -38,7 +38,7 @@ MAX_BATCH = 65536
 
 
 # What each method's work imports, by method: quantize_model imports them before its energy window
-# opens (importing is not the measured work; joulebench.energy.meter.imported_packages flags a window
+# opens (importing is not the measured work; joulebench.energy.process.imported_packages flags a window
 # that still imports). PT2E export traces the model with Dynamo and folds constants with Inductor.
 _PT2E = (
     "torch._dynamo",

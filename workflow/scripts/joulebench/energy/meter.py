@@ -49,364 +49,43 @@ window also records a host-speed index, taken before it opened, and its steal sh
 
 import gc
 import logging
-import multiprocessing
 import os
-import platform
-import resource
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib.metadata import version
 
-import psutil
 import torch
-from zeus.device.gpu import nvidia
 
-from joulebench.devices import CPU, GpuAccess, Placement, board_power_w, gpu_name, mig_share, probe_gpu
-from joulebench.energy import cpu_power, host_speed
+from joulebench.devices import CPU, Placement, probe_gpu
+from joulebench.energy import host_speed
 from joulebench.energy.boundary import energy_boundary
 from joulebench.energy.contention import BUSY_HOST_MIN_CPU_S, BUSY_HOST_SHARE, wait_for_quiet_host
+from joulebench.energy.estimate import ESTIMATE_MODEL, ESTIMATE_SCOPE, EstimateModel, gpu_term
+from joulebench.energy.inventory import (
+    device_facts,
+    gpu_processes,
+    host_facts,
+    measurement_devices,
+    other_gpu_processes,
+)
+from joulebench.energy.process import (
+    host_busy_cpu_seconds,
+    imported_packages,
+    own_process_ids,
+    peak_memory_gb,
+    process_cpu_seconds,
+)
+from joulebench.energy.zeus_import import ZeusMonitor
 
 log = logging.getLogger(__name__)
 
 
-def _import_zeus_monitor():
-    """zeus.monitor.ZeusMonitor, without importing scikit-learn into every job.
-
-    zeus.monitor.power imports `sklearn.metrics.auc` at module level, which pulls in scipy.stats:
-    0.75 s of each job's 3 s of imports on this project's 2-core machine. Zeus calls `auc` only to
-    integrate sampled power (GPUs without an energy counter), so it gets a stand-in that imports
-    the real `auc` on its first call; the stand-in leaves sys.modules as soon as Zeus is imported.
-    """
-    import sys
-    import types
-
-    if "zeus.monitor.power" in sys.modules or "sklearn.metrics" in sys.modules:
-        from zeus.monitor import ZeusMonitor
-
-        return ZeusMonitor
-
-    def auc(x, y):
-        from sklearn.metrics import auc as sklearn_auc
-
-        return sklearn_auc(x, y)
-
-    stand_in = types.ModuleType("sklearn.metrics")
-    stand_in.auc = auc
-    sys.modules["sklearn.metrics"] = stand_in
-    try:
-        from zeus.monitor import ZeusMonitor
-    finally:
-        if sys.modules.get("sklearn.metrics") is stand_in:
-            del sys.modules["sklearn.metrics"]
-    return ZeusMonitor
-
-
-ZeusMonitor = _import_zeus_monitor()
-
 RECORD_SCHEMA = "joulebench.energy/1"
-ESTIMATE_MODEL = "green-algorithms"
-# What an estimate counts, written into each one: the figure is the process's own share, with no
-# idle host and no facility overhead (docs/trackers.md converts it to what other trackers print).
-ESTIMATE_SCOPE = {
-    "memory_counted": "peak RSS of the process (Green Algorithms counts the memory available to the job)",
-    "idle_power_included": False,
-    "pue_included": False,
-}
 # Update period of NVML's energy counter: about 100 ms on recent data-centre GPUs (Zeus's
 # approx_instant_energy exists because windows shorter than it can read 0 J). Windows shorter
 # than this are flagged even where the counter happened to tick.
 NVML_COUNTER_PERIOD_S = 0.1
-
-
-@dataclass(frozen=True)
-class EstimateModel:
-    """Constants of the Green Algorithms model; defaults are its published values.
-
-    `power_per_core_w`: None looks it up by this host's CPU model (joulebench.energy.cpu_power), and
-    `power_per_core_source` says where the value came from. `gpu_power_w`: board power of a GPU
-    NVML cannot read (None: look it up by name in the shipped table); `gpu_usage`: its usage factor
-    (Green Algorithms assumes 1.0 where it is not known).
-    """
-
-    power_per_core_w: float | None = None
-    memory_w_per_gb: float = 0.3725
-    gpu_power_w: float | None = None
-    gpu_usage: float = 1.0
-    power_per_core_source: str = field(default="energy.estimate.power_per_core_w", init=False)
-
-    def __post_init__(self):
-        if self.power_per_core_w is None:
-            watts, source = cpu_power.watts_per_core(cpu_model())
-            object.__setattr__(self, "power_per_core_w", watts)
-            object.__setattr__(self, "power_per_core_source", source)
-
-    def cpu_joules(self, cpu_seconds: float) -> float:
-        return cpu_seconds * self.power_per_core_w
-
-    def memory_joules(self, wall_seconds: float, memory_gb: float) -> float:
-        return wall_seconds * memory_gb * self.memory_w_per_gb
-
-    def joules(self, cpu_seconds: float, wall_seconds: float, memory_gb: float) -> float:
-        """The CPU and memory terms (the GPU term applies only to an unreadable GPU, see gpu_term)."""
-        return self.cpu_joules(cpu_seconds) + self.memory_joules(wall_seconds, memory_gb)
-
-
-@dataclass(frozen=True)
-class GpuTerm:
-    """Green Algorithms' GPU term for a GPU that computes but cannot be metered: watts x seconds."""
-
-    watts: float
-    board_power_w: float
-    usage: float
-    share: float
-    source: str
-
-    def describe(self) -> dict:
-        return {
-            "watts": self.watts,
-            "board_power_w": self.board_power_w,
-            "usage": self.usage,
-            "share_of_gpu": self.share,
-            "board_power_source": self.source,
-        }
-
-
-def gpu_term(model: EstimateModel, placement: Placement, access: GpuAccess) -> GpuTerm | None:
-    """The GPU term where the placement's GPU computes but NVML cannot read it, else None."""
-    if not access.used or access.metered:
-        return None
-    name = gpu_name(placement)
-    if model.gpu_power_w is not None:
-        board, source = model.gpu_power_w, "energy.estimate.gpu_power_w"
-    else:
-        found = board_power_w(name)
-        if found is None:
-            raise RuntimeError(
-                f"the GPU this rule computes on ({name or 'unnamed'}) cannot be metered ({access.reason}) "
-                "and its board power is not in workflow/resources/gpu_board_power.csv: set "
-                "energy.estimate.gpu_power_w to its board power in watts (nvidia-smi -q -d POWER shows it)"
-            )
-        board, source = found
-    share = mig_share(name)
-    return GpuTerm(board * model.gpu_usage * share, board, model.gpu_usage, share, source)
-
-
-def _process_cpu_seconds() -> float:
-    """CPU seconds of this process and of every process it started, running or ended."""
-    running = multiprocessing.active_children()  # reaps the ended ones first
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime + _running_cpu_seconds(running)
-
-
-def _running_cpu_seconds(children) -> float:
-    """CPU seconds of child processes that have not been reaped yet (DataLoader workers, which
-    live as long as their loader; Zeus's polling processes), with their own reaped children. The
-    kernel adds a child's time to RUSAGE_CHILDREN only once it is waited for, so without this a
-    window that ends while they run misses their work and counts it as other processes'. The
-    children are the ones multiprocessing started (listing every process of the host to find
-    children costs milliseconds a window); read after RUSAGE_CHILDREN, one that ends in between
-    is missed for that reading rather than counted twice."""
-    total = 0.0
-    for child in children:
-        try:
-            times = psutil.Process(child.pid).cpu_times()
-        except (psutil.Error, TypeError):  # ended since it was listed, or not started
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
-
-
-def own_process_ids() -> set[int]:
-    """This process and its running descendants: the processes whose work is the rule's own."""
-    ids = {os.getpid()}
-    for child in psutil.Process().children(recursive=True):
-        ids.add(child.pid)
-    return ids
-
-
-def _host_busy_cpu_seconds() -> float:
-    """CPU seconds every process on the host has spent since boot (all cores, idle and iowait
-    excluded)."""
-    times = psutil.cpu_times()
-    # Linux counts guest (virtual machine) time inside user and nice already: count it once.
-    counted_twice = getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0) - counted_twice
-
-
-def imported_packages(before: frozenset) -> list[str]:
-    """Top-level packages first imported since `before` (sys.modules then): importing is never the
-    measured work, and its time (disk cache, bytecode) varies from run to run, so a stage imports
-    what its work needs before its window opens. A window that still imports says so here."""
-    return sorted({name.split(".")[0] for name in set(sys.modules) - before})
-
-
-def _peak_memory_gb() -> float:
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def host_facts() -> dict:
-    return {
-        "host": platform.node(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "slurm_node": os.environ.get("SLURMD_NODENAME"),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "zeus_version": version("zeus"),
-        "cpu_model": cpu_model(),
-    }
-
-
-def _grace_module(handle) -> bool:
-    """Whether the GPU is half of a Grace superchip (GH200, GB200: its C2C link to the Grace CPU
-    is enabled). NVML's energy counter then covers the whole module: GPU, Grace CPU and their
-    memory, so no CPU or memory term may be added beside it."""
-    pynvml = nvidia.pynvml
-    try:
-        return bool(pynvml.nvmlDeviceGetC2cModeInfoV(handle).isC2cEnabled)
-    except pynvml.NVMLError:
-        return False
-
-
-def _nvidia_facts(gpus, index: int) -> dict:
-    """Physical identity and driver of one NVIDIA GPU, read through the pynvml Zeus uses, and what
-    its energy counter covers."""
-    pynvml = nvidia.pynvml
-    gpu = gpus.gpus[index]
-    facts = {"nvml_index": gpu.gpu_index, "uuid": None, "driver_version": None}
-    if _grace_module(gpu.handle):
-        facts["covers"] = ["gpu", "cpu", "dram"]
-        facts["scope"] = "module: GPU, Grace CPU and their memory"
-    try:
-        facts["uuid"] = pynvml.nvmlDeviceGetUUID(gpu.handle)
-        facts["driver_version"] = pynvml.nvmlSystemGetDriverVersion()
-    except pynvml.NVMLError as error:
-        log.warning("NVML did not give the UUID/driver of GPU %d: %s", index, error)
-    return facts
-
-
-def device_facts(monitor: ZeusMonitor) -> dict:
-    """Every device the monitor reads, keyed as in the record: model, counter, physical identity.
-
-    `device_id` names the physical device on its host (a GPU's UUID, or its NVML index where NVML
-    gives no UUID; a CPU package); contention detection compares it across records.
-    """
-    nvidia_gpus = isinstance(monitor.gpus, nvidia.NVIDIAGPUs)
-    devices = {}
-    for index in monitor.gpu_indices:
-        volta_or_newer = monitor.gpus.supports_get_total_energy_consumption(index)
-        vendor = "nvml" if nvidia_gpus else "amdsmi"
-        facts = {
-            "kind": "gpu",
-            "name": monitor.gpus.get_name(index),
-            "source": f"{vendor}-counter" if volta_or_newer else f"{vendor}-power-integration",
-            "cuda_index": index,
-            "covers": ["gpu"],
-        }
-        if nvidia_gpus:
-            facts |= _nvidia_facts(monitor.gpus, index)
-        physical = facts.get("uuid") or f"nvml{facts.get('nvml_index', index)}"
-        facts["device_id"] = f"gpu:{physical}"
-        devices[f"gpu{index}"] = facts
-    model = cpu_model()
-    for index in monitor.cpu_indices:
-        devices[f"cpu{index}"] = {
-            "kind": "cpu",
-            "name": f"{model} (package {index})",
-            "source": "rapl",
-            "package": index,
-            "device_id": f"cpu:package{index}",
-            "covers": ["cpu"],
-        }
-        if monitor.cpus.supports_get_dram_energy_consumption(index):
-            devices[f"dram{index}"] = {
-                "kind": "dram",
-                "name": f"DRAM of package {index}",
-                "source": "rapl-dram",
-                "package": index,
-                "device_id": f"dram:package{index}",
-                "covers": ["dram"],
-            }
-    return devices
-
-
-def measurement_devices(measurement, facts: dict, approximated: set[str]) -> dict:
-    """Joules per device from a Zeus Measurement, each with the counter that produced it."""
-    joules = {f"gpu{i}": e for i, e in measurement.gpu_energy.items()}
-    joules |= {f"cpu{i}": e for i, e in (measurement.cpu_energy or {}).items()}
-    joules |= {f"dram{i}": e for i, e in (measurement.dram_energy or {}).items()}
-    devices = {}
-    for name, value in joules.items():
-        source = "nvml-instant-power" if name in approximated else facts[name]["source"]
-        devices[name] = {
-            "joules": value,
-            "source": source,
-            "name": facts[name]["name"],
-            "device_id": facts[name]["device_id"],
-            "covers": facts[name]["covers"],
-        }
-    return devices
-
-
-def gpu_processes(monitor) -> dict[int, dict[int, int | None]] | None:
-    """Compute processes on each metered NVIDIA GPU: GPU index -> {pid: used GPU memory in bytes}.
-    None where NVML cannot list them (an AMD GPU, an unsupported query)."""
-    if not monitor.gpu_indices:
-        return {}
-    if not isinstance(monitor.gpus, nvidia.NVIDIAGPUs):
-        return None
-    pynvml = nvidia.pynvml
-    found = {}
-    for index in monitor.gpu_indices:
-        try:
-            listed = pynvml.nvmlDeviceGetComputeRunningProcesses(monitor.gpus.gpus[index].handle)
-        except pynvml.NVMLError:
-            return None
-        found[index] = {process.pid: process.usedGpuMemory for process in listed}
-    return found
-
-
-def other_gpu_processes(seen: list[dict | None], own_ids, computing_here: bool) -> list[dict] | None:
-    """Processes other than the rule's own on its metered GPUs at either edge of a window: the GPU
-    twin of busy_host (the GPU's counter counts their work too). `seen`: gpu_processes at each
-    edge; `own_ids()`: the rule's process IDs (listing them scans /proc: only done when NVML listed
-    any process); `computing_here`: this process holds a CUDA context, so
-    NVML must list it. None where NVML cannot tell, including when it lists none of the rule's
-    processes although this one computes there: its process IDs are then those of another PID
-    namespace (a container's host) and cannot be told apart."""
-    if any(edge is None for edge in seen):
-        return None
-    listed = {
-        (index, pid): memory for edge in seen for index, pids in edge.items() for pid, memory in pids.items()
-    }
-    if not listed:
-        return []
-    own = own_ids()
-    if computing_here and not any(pid in own for _, pid in listed):
-        return None
-    return [
-        {
-            "device": f"gpu{index}",
-            "pid": pid,
-            "used_gpu_memory_mib": None if memory is None else memory / 2**20,
-        }
-        for (index, pid), memory in sorted(listed.items())
-        if pid not in own
-    ]
 
 
 class _CounterLog:
@@ -520,7 +199,7 @@ class EnergyMeter:
         freeze_long_lived_objects()
         cores = os.cpu_count() or 1
         self.quiet_host_wait = wait_for_quiet_host(
-            _process_cpu_seconds, _host_busy_cpu_seconds, cores, time.sleep
+            process_cpu_seconds, host_busy_cpu_seconds, cores, time.sleep
         )
         self._rule_window = self._begin(f"rule:{self.rule}")
         return self
@@ -557,8 +236,8 @@ class EnergyMeter:
             host_speed={**self._probe, "cpu_freq_mhz": host_speed.cpu_freq_mhz()},
             proc_stat_start=host_speed.read_proc_stat(),
             start_unix=time.time(),
-            cpu_seconds_start=_process_cpu_seconds(),
-            host_busy_start=_host_busy_cpu_seconds(),
+            cpu_seconds_start=process_cpu_seconds(),
+            host_busy_start=host_busy_cpu_seconds(),
             modules_start=frozenset(sys.modules),
             gpu_processes_start=processes,
         )
@@ -593,13 +272,13 @@ class EnergyMeter:
             computing_here,
         )
         if cpu_seconds is None:
-            cpu_seconds = _process_cpu_seconds() - window.cpu_seconds_start
-        others = max(0.0, _host_busy_cpu_seconds() - window.host_busy_start - cpu_seconds)
+            cpu_seconds = process_cpu_seconds() - window.cpu_seconds_start
+        others = max(0.0, host_busy_cpu_seconds() - window.host_busy_start - cpu_seconds)
         capacity = max(measurement.time, 1e-9) * (os.cpu_count() or 1)
         other_share = min(1.0, others / capacity)
         devices = measurement_devices(measurement, self.facts, approximated)
         if memory_gb is None:
-            memory_gb = _peak_memory_gb()
+            memory_gb = peak_memory_gb()
         estimate = {
             "model": ESTIMATE_MODEL,
             "cpu_joules": self.estimate.cpu_joules(cpu_seconds),
@@ -675,24 +354,6 @@ class EnergyMeter:
             "quiet_host_wait": self.quiet_host_wait,
             "windows": self.windows,
         }
-
-
-def idle_record(
-    seconds: float, estimate: EstimateModel | None = None, placement: Placement = CPU, monitor=None
-) -> dict:
-    """Measure the devices doing nothing for `seconds`: the idle baseline of this host.
-
-    The record gains `idle_power_w` (device_id -> watts) for measured devices only. An estimate
-    has no idle component (the Green Algorithms model charges CPU time, which an idle process
-    barely has), so where nothing is measured `idle_power_w` is empty.
-    """
-    with EnergyMeter("measure_idle_power", estimate, placement, monitor) as meter:
-        time.sleep(seconds)
-    record = meter.record()
-    record["idle_power_w"] = {
-        device["device_id"]: device["joules"] / record["wall_time_s"] for device in record["devices"].values()
-    }
-    return record
 
 
 def rule_meter(rule: str, estimate: dict, placement: Placement = CPU) -> EnergyMeter:

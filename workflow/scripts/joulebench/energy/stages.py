@@ -4,7 +4,8 @@ import logging
 
 from joulebench import store
 from joulebench.devices import accelerator
-from joulebench.energy.meter import EstimateModel, idle_record
+from joulebench.energy.estimate import EstimateModel
+from joulebench.energy.idle import idle_record
 
 log = logging.getLogger(__name__)
 

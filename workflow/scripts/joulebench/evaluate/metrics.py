@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from joulebench.devices import gpu_name
-from joulebench.energy.meter import cpu_model
+from joulebench.energy.inventory import cpu_model
 from joulebench.evaluate.accuracy import accuracy
 from joulebench.evaluate.protocol import Protocol, repeat_for, warm_up
 from joulebench.models import count_parameters

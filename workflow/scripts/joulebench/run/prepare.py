@@ -8,7 +8,7 @@ log = logging.getLogger(__name__)
 
 def import_before_window(modules) -> None:
     """Import what a window's work will import: importing is not the measured work, and its time
-    varies with the disk cache from run to run (joulebench.energy.meter.imported_packages records any
+    varies with the disk cache from run to run (joulebench.energy.process.imported_packages records any
     package a window still imports)."""
     for name in modules:
         importlib.import_module(name)

@@ -47,14 +47,9 @@ import torch.distributed as dist
 from joulebench import store
 from joulebench.energy import host_speed
 from joulebench.energy.boundary import energy_boundary
-from joulebench.energy.meter import (
-    EnergyMeter,
-    EstimateModel,
-    Window,
-    _peak_memory_gb,
-    _process_cpu_seconds,
-    flagged_windows,
-)
+from joulebench.energy.estimate import EstimateModel
+from joulebench.energy.meter import EnergyMeter, Window, flagged_windows
+from joulebench.energy.process import peak_memory_gb, process_cpu_seconds
 from joulebench.train.checkpoint import Checkpointer
 from joulebench.train.distributed import Rank, backend, placement_of, run_workers
 
@@ -189,7 +184,7 @@ class DataParallelMeter:
         dist.barrier()
         if self.measures:
             return self.meter._begin(name, probe=False)
-        return Window(name=name, cpu_seconds_start=_process_cpu_seconds())
+        return Window(name=name, cpu_seconds_start=process_cpu_seconds())
 
     def _end(self, window: Window) -> tuple[dict, dict | None]:
         """Close the window on every rank; returns (the sum over nodes, this node's own record)."""
@@ -197,8 +192,8 @@ class DataParallelMeter:
         usage = {
             "host": self.rank.host,
             "rank": self.rank.rank,
-            "cpu_seconds": _process_cpu_seconds() - window.cpu_seconds_start,
-            "peak_rss_gb": _peak_memory_gb(),
+            "cpu_seconds": process_cpu_seconds() - window.cpu_seconds_start,
+            "peak_rss_gb": peak_memory_gb(),
         }
         usages = [u for u in _gather(usage) if u["host"] == self.rank.host]
         own = None
