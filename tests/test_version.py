@@ -7,7 +7,7 @@ import yaml
 
 import joulebench
 from conftest import ROOT, tiny_config
-from joulebench import report
+from joulebench.report import aggregate
 from joulebench.version import version
 
 
@@ -29,6 +29,6 @@ def test_another_projects_pyproject_is_not_taken_for_joulebenchs(tmp_path):
 
 def test_the_reports_config_names_the_version_and_stays_a_config_file():
     config = tiny_config()
-    text = report.config_text(config)
+    text = aggregate.config_text(config)
     assert text.splitlines()[0] == "# The resolved config of this report, made by joulebench 0.1.0."
     assert yaml.safe_load(text) == config
