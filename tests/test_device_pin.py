@@ -133,7 +133,7 @@ def cross_device_table():
         rows.append(
             {
                 "dataset": "digits", "model": "small_cnn", "variant": variant, "seed": seed,
-                "technique": {"baseline": "train", "cpu": "device"}.get(variant, "precision"),
+                "technique": {"baseline": "baseline", "cpu": "device"}.get(variant, "precision"),
                 "parent": None, "precision": "fp32", "test_accuracy": accuracy,
                 "pipeline_energy_j": energy, "own_energy_j": energy, "pipeline_wall_time_s": energy / 10,
                 "energy_train_j": energy, "energy_data_j": 0.0, "energy_compress_j": 0.0,

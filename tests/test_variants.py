@@ -24,7 +24,7 @@ VARIANTS = {
 
 def test_names_and_techniques():
     assert names(VARIANTS) == [BASELINE, "half", "pruned_half", "int8", "bf16", "student"]
-    assert made_by(VARIANTS, "train", "precision") == [BASELINE, "bf16"]
+    assert made_by(VARIANTS, "baseline", "precision") == [BASELINE, "bf16"]
     assert made_by(VARIANTS, "finetune") == []
     assert [from_scratch(VARIANTS, name) for name in names(VARIANTS)] == [
         True,

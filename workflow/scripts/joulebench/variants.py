@@ -12,10 +12,10 @@ from joulebench.train.overrides import needs_gpu, pinned_device
 
 BASELINE = "baseline"
 
-# Techniques whose models the train_model rule trains from scratch; the baseline's is "train".
+# Techniques whose models the train_model rule trains from scratch; the baseline's own is "baseline".
 # A variant of any other technique (prune, quantize, distill) is made from a parent model.
 FROM_SCRATCH = (
-    "train",
+    BASELINE,
     "precision",
     "subset",
     "finetune",
@@ -33,11 +33,11 @@ def names(variants: dict) -> list[str]:
 
 
 def technique(variants: dict, name: str) -> str:
-    return "train" if name == BASELINE else variants[name]["technique"]
+    return BASELINE if name == BASELINE else variants[name]["technique"]
 
 
 def made_by(variants: dict, *techniques: str) -> list[str]:
-    """The variants made by these techniques ("train" is the baseline's)."""
+    """The variants made by these techniques ("baseline" is the baseline's)."""
     return [name for name in names(variants) if technique(variants, name) in techniques]
 
 

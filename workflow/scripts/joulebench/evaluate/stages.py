@@ -58,11 +58,11 @@ def evaluate_model(inputs: dict, outputs: dict, evaluation: dict, estimate: dict
 def compare_inference(
     inputs: dict, outputs: dict, variants: list, evaluation: dict, estimate: dict, seed: int
 ) -> None:
-    """Every variant of one model and seed in interleaved, shuffled rounds (joulebench.evaluate.compare).
+    """Every variant of one model and seed in interleaved, shuffled rounds (joulebench.evaluate.interleaved).
 
     `inputs` holds `model_<variant>` and `recipe_<variant>` of each of `variants`.
     """
-    from joulebench.evaluate.compare import Candidate, compare
+    from joulebench.evaluate.interleaved import Candidate, interleaved_rounds
 
     arrays = store.load_arrays(inputs["splits"])
     candidates = {}
@@ -74,7 +74,7 @@ def compare_inference(
         first_call_before_window(model, recipe, arrays)
         candidates[variant] = Candidate(model, placement, recipe.get("precision", "fp32"))
     with rule_meter("compare_inference", estimate, accelerator()) as meter:
-        rows = compare(candidates, arrays, evaluation, meter, seed)
+        rows = interleaved_rounds(candidates, arrays, evaluation, meter, seed)
     store.write_csv(outputs["rounds"], pd.DataFrame(rows))
     protocol = Protocol.from_config(evaluation, accelerator().torch_device.type).describe()
     store.write_json(outputs["energy"], {**meter.record(), "protocol": protocol})

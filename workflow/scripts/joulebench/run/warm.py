@@ -73,7 +73,7 @@ PRELOAD = (
     "joulebench.energy.meter",
     "joulebench.train.loop",
     "joulebench.evaluate.metrics",
-    "joulebench.evaluate.compare",
+    "joulebench.evaluate.interleaved",
     "joulebench.compress.quantize",
     "joulebench.compress.prune",
     "joulebench.data.clean",

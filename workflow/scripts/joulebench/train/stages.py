@@ -43,7 +43,7 @@ def train_model(
     checkpoint like a single process (joulebench.train.data_parallel). `transforms`: the online
     augmentation of the training batches.
     """
-    technique = variant.get("technique", "train")
+    technique = variant.get("technique", "baseline")
     if technique == "data_parallel":
         from joulebench.train.data_parallel import launch_training
 

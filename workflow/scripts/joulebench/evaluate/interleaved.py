@@ -43,7 +43,9 @@ def device_joules(record: dict, placement: Placement) -> float:
     return sum(part["joules"] for part in record["parts"] if not part["part"].startswith("gpu"))
 
 
-def compare(candidates: dict[str, Candidate], arrays: dict, settings: dict, meter, seed: int) -> list[dict]:
+def interleaved_rounds(
+    candidates: dict[str, Candidate], arrays: dict, settings: dict, meter, seed: int
+) -> list[dict]:
     """Rows of (round, position, variant, joules per 1k samples, ...) for every window measured."""
     test_count = len(arrays["test_y"])
     passes = {}

@@ -9,7 +9,7 @@ from scipy import stats
 
 from joulebench.devices import CPU, Placement
 from joulebench.energy.meter import EnergyMeter
-from joulebench.evaluate.compare import Candidate, compare, device_joules
+from joulebench.evaluate.interleaved import Candidate, device_joules, interleaved_rounds
 from joulebench.evaluate.protocol import (
     GPU_MIN_PASSES,
     GPU_MIN_WINDOW_S,
@@ -62,7 +62,7 @@ def test_compare_measures_each_variant_once_per_round(digits_arrays):
         ),
     }
     with EnergyMeter("compare_inference") as meter:
-        rows = pd.DataFrame(compare(candidates, arrays, SETTINGS, meter, seed=0))
+        rows = pd.DataFrame(interleaved_rounds(candidates, arrays, SETTINGS, meter, seed=0))
     assert len(rows) == 4 * 2
     assert rows.groupby("round")["variant"].apply(sorted).map(tuple).unique().tolist() == [
         ("baseline", "narrow")
