@@ -33,7 +33,7 @@ from conftest import ROOT
 from joulebench import devices
 from joulebench.devices import CPU, Placement
 from joulebench.energy import meter as energy
-from joulebench.energy import process
+from joulebench.energy import estimate, process
 from joulebench.energy.estimate import ESTIMATE_MODEL, EstimateModel
 from joulebench.energy.idle import idle_record
 from joulebench.energy.meter import EnergyMeter
@@ -345,7 +345,7 @@ def test_unreadable_gpu_of_unknown_board_power_asks_for_gpu_power_w(gpus):
 def test_mig_slice_is_estimated_at_its_share_of_the_board(gpus, monkeypatch):
     # Defect 5: NVML cannot meter a MIG slice; the estimate charged CPU time only.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-5c89d5d6-0f5b-5b4d-9c1e-1f2a3b4c5d6e")
-    for module in (energy, devices):
+    for module in (estimate, devices):
         monkeypatch.setattr(module, "gpu_name", lambda placement: "NVIDIA A100-SXM4-40GB MIG 2g.10gb")
     gpus([pynvml.NVML_DEVICE_ARCH_AMPERE])
     with EnergyMeter("unit", placement=ON_GPU0) as meter:
