@@ -32,8 +32,8 @@ from zeus.device.gpu import nvidia
 from conftest import ROOT
 from joulebench import devices
 from joulebench.devices import CPU, Placement
-from joulebench.energy import meter as energy
 from joulebench.energy import estimate, process
+from joulebench.energy import meter as energy
 from joulebench.energy.estimate import ESTIMATE_MODEL, EstimateModel
 from joulebench.energy.idle import idle_record
 from joulebench.energy.meter import EnergyMeter
