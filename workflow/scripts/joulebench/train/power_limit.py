@@ -212,6 +212,15 @@ def _restore_persistence(gpus, index: int, nvml_index: int, enabled: bool) -> No
         raise
 
 
+def training_conditions(variant: dict, placement: Placement) -> tuple[dict, object | None]:
+    """What a training run holds while it trains: for a power_limit variant, the facts its
+    checkpoint is tied to and its held limit (a context manager); nothing for any other variant."""
+    if variant.get("technique") != "power_limit":
+        return {}, None
+    facts = {"power_limit": {k: v for k, v in variant.items() if k != "technique"}}
+    return facts, held_power_limit(placement, variant)
+
+
 @contextmanager
 def held_power_limit(placement: Placement, variant: dict):
     """Hold the variant's power limit on the placement's GPU (fixed, or searched by Zeus's

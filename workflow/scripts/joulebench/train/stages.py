@@ -43,23 +43,10 @@ def train_model(
     checkpoint like a single process (joulebench.train.data_parallel). `transforms`: the online
     augmentation of the training batches.
     """
-    technique = variant.get("technique", "baseline")
-    if technique == "data_parallel":
-        from joulebench.train.data_parallel import launch_training
-
-        spec = {
-            "inputs": {k: str(v) for k, v in inputs.items()},
-            "outputs": {k: str(v) for k, v in outputs.items()},
-            "model": model_name,
-            "training": training,
-            "seed": seed,
-            "estimate": estimate,
-            "transforms": list(transforms),
-            # Per-epoch checkpoint (resume after a kill) and the data it was made from.
-            "checkpoint": str(checkpoint) if checkpoint else None,
-            "data_facts": {"splits": file_digest(inputs["splits"])},
-        }
-        launch_training(spec, variant["processes"])
+    if variant.get("technique") == "data_parallel":
+        _launch_data_parallel(
+            inputs, outputs, model_name, variant, training, seed, estimate, checkpoint, transforms
+        )
         return
     placement = placement_on(pinned_device(variant))
     if needs_gpu(variant) and placement.gpu is None:
@@ -95,11 +82,8 @@ def train_model(
     import_before_window(
         [*loop.WORK_MODULES, *(["joulebench.data.augment", "albumentations"] if transforms else [])]
     )
-    data_facts = {"splits": file_digest(inputs["splits"])}
-    conditions = None
-    if technique == "power_limit":
-        data_facts["power_limit"] = {k: v for k, v in variant.items() if k != "technique"}
-        conditions = power_limit.held_power_limit(placement, variant)
+    limit_facts, conditions = power_limit.training_conditions(variant, placement)
+    data_facts = {"splits": file_digest(inputs["splits"]), **limit_facts}
     train_resumably(
         "train_model",
         model,
@@ -113,6 +97,28 @@ def train_model(
         data_facts,
         conditions=conditions,
     )
+
+
+def _launch_data_parallel(
+    inputs, outputs, model_name, variant, training, seed, estimate, checkpoint, transforms
+):
+    """Start a data_parallel variant's workers, which write the outputs and resume from the
+    checkpoint like a single process (joulebench.train.data_parallel)."""
+    from joulebench.train.data_parallel import launch_training
+
+    spec = {
+        "inputs": {k: str(v) for k, v in inputs.items()},
+        "outputs": {k: str(v) for k, v in outputs.items()},
+        "model": model_name,
+        "training": training,
+        "seed": seed,
+        "estimate": estimate,
+        "transforms": list(transforms),
+        # Per-epoch checkpoint (resume after a kill) and the data it was made from.
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "data_facts": {"splits": file_digest(inputs["splits"])},
+    }
+    launch_training(spec, variant["processes"])
 
 
 def _initial_model(recipe: dict, variant: dict, pretrained: dict | None):
