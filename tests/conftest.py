@@ -171,3 +171,11 @@ def make_image_tree(root: Path, images_per_class: dict | None = None) -> None:
 
 def has_tool(name: str) -> bool:
     return shutil.which(name) is not None
+
+
+def pytest_collection_modifyitems(items):
+    """Every test under tests/workflow/ runs the real workflow: marked slow, whatever its file says."""
+    workflow = ROOT / "tests" / "workflow"
+    for item in items:
+        if workflow in Path(item.path).parents:
+            item.add_marker(pytest.mark.slow)

@@ -27,9 +27,9 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
     Convention: FLOPs = 2 x MACs; the counter reports FLOPs of convolutions and matrix products
     (not element-wise ops), which is how torchvision's documented "GFLOPS" (really GMACs) are made,
-    and they match within 1% for every family we claim (tests/test_evaluate.py). Attention counts
-    its two matrix products (Q K^T and attention x V) also where PyTorch runs fused kernels the
-    counter has no formula for: CPU scaled_dot_product_attention and nn.MultiheadAttention's
+    and they match within 1% for every family we claim (tests/unit/evaluate/test_evaluate.py).
+    Attention counts its two matrix products (Q K^T and attention x V) also where PyTorch runs
+    fused kernels the counter has no formula for: CPU scaled_dot_product_attention and nn.MultiheadAttention's
     inference fast path. torchao's int8 matrix product is counted like a float one: quantization
     changes the number format, not the multiply-accumulates. Torch-Pruning's counter also counts
     batch norm and activations, so it reads 1-6% above torchvision's numbers.

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from test_readme import readme_commands
+
+from readme import readme_commands
 
 # The command the package installs (pyproject's [project.scripts]).
 COMMAND = str(Path(sys.prefix) / "bin" / "joulebench-compare")

@@ -280,10 +280,10 @@ def test_workflow_trains_a_data_parallel_variant(tmp_path):
 
 @pytest.mark.slow
 def test_a_package_counter_is_read_once_per_node(tmp_path, monkeypatch):
-    """On a SIMULATED RAPL host (tests/simulated_host) the 2-process record holds the CPU package
+    """On a SIMULATED RAPL host (tests/support/simulated_host) the 2-process record holds the CPU package
     once, and its joules follow the power model of one package for both ranks' work: had each rank
     metered the package, the sum would be about twice the model."""
-    from test_simulated_host import (
+    from simulated_run import (
         DRAM_W,
         PACKAGE_BUSY_W,
         PACKAGE_IDLE_W,
@@ -445,7 +445,7 @@ def test_a_data_parallel_run_refuses_a_foreign_checkpoint(tmp_path, two_process_
     assert checkpoint.exists(), "a refused checkpoint is left for the user to inspect"
 
 
-# -- which GPUs a node meters (MOCK NVML, a real ZeusMonitor, as tests/test_energy.py does) -------
+# -- which GPUs a node meters (MOCK NVML, a real ZeusMonitor, as tests/unit/energy/test_energy.py does) ---
 
 
 class MockNode:

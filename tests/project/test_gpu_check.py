@@ -1,5 +1,5 @@
 """The GPU checks in checks/ (gpu_energy_check.py, gpu_precision.py) without a GPU: over the SIMULATED
-host of tests/simulated_host, whose NVML a process of its own sees too, and over a mocked NVML.
+host of tests/support/simulated_host, whose NVML a process of its own sees too, and over a mocked NVML.
 
 The simulated GPU's power model follows the CPU share of the process that reads it, so a trainer
 and a sampler process agree only on its idle draw: the counter check runs with SIMULATED_GPU_BUSY_W
@@ -31,7 +31,7 @@ from joulebench.devices import CPU, Placement
 from joulebench.energy import meter as energy
 from simulated_host.nvml import SimulatedNVML
 
-SIMULATED_HOST = ROOT / "tests" / "simulated_host"
+SIMULATED_HOST = ROOT / "tests" / "support" / "simulated_host"
 IDLE_W = 60.0
 # A rule whose work runs on GPU 0: torch's tensors stay on the CPU, its stand-in.
 ON_GPU0 = Placement(torch.device("cpu"), 0)

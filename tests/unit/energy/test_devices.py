@@ -1,7 +1,7 @@
 """devices.probe_gpu over MOCK NVML: which GPU Zeus meters, and why one is not metered.
 
 No GPU and no NVML here: `zeus.device.gpu.nvidia.pynvml` is replaced by an autospec of the real
-pynvml (tests/simulated_host/nvml.py), as Zeus's own tests do, and the UUID torch would give the
+pynvml (tests/support/simulated_host/nvml.py), as Zeus's own tests do, and the UUID torch would give the
 rule's CUDA device is injected through `devices.torch_gpu_uuid`. Everything named MOCK stands in
 for hardware this machine does not have.
 """

@@ -1,4 +1,4 @@
-"""The real workflow on a SIMULATED GPU + RAPL host (tests/simulated_host): every rule meters the
+"""The real workflow on a SIMULATED GPU + RAPL host (tests/support/simulated_host): every rule meters the
 devices it computes on, labelled with its counter, and the joules follow the simulated power model.
 
 The simulated GPU draws IDLE_W + BUSY_W x (the share of the host's CPUs its process keeps busy), its
@@ -11,59 +11,27 @@ import json
 import os
 import subprocess
 import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from conftest import ROOT, snakemake_command, tiny_config
-
-SIMULATED_HOST = ROOT / "tests" / "simulated_host"
-GPU_IDLE_W, GPU_BUSY_W = 60.0, 240.0
-PACKAGE_IDLE_W, PACKAGE_BUSY_W, DRAM_W = 20.0, 40.0, 5.0
-# Each counter is read at both window edges; between updates it stands still.
-NVML_PERIOD_S, RAPL_WRITER_PERIOD_S = 0.1, 0.01
-CPU_ONLY_RULES = {"prepare_dataset", "clean_dataset", "quantize_model"}
-# Rules that compute where the variant's model lives (int8 models and CPU-pinned variants: the CPU).
-PINNABLE_RULES = {"train_model", "evaluate_model"}
-
-
-def expected_gpu_joules(record: dict) -> float:
-    cores = os.cpu_count() or 1
-    return GPU_IDLE_W * record["wall_time_s"] + GPU_BUSY_W * record["estimate"]["cpu_seconds"] / cores
-
-
-def expected_package_joules(record: dict) -> float:
-    cores = os.cpu_count() or 1
-    host_busy = (
-        record["estimate"]["cpu_seconds"]
-        + record["other_processes_cpu_share"] * record["wall_time_s"] * cores
-    )
-    return PACKAGE_IDLE_W * record["wall_time_s"] + PACKAGE_BUSY_W * host_busy / cores
-
-
-@contextmanager
-def simulated_host(host: Path):
-    """The RAPL writer running over `host` (a new folder); yields the environment variables that
-    make a Python process started with them see the simulated GPU + RAPL host."""
-    writer = subprocess.Popen(
-        [sys.executable, str(SIMULATED_HOST / "rapl_writer.py"), str(host),
-         str(PACKAGE_IDLE_W), str(PACKAGE_BUSY_W), str(DRAM_W), "262143"]
-    )  # fmt: skip
-    try:
-        while not (host / "ready").exists():
-            time.sleep(0.05)
-        yield {
-            "PYTHONPATH": os.pathsep.join([str(SIMULATED_HOST), os.environ.get("PYTHONPATH", "")]),
-            "JOULEBENCH_SIMULATED_HOST": str(host),
-            "SIMULATED_GPU_IDLE_W": str(GPU_IDLE_W),
-            "SIMULATED_GPU_BUSY_W": str(GPU_BUSY_W),
-        }
-    finally:
-        writer.terminate()
-        writer.wait()
+from simulated_run import (
+    CPU_ONLY_RULES,
+    DRAM_W,
+    GPU_BUSY_W,
+    GPU_IDLE_W,
+    NVML_PERIOD_S,
+    PACKAGE_BUSY_W,
+    PACKAGE_IDLE_W,
+    PINNABLE_RULES,
+    RAPL_WRITER_PERIOD_S,
+    SIMULATED_HOST,
+    expected_gpu_joules,
+    expected_package_joules,
+    simulated_host,
+)
 
 
 @pytest.fixture(scope="module")

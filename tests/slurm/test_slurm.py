@@ -7,7 +7,7 @@ Every command runs under `timeout -s KILL`: a SLURM fault must fail a test, neve
 Run them on a Debian machine, as root:
 
     apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge slurmdbd mariadb-server
-    python -m pytest tests/test_slurm.py
+    python -m pytest tests/slurm/test_slurm.py
 
 Where SLURM is not installed they skip; with CI=true they always run.
 """
@@ -23,10 +23,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from conftest import ROOT, snakemake_command, tiny_config
 from joulebench import store
+from slurm_profile import profile_for_tests
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -36,7 +36,7 @@ SLURM_ENV = {**os.environ, "SLURM_CONF": str(CLUSTER_BASE / "etc" / "slurm.conf"
 HOW_TO_RUN = (
     "SLURM is not installed; to run the SLURM tests (as root, on Debian): apt-get install -y "
     "--no-install-recommends slurmctld slurmd slurm-client munge slurmdbd mariadb-server && "
-    "python -m pytest tests/test_slurm.py (CI=true makes them mandatory)"
+    "python -m pytest tests/slurm/test_slurm.py (CI=true makes them mandatory)"
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SLURM_INSTALLED = all(shutil.which(tool) for tool in ("sbatch", "slurmctld", "slurmd", "slurmdbd"))
@@ -53,20 +53,6 @@ def bounded(command: list[str], limit_s: int, **kwargs) -> subprocess.CompletedP
     kwargs.setdefault("env", SLURM_ENV)
     command = ["timeout", "-s", "KILL", str(limit_s), *command]
     return subprocess.run(command, capture_output=True, text=True, **kwargs)
-
-
-def profile_for_tests(directory: Path) -> Path:
-    """profiles/slurm with only the test cluster's keys (tests/slurm/profile) laid over it."""
-    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
-    overrides = yaml.safe_load((SLURM_SCRIPTS / "profile" / "config.yaml").read_text())
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            profile[key] = {**profile.get(key, {}), **value}
-        else:
-            profile[key] = value
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
-    return directory
 
 
 def run_workflow(workdir: Path, config: dict, profile: Path | None, *args: str):
@@ -165,7 +151,7 @@ def test_every_compute_rule_is_a_completed_slurm_job(slurm_run):
 
 
 # The jobs of small_config() that compute on a GPU: the float baseline's training, evaluation and
-# interleaved comparison (tests/test_gpu_resources.py checks every rule and variant kind).
+# interleaved comparison (tests/unit/test_gpu_resources.py checks every rule and variant kind).
 GPU_RULES = {"train_model", "evaluate_model", "compare_inference"}
 
 

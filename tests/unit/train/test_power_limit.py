@@ -1,6 +1,6 @@
 """The GPU power-limit variant over Zeus's REAL GPU layer, with NVML mocked the way Zeus's tests do.
 
-An autospec pynvml (tests/simulated_host/nvml.py) is installed as `zeus.device.gpu.nvidia.pynvml`;
+An autospec pynvml (tests/support/simulated_host/nvml.py) is installed as `zeus.device.gpu.nvidia.pynvml`;
 its power limit is a state the MOCK keeps, so Zeus's own set/reset logic (which calls NVML only
 when the limit changes) runs as on a real GPU, and every NVML setter call is recorded.
 """

@@ -19,7 +19,7 @@ from joulebench.data import loader
 from joulebench.train.checkpoint import ForeignCheckpointError
 from joulebench.train.stages import train_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TRAINING = {**resolved_config()["training"], "epochs": 4, "batch_size": 64, "lr": 3e-3}
 ENERGY = {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725}
 # One thread in every process: the same arithmetic order in the killed, resumed and reference runs.

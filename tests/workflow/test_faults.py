@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_readme import readme_inline_command
 
 from conftest import ROOT, make_image_tree, readme_checkout, run_as_printed, run_snakemake, tiny_config
 from joulebench import store
+from readme import readme_inline_command
 
 # ---------------------------------------------------------------- outputs are atomic
 

@@ -261,7 +261,7 @@ def test_a_local_run_starts_its_jobs_from_the_warm_worker_and_stops_it(tiny_run)
 # About 30 s: ten job start-ups and the worker's own.
 @slow
 def test_warm_start_benchmark_runs_as_printed():
-    from test_readme import readme_commands
+    from readme import readme_commands
 
     (command,) = [c for c in readme_commands("Tests") if "bench_warm_start" in c]
     argv = shlex.split(command)

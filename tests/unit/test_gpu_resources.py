@@ -10,9 +10,9 @@ import re
 import pytest
 from snakemake_executor_plugin_slurm.submit_string import get_submit_command
 from snakemake_executor_plugin_slurm.utils import set_gres_string
-from test_slurm import profile_for_tests
 
 from conftest import run_snakemake, tiny_config
+from slurm_profile import profile_for_tests
 
 # One variant of every kind that decides where a job computes (each subpackage's stages module places each
 # stage): float and int8 models, post-training and QAT quantization, sampling with and without a

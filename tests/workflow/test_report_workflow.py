@@ -6,10 +6,10 @@ import shutil
 
 import pandas as pd
 import pytest
-from test_readme import readme_inline_command
 
 from conftest import REPORT_FIGURES, readme_checkout, run_as_printed, run_snakemake
 from joulebench.report.figure_registry import FIGURES as REGISTRY
+from readme import readme_inline_command
 
 pytestmark = pytest.mark.slow
 
