@@ -1,4 +1,4 @@
-"""Job start-up with and without the warm worker (joulebench.run.warm), measured in one run.
+"""Job start-up with and without the warm worker (joulebench.run.warm_worker), measured in one run.
 
 Starts a warm worker as the Snakefile's onstart does, then runs a rule-shaped script (it asks the
 worker first, then imports what evaluate_model's adapter imports and sets the job's threads) k
@@ -18,14 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from joulebench.run import warm
+from joulebench.run import warm_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "workflow" / "scripts"
 
 JOB = """
 if __name__ == "__main__":
-    from joulebench.run.warm import run_in_worker
+    from joulebench.run.warm_worker import run_in_worker
 
     run_in_worker()
     from joulebench.run.logs import start_rule_logging
@@ -49,7 +49,7 @@ def main() -> None:
         script = Path(folder) / "job.py"
         script.write_text(JOB)
         started = time.perf_counter()
-        worker, how_jobs_start = warm.start(str(SCRIPTS), str(Path(folder) / "worker.log"))
+        worker, how_jobs_start = warm_worker.start(str(SCRIPTS), str(Path(folder) / "worker.log"))
         if worker is None:
             sys.exit(how_jobs_start)
         worker_s = time.perf_counter() - started
@@ -57,10 +57,10 @@ def main() -> None:
         cold, hot = [], []
         try:
             for _ in range(args.jobs):
-                cold.append(job_seconds(script, {**env, warm.SWITCH_VARIABLE: "0"}))
+                cold.append(job_seconds(script, {**env, warm_worker.SWITCH_VARIABLE: "0"}))
                 hot.append(job_seconds(script, env))
         finally:
-            warm.stop(worker)
+            warm_worker.stop(worker)
     cold_s, warm_s = statistics.median(cold), statistics.median(hot)
     print(f"worker start (once per run): {worker_s:.2f} s")
     print(f"job start-up, own interpreter: median {cold_s:.2f} s over {args.jobs} jobs")

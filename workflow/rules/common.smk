@@ -14,7 +14,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 from joulebench import variants  # noqa: E402
 from joulebench.report import figure_registry  # noqa: E402
-from joulebench.run import warm  # noqa: E402
+from joulebench.run import warm_worker  # noqa: E402
 from joulebench.config import check_config, idle_baseline_seconds, model_entries, schema_error  # noqa: E402
 
 try:
@@ -254,20 +254,20 @@ def idle_baseline(wildcards):
 
 
 # Jobs of a local run on a host without a GPU fork from one warm worker that has imported torch and
-# the stages, instead of each importing them (joulebench.run.warm); JOULEBENCH_WARM=0 switches it off.
+# the stages, instead of each importing them (joulebench.run.warm_worker); JOULEBENCH_WARM=0 switches it off.
 # SLURM jobs, and every job on a host with a GPU, start in their own interpreters.
 WARM_WORKER = {}
 
 
 onstart:
     if workflow.local_exec:
-        WARM_WORKER["process"], started = warm.start(str(SCRIPTS), "logs/warm_worker.log")
+        WARM_WORKER["process"], started = warm_worker.start(str(SCRIPTS), "logs/warm_worker.log")
         logger.info(started)
 
 
 onsuccess:
-    warm.stop(WARM_WORKER.get("process"))
+    warm_worker.stop(WARM_WORKER.get("process"))
 
 
 onerror:
-    warm.stop(WARM_WORKER.get("process"))
+    warm_worker.stop(WARM_WORKER.get("process"))

@@ -10,13 +10,13 @@ import importlib
 def run_stage(snakemake, stage: str, warm: bool = True, work: tuple[str, str] | None = None, **wildcards):
     """Run `stage` ("module:function") with the rule's declared inputs, outputs and params.
 
-    `warm`: first hand the job to the run's warm worker, where there is one (joulebench.run.warm),
+    `warm`: first hand the job to the run's warm worker, where there is one (joulebench.run.warm_worker),
     which returns only where none answers; `work`, a (module, method) pair whose set-up the worker
     runs once before forking the job. `wildcards`: the stage's arguments taken from the job's
     wildcards, already converted.
     """
     if warm:
-        from joulebench.run.warm import run_in_worker
+        from joulebench.run.warm_worker import run_in_worker
 
         run_in_worker(work)
     from joulebench.run.logs import start_rule_logging

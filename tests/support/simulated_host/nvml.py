@@ -62,7 +62,7 @@ class SimulatedNVML:
         self.cores = os.cpu_count() or 1
         self.joules = 0.0
         self.updated, self.cpu = time.time(), own_cpu_seconds()
-        # "This process" changes in a job forked from the warm worker (joulebench.run.warm), whose CPU
+        # "This process" changes in a job forked from the warm worker (joulebench.run.warm_worker), whose CPU
         # seconds start again from zero: the busy share follows the child from the fork on.
         os.register_at_fork(after_in_child=self._follow_forked_child)
         self.module = nvml = autospec_pynvml()

@@ -20,7 +20,7 @@ A pattern whose closure holds anything other than plain values and functions is 
 and convert, and our lowering, on a tiny conv + batch-norm model. A PT2E job calls it before its
 window opens, so the window measures the work on the model, not the tracing of a library's fixed
 patterns: that is set-up, like importing the library. In the run's warm worker it runs once for the
-run (joulebench.run.warm), and the jobs forked after it inherit the traced patterns. Where torchao's
+run (joulebench.run.warm_worker), and the jobs forked after it inherit the traced patterns. Where torchao's
 function has moved, nothing is cached.
 """
 

@@ -6,7 +6,7 @@ from joulebench import precision, store
 from joulebench.compress import apply, prune, quantize
 from joulebench.devices import CPU, placement_on
 from joulebench.energy.meter import rule_meter
-from joulebench.run.lazy import pandas as pd
+from joulebench.run.lazy_import import pandas as pd
 from joulebench.run.prepare import import_before_window, prepare_before_window
 from joulebench.saved import load_model
 from joulebench.train import loop

@@ -9,7 +9,7 @@ from joulebench import store
 from joulebench.data import diversity, sources, splits
 from joulebench.devices import CPU, placement_on
 from joulebench.energy.meter import rule_meter
-from joulebench.run.lazy import pandas as pd
+from joulebench.run.lazy_import import pandas as pd
 from joulebench.run.prepare import import_before_window
 from joulebench.train import loop
 from joulebench.train.overrides import pinned_device

@@ -17,7 +17,7 @@ BUSY_HOST_SHARE = 0.10
 BUSY_HOST_MIN_CPU_S = 0.1
 # Before a job's window opens, wait (at most QUIET_MAX_WAIT_S) until other processes used under
 # BUSY_HOST_SHARE of the host over one QUIET_SAMPLE_S sample. A job forked from the warm worker
-# (joulebench.run.warm) opens its window a fraction of a second after Snakemake started it, while
+# (joulebench.run.warm_worker) opens its window a fraction of a second after Snakemake started it, while
 # Snakemake still books the job before: the first training job of a run was flagged busy_host, at
 # 8-13% of the host, where later seeds saw 2-7%.
 QUIET_SAMPLE_S = 0.1

@@ -12,7 +12,7 @@ from joulebench.devices import CPU, Placement, accelerator, placement_on
 from joulebench.energy.meter import rule_meter
 from joulebench.evaluate.metrics import evaluate
 from joulebench.evaluate.protocol import Protocol
-from joulebench.run.lazy import pandas as pd
+from joulebench.run.lazy_import import pandas as pd
 from joulebench.saved import load_model
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The environment variables through which a run, its warm worker and its jobs talk."""
 
-# The warm worker's socket, set for the run's jobs (joulebench.run.warm).
+# The warm worker's socket, set for the run's jobs (joulebench.run.warm_worker).
 SOCKET_VARIABLE = "JOULEBENCH_WARM_SOCKET"
 # JOULEBENCH_WARM=0 switches the warm worker off.
 SWITCH_VARIABLE = "JOULEBENCH_WARM"

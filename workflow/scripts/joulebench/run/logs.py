@@ -20,7 +20,7 @@ def start_rule_logging(log_path, threads: int) -> None:
     )
     logging.getLogger("zeus").setLevel(logging.WARNING)
     if os.environ.get(CHILD_VARIABLE):
-        logging.getLogger(__name__).info("started from the run's warm worker (joulebench.run.warm)")
+        logging.getLogger(__name__).info("started from the run's warm worker (joulebench.run.warm_worker)")
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads)

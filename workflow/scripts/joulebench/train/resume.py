@@ -15,7 +15,7 @@ from joulebench import store
 from joulebench.energy.meter import rule_meter
 from joulebench.models import save_model
 from joulebench.precision import numeric_flags
-from joulebench.run.lazy import pandas as pd
+from joulebench.run.lazy_import import pandas as pd
 from joulebench.train.checkpoint import Checkpointer, exit_on_sigterm, fingerprint, merge_prior_energy
 from joulebench.train.loop import train, training_summary
 

@@ -9,7 +9,7 @@ from joulebench import store
 from joulebench.devices import placement_on
 from joulebench.models import build_model, check_input, freeze_pretrained, model_recipe
 from joulebench.precision import effective_precision
-from joulebench.run.lazy import pandas as pd
+from joulebench.run.lazy_import import pandas as pd
 from joulebench.run.prepare import import_before_window
 from joulebench.saved import load_model
 from joulebench.train import loop, power_limit

@@ -1,4 +1,4 @@
-"""The warm worker (joulebench.run.warm): a rule script forked from it behaves as if run on its own."""
+"""The warm worker (joulebench.run.warm_worker): a rule script forked from it behaves as if run on its own."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from joulebench.run import warm
+from joulebench.run import warm_worker
 
 SCRIPTS = ROOT / "workflow" / "scripts"
 
@@ -24,7 +24,7 @@ JOB = textwrap.dedent(
     """
     import json, os, sys, time
     if __name__ == "__main__":
-        from joulebench.run.warm import run_in_worker
+        from joulebench.run.warm_worker import run_in_worker
 
         run_in_worker()
         action = sys.argv[1]
@@ -65,15 +65,15 @@ slow = pytest.mark.slow
 def worker(tmp_path_factory):
     """A warm worker started as the Snakefile's onstart starts it (this process is its parent)."""
     directory = tmp_path_factory.mktemp("warm")
-    process, started = warm.start(str(SCRIPTS), str(directory / "worker.log"))
+    process, started = warm_worker.start(str(SCRIPTS), str(directory / "worker.log"))
     assert process is not None, (directory / "worker.log").read_text()
     assert (
         started
         == f"joulebench: jobs start from the warm worker (pid {process.pid}, log {directory}/worker.log)"
     )
-    socket_path = os.environ[warm.SOCKET_VARIABLE]
+    socket_path = os.environ[warm_worker.SOCKET_VARIABLE]
     yield socket_path, process
-    warm.stop(process)
+    warm_worker.stop(process)
     assert process.poll() is not None
     assert not Path(socket_path).exists()
 
@@ -84,7 +84,7 @@ CUDA_JOB = textwrap.dedent(
     """
     import json, os, sys
     if __name__ == "__main__":
-        from joulebench.run.warm import run_in_worker
+        from joulebench.run.warm_worker import run_in_worker
 
         run_in_worker(work=tuple(sys.argv[1:3]) if len(sys.argv) > 2 else None)
         import torch
@@ -107,7 +107,7 @@ def run_job(tmp_path, socket_path, *args, env=None, python=sys.executable, scrip
     environment = {
         **os.environ,
         "PYTHONPATH": str(SCRIPTS),
-        warm.SOCKET_VARIABLE: socket_path,
+        warm_worker.SOCKET_VARIABLE: socket_path,
         "OMP_NUM_THREADS": "1",
         **(env or {}),
     }
@@ -198,8 +198,8 @@ def test_a_killed_jobs_child_dies_with_it(tmp_path, worker):
 def test_a_job_in_another_interpreter_or_without_a_worker_runs_on_its_own(tmp_path, worker):
     socket_path, _ = worker
     for env in (
-        {warm.SOCKET_VARIABLE: str(tmp_path / "no-such.sock")},
-        {warm.SWITCH_VARIABLE: "0"},
+        {warm_worker.SOCKET_VARIABLE: str(tmp_path / "no-such.sock")},
+        {warm_worker.SWITCH_VARIABLE: "0"},
     ):
         job = run_job(tmp_path, socket_path, "report", env=env)
         out, err = job.communicate(timeout=120)
@@ -221,10 +221,10 @@ def test_the_worker_stops_when_the_process_that_started_it_is_gone(tmp_path):
         f"""
         import os, sys
         sys.path.insert(0, {str(SCRIPTS)!r})
-        from joulebench.run import warm
-        process, _ = warm.start({str(SCRIPTS)!r}, {str(tmp_path / "worker.log")!r})
-        print(process.pid, os.environ[warm.SOCKET_VARIABLE], flush=True)
-        os._exit(0)  # no warm.stop: a Snakemake killed with SIGKILL
+        from joulebench.run import warm_worker
+        process, _ = warm_worker.start({str(SCRIPTS)!r}, {str(tmp_path / "worker.log")!r})
+        print(process.pid, os.environ[warm_worker.SOCKET_VARIABLE], flush=True)
+        os._exit(0)  # no warm_worker.stop: a Snakemake killed with SIGKILL
         """
     )
     out = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=240).stdout
@@ -245,7 +245,7 @@ def test_a_local_run_starts_its_jobs_from_the_warm_worker_and_stops_it(tiny_run)
     assert not any("aggregate_report" in str(path) for path in warm_logs)
     # The worker said where it accepted jobs; after the run that socket is gone, and so is it.
     # The log's first part: later tests rerun Snakemake here, and each run's worker appends its own.
-    runs = (workdir / "logs" / "warm_worker.log").read_text().split(warm.RUN_HEADER)
+    runs = (workdir / "logs" / "warm_worker.log").read_text().split(warm_worker.RUN_HEADER)
     worker_log = runs[1]
     socket_path = worker_log.split("accepting jobs on ")[1].split()[0]
     assert not Path(socket_path).exists()
@@ -312,10 +312,10 @@ def _python(code: str, env: dict | None = None) -> str:
 def test_the_fork_check_sees_a_started_cuda_driver_and_the_guard_keeps_torchao_from_it():
     # Without the guard, torchao's import alone arms torch's fork guard (it calls
     # torch.cuda.is_available()); with it, it does not. The check sees both, in a forked probe.
-    check = "from joulebench import warm; print(warm._check_fork_is_clean())"
+    check = "from joulebench import warm; print(warm_worker._check_fork_is_clean())"
     assert _python(f"import torch, torchao; {check}").startswith("a process forked from the worker")
     assert (
-        _python(f"from joulebench import warm; warm._cuda_answers_no_gpu(); import torchao; {check}")
+        _python(f"from joulebench import warm; warm_worker._cuda_answers_no_gpu(); import torchao; {check}")
         == "None"
     )
     assert "NVML library is loaded" in _python(f"import torch, pynvml; pynvml.nvmlLib = object(); {check}")
@@ -330,13 +330,13 @@ def test_a_worker_that_would_hand_jobs_a_started_cuda_driver_refuses_and_the_con
     site.mkdir()
     (site / "sitecustomize.py").write_text("import torch\ntorch.cuda.is_available()\n")
     monkeypatch.setenv("PYTHONPATH", str(site))
-    monkeypatch.delenv(warm.SOCKET_VARIABLE, raising=False)
-    process, started = warm.start(str(SCRIPTS), str(tmp_path / "worker.log"))
-    assert process is None and warm.SOCKET_VARIABLE not in os.environ
+    monkeypatch.delenv(warm_worker.SOCKET_VARIABLE, raising=False)
+    process, started = warm_worker.start(str(SCRIPTS), str(tmp_path / "worker.log"))
+    assert process is None and warm_worker.SOCKET_VARIABLE not in os.environ
     assert started.startswith(
         "joulebench: each job starts in its own interpreter: the warm worker did not start"
     )
-    assert f"exited with status {warm.REFUSED_STATUS}" in started
+    assert f"exited with status {warm_worker.REFUSED_STATUS}" in started
     assert "a process forked from the worker could not use CUDA" in started
 
 
@@ -344,24 +344,24 @@ def test_no_worker_on_a_host_with_a_gpu(monkeypatch):
     # Zeus's NVML check answers (an NVIDIA host): no worker starts, and the console says why.
     import zeus.device.gpu
 
-    monkeypatch.delenv(warm.SWITCH_VARIABLE, raising=False)
-    assert warm.gpu_on_host() is None  # this host has none
+    monkeypatch.delenv(warm_worker.SWITCH_VARIABLE, raising=False)
+    assert warm_worker.gpu_on_host() is None  # this host has none
     monkeypatch.setattr(zeus.device.gpu, "nvml_is_available", lambda: True)
-    assert warm.gpu_on_host() == "NVML answers on this host (an NVIDIA GPU)"
-    process, started = warm.start(str(SCRIPTS), "/nonexistent/worker.log")
+    assert warm_worker.gpu_on_host() == "NVML answers on this host (an NVIDIA GPU)"
+    process, started = warm_worker.start(str(SCRIPTS), "/nonexistent/worker.log")
     assert process is None
     assert started == (
         "joulebench: each job starts in its own interpreter, not from a warm worker: NVML answers on "
         "this host (an NVIDIA GPU), and CUDA cannot be used in a forked process"
     )
     monkeypatch.setattr(zeus.device.gpu, "nvml_is_available", lambda: False)
-    monkeypatch.setattr(warm, "GPU_DEVICE_NODES", (str(ROOT / "README.m[d]"),))  # a node that exists
-    assert warm.gpu_on_host() == f"this host has GPU device nodes ({ROOT / 'README.md'})"
+    monkeypatch.setattr(warm_worker, "GPU_DEVICE_NODES", (str(ROOT / "README.m[d]"),))  # a node that exists
+    assert warm_worker.gpu_on_host() == f"this host has GPU device nodes ({ROOT / 'README.md'})"
 
 
 def test_sockets_live_in_a_private_directory_and_a_killed_runs_are_swept(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    directory = warm.socket_directory()
+    directory = warm_worker.socket_directory()
     assert directory.parent == tmp_path and stat.S_IMODE(directory.stat().st_mode) == 0o700
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -369,8 +369,8 @@ def test_sockets_live_in_a_private_directory_and_a_killed_runs_are_swept(tmp_pat
     ours = directory / f"{os.getpid()}-2.sock"
     for path in (left_behind, ours):
         path.touch()
-    warm.sweep_sockets(directory)
+    warm_worker.sweep_sockets(directory)
     assert not left_behind.exists() and ours.exists()
     directory.chmod(0o755)  # another user could connect: refused
     with pytest.raises(OSError, match="not a directory of this user's alone"):
-        warm.socket_directory()
+        warm_worker.socket_directory()

@@ -428,7 +428,7 @@ def start(scripts_dir: str, log_path: str) -> tuple[subprocess.Popen | None, str
     }
     # One thread while loading: OpenMP and BLAS keep no pools that the fork would leave behind.
     env |= {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "joulebench.run.warm", path, str(os.getpid())]
+    command = [sys.executable, "-m", "joulebench.run.warm_worker", path, str(os.getpid())]
     # Appended: a rerun's worker (after a failure, `--forcerun`) keeps the earlier runs' lines.
     with open(log_path, "a") as worker_log:
         worker_log.write(f"{RUN_HEADER} {time.strftime('%Y-%m-%d %H:%M:%S')}, Snakemake pid {os.getpid()}\n")
