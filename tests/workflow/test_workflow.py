@@ -76,7 +76,7 @@ def test_energy_records_and_histories(tiny_run):
         assert record["schema"] == "joulebench.energy/1"
         assert record["measured"] is False and record["joules"] > 0
         assert record["source"] == "estimate:green-algorithms"
-        # No power per core configured: the host's CPU model in Green Algorithms' table decides it.
+        # No power per core configured: the host's CPU model in CodeCarbon's TDP table decides it.
         assert (record["estimate"]["power_per_core_w"], record["estimate"]["power_per_core_source"]) == (
             cpu_power.watts_per_core(record["cpu_model"])
         )

@@ -22,7 +22,7 @@ from the Green Algorithms model (Lannelongue et al., 2021):
 
 `cpu_seconds` is the process's own CPU time (user + system, all threads), which equals
 cores * usage * wall time in the model's terms. `power_per_core_w` is the TDP per core of the
-host's CPU model in Green Algorithms' table, or its generic 12 W where the model is not listed
+host's CPU model from CodeCarbon's kept TDP table, or Green Algorithms' generic 12 W
 (`joulebench.energy.cpu_power`); each estimate says which (`power_per_core_source`). `memory_gb` is the
 process's peak RSS, where Green Algorithms counts the memory available to the job; idle power and
 PUE are not in the estimate (ESTIMATE_SCOPE, in every record). Where a GPU does the work but NVML
