@@ -288,8 +288,8 @@ def estimate_note(summary: pd.DataFrame) -> list[str]:
         return []
     return [
         "**What an estimate counts.** CPU-seconds x power per core (each record's "
-        "`estimate.power_per_core_w`; `estimate.power_per_core_source` names the Green Algorithms TDP "
-        "table row of the host's CPU model, its generic 12 W 'Any' value, or the configuration), plus "
+        "`estimate.power_per_core_w`; `estimate.power_per_core_source` names the row of CodeCarbon's TDP "
+        "table for the host's CPU model, Green Algorithms' generic 12 W, or the configuration), plus "
         "wall seconds x memory x `estimate.memory_w_per_gb`, with memory counted as the process's peak "
         "RSS (Green Algorithms counts the memory available to the job). Idle power and PUE are not "
         "included (PUE enters the carbon figures only). docs/trackers.md converts these figures into "
