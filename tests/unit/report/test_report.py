@@ -12,8 +12,10 @@ import pytest
 from conftest import ROOT, report_files
 from joulebench import store
 from joulebench.config import resolved_config
+from joulebench.energy.contention import busy_joules
 from joulebench.energy.host_speed import REFERENCE
 from joulebench.report.aggregate import build_table, read_histories, stage_joules, write_report
+from joulebench.report.columns import inference_busy_columns
 from joulebench.report.decisions import (
     break_even,
     break_even_table,
@@ -523,33 +525,121 @@ def test_summary_says_when_nothing_meets_the_target(hand_made_run):
     assert "Most accurate variant within 120.0 J to produce: **small_cnn/baseline**" in text
 
 
-def test_summary_names_variants_measured_on_a_busy_host(hand_made_run):
+def busy(entries, variant: str, seed: int) -> str:
+    """Flag the producing job of (variant, seed) busy_host over its whole rule window; its label."""
+    entry = next(e for e in entries if (e["variant"], e["seed"]) == (variant, seed))
+    store.write_json(
+        entry["energy"], {**store.read_json(entry["energy"]), "busy_host_windows": [f"rule:{RULES[variant]}"]}
+    )
+    return entry["energy"]
+
+
+def test_a_busy_job_of_one_side_that_carries_the_difference_flags_the_row_and_is_named(hand_made_run):
     entries, data_energy = hand_made_run
     settings = {"accuracy_target": 0.95}
-    table = build_table(entries, VARIANTS, data_energy, CARBON)
-    quiet = summary_markdown(
-        summarize(table),
-        decide(summarize(table), settings),
-        break_even_table(summarize(table), paired_differences(table)),
-        paired_differences(table),
-    )
-    assert "Busy host" not in quiet
-    prune80 = next(e for e in entries if e["variant"] == "prune80" and e["seed"] == 1)
-    store.write_json(prune80["energy"], energy_record("prune_model", 34.0, 1050.0, busy=True))
-    table = build_table(entries, VARIANTS, data_energy, CARBON)
-    assert table.loc[table["variant"] == "prune80", "pipeline_busy_host"].tolist() == [False, True]
-    summary = summarize(table)
-    text = summary_markdown(
-        summary,
-        decide(summary, settings),
-        break_even_table(summary, paired_differences(table)),
-        paired_differences(table),
-    )
+    _, _, _, quiet = report_of(entries, data_energy, settings)
+    assert "Busy host" not in quiet and "During some energy windows" not in quiet
+    # Pruning seed 1 (34 J) is prune80's alone: it is all of the 34 J prune80 costs beyond its
+    # baseline (149 vs 115 J), so it can erase the difference. int8_of_prune, made from it, costs
+    # 36 J beyond (151 vs 115): the 34 J cannot erase that, so it is listed but not flagged.
+    pruning = busy(entries, "prune80", 1)
+    table, summary, _, text = report_of(entries, data_energy, settings)
+    rows = table.set_index(["variant", "seed"])
+    flagged = rows["pipeline_busy_host"]
+    assert flagged[flagged].index.tolist() == [("prune80", 1)]
     assert (
-        "**Busy host**: other processes used more than 10% of the host's CPUs during energy windows of "
-        in text
+        rows.loc[("prune80", 1), "verdict_busy_jobs"] == f"{pruning} (23% of the variant's energy to produce)"
     )
-    assert "prune80 (1 of 2 seeds)" in text and "int8_of_prune (1 of 2 seeds)" in text  # built from it
+    assert rows.loc[("int8_of_prune", 1), "pipeline_busy_jobs"] == f"{pruning} (23%)"
+    assert rows.loc[("int8_of_prune", 1), "pipeline_busy_share"] == pytest.approx(34 / 151)
+    assert rows.loc[("int8_of_prune", 1), "verdict_busy_jobs"] == ""
+    assert summary.set_index("variant")["busy_host_seeds"].to_dict() == {
+        "baseline": 0,
+        "fp16": 0,
+        "int8_of_prune": 0,
+        "prune80": 1,
+    }
+    assert (
+        f"**Busy host**: the comparison with the baseline of prune80 (1 of 2 seeds: {pruning} (23% of "
+        "the variant's energy to produce)) rests on energy windows that only one side of it ran while "
+        "other processes used more than 10% of the host's CPUs" in text
+    )
+
+
+def test_a_busy_job_both_sides_share_flags_no_row(hand_made_run):
+    entries, data_energy = hand_made_run
+    settings = {"accuracy_target": 0.95}
+    # Baseline seed 1's training is in the lineage of prune80 and int8_of_prune seed 1, and in the
+    # baseline they are compared with: it cancels. fp16 trains alone and costs 40 J less than the
+    # baseline (75 vs 115 J); the 110 J busy job on the baseline's side can erase that.
+    training = busy(entries, "baseline", 1)
+    table, summary, _, text = report_of(entries, data_energy, settings)
+    rows = table.set_index(["variant", "seed"])
+    flagged = rows["pipeline_busy_host"]
+    assert flagged[flagged].index.tolist() == [("fp16", 1)]
+    assert (
+        rows.loc[("fp16", 1), "verdict_busy_jobs"] == f"{training} (96% of the baseline's energy to produce)"
+    )
+    assert rows.loc[("prune80", 1), "pipeline_busy_jobs"] == f"{training} (74%)"
+    assert rows.loc[("baseline", 1), "own_busy_host"] and not rows.loc[("baseline", 1), "pipeline_busy_host"]
+    assert "**Busy host**: the comparison with the baseline of fp16 (1 of 2 seeds: " in text
+    # A busy data job is in every lineage and flags no row; the summary says it ran.
+    store.write_json(training, {**store.read_json(training), "busy_host_windows": []})
+    data_energy["busy_host_windows"] = ["rule:prepare_dataset"]
+    table, _, _, text = report_of(entries, data_energy, settings)
+    assert not table["pipeline_busy_host"].any()
+    assert table["pipeline_busy_jobs"].str.startswith("data (").all()
+    assert "Busy host" not in text
+    assert "but none can move a verdict: each is shared by both sides of its comparison" in text
+
+
+def test_a_busy_job_counts_only_its_busy_windows():
+    record = {"joules": 100.0, "busy_host_windows": ["epoch2"], "windows": [
+        {"window": "epoch1", "joules": 45.0, "busy_host": False},
+        {"window": "epoch2", "joules": 40.0, "busy_host": True},
+    ]}  # fmt: skip
+    assert busy_joules(record) == 40.0
+    assert busy_joules({**record, "busy_host": True, "busy_host_windows": ["rule:x", "epoch2"]}) == 100.0
+    assert busy_joules({**record, "busy_host_windows": []}) is None
+    # Two phases of one name (the fine-tunes of a multi-step prune) are two windows.
+    twice = {
+        **record,
+        "windows": [*record["windows"], {"window": "epoch2", "joules": 10.0, "busy_host": True}],
+    }
+    assert busy_joules(twice) == 50.0
+
+
+def rounds_of(variant: str, joules: list[float], busy: set[int] = frozenset()) -> list[dict]:
+    """One variant's interleaved rounds (joulebench.evaluate.interleaved's rows); `busy`: busy_host."""
+    return [
+        {"round": r, "variant": variant, "joules_per_1k": j, "busy_host": r in busy}
+        for r, j in enumerate(joules, start=1)
+    ]
+
+
+def test_a_busy_inference_round_flags_the_row_only_where_it_carries_the_difference():
+    base = rounds_of("baseline", [4.0, 4.0, 4.0, 4.0])
+    # int8 saves half: one busy round of 2 J cannot erase the 8 J its four rounds save in all.
+    columns = inference_busy_columns(rounds_of("int8", [2.0, 2.0, 2.0, 2.0], busy={3}), base)
+    assert columns == {
+        "inference_busy_rounds": "round3:int8 (25%)",
+        "inference_busy_host": False,
+        "verdict_busy_rounds": "",
+    }
+    # fp16 is within 1% of the baseline: a busy round on its dearer side can.
+    columns = inference_busy_columns(rounds_of("fp16", [4.1, 4.0, 4.0, 4.0], busy={3}), base)
+    assert columns["inference_busy_host"]
+    assert columns["verdict_busy_rounds"] == "round3:fp16 (25% of the variant's inference energy)"
+    # A busy round of the cheaper side only widens the gap; the baseline's own row has no verdict.
+    assert not inference_busy_columns(rounds_of("fp16", [3.9, 4.0, 4.0, 4.0], busy={3}), base)[
+        "inference_busy_host"
+    ]
+    assert not inference_busy_columns(rounds_of("baseline", [4.0] * 4, busy={1}), None)["inference_busy_host"]
+    # A busy baseline round where the baseline is the dearer side: named on its side.
+    columns = inference_busy_columns(
+        rounds_of("fp16", [3.9, 4.0, 4.0, 4.0]), rounds_of("baseline", [4.0] * 4, busy={2})
+    )
+    assert columns["verdict_busy_rounds"] == "round2:baseline (25% of the baseline's inference energy)"
 
 
 def report_of(entries, data_energy, settings):
@@ -655,6 +745,23 @@ def test_summary_states_the_runs_host_speed_and_flags_variants_made_on_a_slow_ho
     # The paragraph sits with the repeatability section.
     where = [text.index(s) for s in ("## Repeatability and resolution", "**Host speed.**", "## Verdicts")]
     assert where == sorted(where)
+
+
+def test_a_slow_job_of_one_side_flags_only_the_rows_whose_difference_it_carries(hand_made_run):
+    entries, data_energy = hand_made_run
+    # Pruning seed 1 at 800 units/s, every other job at 1,000. It is all of prune80's 34 J beyond
+    # its baseline, but int8_of_prune costs 36 J beyond: the same function as busy_host decides.
+    for entry in entries:
+        for key in ("energy", "eval_energy"):
+            slow = key == "energy" and (entry["variant"], entry["seed"]) == ("prune80", 1)
+            record = {**store.read_json(entry[key]), "host_speed": 800.0 if slow else 1000.0}
+            store.write_json(entry[key], {**record, "host_speed_reference": REFERENCE})
+    data_energy.update(host_speed=1000.0, host_speed_reference=REFERENCE)
+    table, _, _, _ = report_of(entries, data_energy, {"accuracy_target": 0.95})
+    rows = table.set_index(["variant", "seed"])
+    assert rows.index[rows["pipeline_slow_host"]].tolist() == [("prune80", 1)]
+    assert rows.loc[("int8_of_prune", 1), "pipeline_slow_jobs"].endswith("(23%)")
+    assert rows.loc[("int8_of_prune", 1), "verdict_slow_jobs"] == ""
 
 
 def test_write_report_is_byte_identical_on_a_rerun(hand_made_run, tmp_path):

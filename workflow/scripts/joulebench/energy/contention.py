@@ -65,3 +65,17 @@ def find_contention(records: dict[str, dict]) -> dict[str, list[str]]:
                 contended[other].append(label)
         still_open.append((start, end, label, devices))
     return {label: sorted(others) for label, others in contended.items()}
+
+
+def busy_joules(record: dict) -> float | None:
+    """The joules of a record's `busy_host` windows, the most other processes can have added to it;
+    None where none is busy. The rule's window holds all the others: where it is busy, the whole
+    record; else its busy phase windows (epochs, calibration, inference), which follow one another.
+    A record that lists busy windows without their figures (a merged data-parallel record) counts
+    whole."""
+    if not record.get("busy_host_windows"):
+        return None
+    phases = [window for window in record.get("windows", []) if window.get("busy_host")]
+    if record.get("busy_host") or not phases:
+        return record["joules"]
+    return min(record["joules"], sum(window["joules"] for window in phases))

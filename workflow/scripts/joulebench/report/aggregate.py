@@ -22,7 +22,7 @@ from joulebench.report import figures as report_figures
 from joulebench.report import stats
 from joulebench.report import summary as report_summary
 from joulebench.report import tables as report_tables
-from joulebench.report.columns import EnergyColumns
+from joulebench.report.columns import EnergyColumns, inference_busy_columns
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +221,12 @@ def interleaved_inference(rounds: pd.DataFrame, entry: dict, metrics: dict) -> d
     their interquartile range; the evaluation's own single window is kept beside it."""
     if rounds.empty:
         return {}
-    mine = rounds[
-        (rounds["model"] == entry["model"])
-        & (rounds["seed"] == entry["seed"])
-        & (rounds["variant"] == entry["variant"])
-    ]
+    job = rounds[(rounds["model"] == entry["model"]) & (rounds["seed"] == entry["seed"])]
+    mine = job[job["variant"] == entry["variant"]]
     if mine.empty:
         return {}
+    # The verdict pairs each of its rounds with the baseline's of the same round in this job.
+    base = job[job["variant"] == variants.BASELINE] if entry["variant"] != variants.BASELINE else None
     median, spread = median_and_spread(list(mine["joules_per_1k"]))
     return {
         "eval_inference_joules_per_1k": metrics["inference_joules_per_1k"],
@@ -235,7 +234,7 @@ def interleaved_inference(rounds: pd.DataFrame, entry: dict, metrics: dict) -> d
         "inference_joules_per_1k_iqr": spread,
         "inference_rounds": len(mine),
         "inference_energy_source": "+".join(sorted(set("+".join(mine["source"]).split("+")))),
-        "inference_busy_host": bool(mine["busy_host"].any()),
+        **inference_busy_columns(mine.to_dict("records"), None if base is None else base.to_dict("records")),
         "inference_busy_gpu": bool(mine.get("busy_gpu", pd.Series([False])).any()),
     }
 

@@ -5,7 +5,7 @@ from the raw joules of the records, so the records stay the single source of tru
 """
 
 from joulebench.energy import host_speed
-from joulebench.energy.contention import find_contention
+from joulebench.energy.contention import busy_joules, find_contention
 from joulebench.report.carbon import carbon_model
 
 
@@ -57,7 +57,7 @@ class EnergyColumns:
             "pipeline_contended": any(self.contended_with[label] for label in chain),
             "own_short_windows": ";".join(record.get("short_windows", [])),
             "own_busy_host": bool(record.get("busy_host_windows")),
-            "pipeline_busy_host": any(self.records[label].get("busy_host_windows") for label in chain),
+            **self.busy_host_columns(chain, pipeline_joules, baseline),
             "own_busy_gpu": bool(record.get("busy_gpu_windows")),
             "pipeline_busy_gpu": any(self.records[label].get("busy_gpu_windows") for label in chain),
             "own_dynamic_energy_j": dynamic_joules(record, self.idle),
@@ -90,32 +90,42 @@ class EnergyColumns:
     ) -> dict:
         """The host-speed index of the row's own job and of the slowest job of its lineage; the
         lineage's jobs that ran under SLOW_HOST_RATIO of the run's median, with the share of the
-        row's energy to produce each carries; and whether one could move the row's verdicts.
-
-        A verdict compares the row with its baseline seed by seed, so a slow job that both made
-        (the shared data jobs, the baseline training a pruned model starts from) adds to both sides
-        and cancels; only a slow job of one side can move it (`pipeline_slow_host`,
-        `verdict_slow_jobs`). The baseline's own row has no verdict of its own."""
-        slow = [label for label in dict.fromkeys(chain) if self._is_slow(label)]
-        shares = {label: self._share(label, pipeline_joules) for label in slow}
-        one_sided = []
+        row's energy to produce each carries; and those that could move the row's verdicts
+        (`pipeline_slow_host`, `verdict_slow_jobs`: verdict_movers decides)."""
+        slow = {
+            label: self.records[label]["joules"] for label in dict.fromkeys(chain) if self._is_slow(label)
+        }
         if baseline is not None:
-            baseline_chain, baseline_joules = baseline
-            for label in dict.fromkeys([*chain, *baseline_chain]):
-                if self._is_slow(label) and (label in chain) != (label in baseline_chain):
-                    side = "the variant's" if label in chain else "the baseline's"
-                    joules = pipeline_joules if label in chain else baseline_joules
-                    one_sided.append(
-                        f"{label} ({self._share(label, joules):.0%} of {side} energy to produce)"
-                    )
+            slow |= {label: self.records[label]["joules"] for label in baseline[0] if self._is_slow(label)}
+        movers = verdict_movers(slow, (chain, pipeline_joules), baseline)
         return {
             "own_host_speed": record.get("host_speed"),
             "pipeline_host_speed_min": host_speed.slowest(self.records[label] for label in chain),
-            "pipeline_slow_jobs": ";".join(f"{label} ({share:.0%})" for label, share in shares.items()),
-            "pipeline_slow_share": sum(shares.values()) if self.run_speed["run_host_speed_median"] else None,
-            "pipeline_slow_host": bool(one_sided),
-            "verdict_slow_jobs": ";".join(one_sided),
+            "pipeline_slow_jobs": _shares(slow, chain, pipeline_joules),
+            "pipeline_slow_share": _share(slow, chain, pipeline_joules)
+            if self.run_speed["run_host_speed_median"]
+            else None,
+            "pipeline_slow_host": bool(movers),
+            "verdict_slow_jobs": describe_movers(movers, "energy to produce"),
             **self.run_speed,
+        }
+
+    def busy_host_columns(
+        self, chain: list[str], pipeline_joules: float, baseline: tuple[list[str], float] | None
+    ) -> dict:
+        """The lineage's jobs with a `busy_host` window, each with the share of the row's energy to
+        produce its busy windows carry (`pipeline_busy_jobs`, `pipeline_busy_share`), and those that
+        could move the row's verdicts (`pipeline_busy_host`, `verdict_busy_jobs`: verdict_movers
+        decides). A record keeps its raw per-window facts; `own_busy_host` is the row's own job's."""
+        labels = dict.fromkeys([*chain, *(baseline[0] if baseline else [])])
+        busy = {label: busy_joules(self.records[label]) for label in labels}
+        busy = {label: joules for label, joules in busy.items() if joules is not None}
+        movers = verdict_movers(busy, (chain, pipeline_joules), baseline)
+        return {
+            "pipeline_busy_jobs": _shares(busy, chain, pipeline_joules),
+            "pipeline_busy_share": _share(busy, chain, pipeline_joules),
+            "pipeline_busy_host": bool(movers),
+            "verdict_busy_jobs": describe_movers(movers, "energy to produce"),
         }
 
     def _is_slow(self, label: str) -> bool:
@@ -124,8 +134,86 @@ class EnergyColumns:
         speed = host_speed.slowest([self.records[label]])
         return None not in (speed, median) and speed < host_speed.SLOW_HOST_RATIO * median
 
-    def _share(self, label: str, pipeline_joules: float) -> float:
-        return self.records[label]["joules"] / pipeline_joules if pipeline_joules else 0.0
+
+def verdict_movers(
+    flagged: dict[str, float], variant: tuple[list[str], float], baseline: tuple[list[str], float] | None
+) -> dict[str, tuple[str, float]]:
+    """The flagged parts that could move a row's verdict: label -> (side, share of that side's total).
+
+    A verdict pairs the row with its baseline seed by seed: `variant` and `baseline` are each side's
+    parts (the job records behind its energy to produce, or its inference rounds) and its total;
+    None for the baseline's own row, which has no verdict of its own. `flagged` maps each flagged
+    part to the most its flag can have added to it, at most its whole energy (a measured figure
+    never undercounts the work: what the flag adds is in it). A part both sides hold (the data
+    jobs, the training a compressed model starts from) adds the same to both and cancels. The rest
+    leave the true difference d (variant minus baseline) between d minus what they added on the
+    variant's side and d plus what they added on the baseline's: they can reverse or erase it only
+    where that range reaches 0, that is where the flagged parts of the dearer side together carry
+    at least the difference. Those parts are returned; where they cannot, none is."""
+    if baseline is None:
+        return {}
+    (parts, total), (baseline_parts, baseline_total) = variant, baseline
+    sides = {
+        "the variant's": (parts, baseline_parts, total, 1),
+        "the baseline's": (baseline_parts, parts, baseline_total, -1),
+    }
+    difference = total - baseline_total
+    movers = {}
+    for side, (mine, theirs, side_total, sign) in sides.items():
+        added = {
+            label: flagged[label] for label in dict.fromkeys(mine) if label in flagged and label not in theirs
+        }
+        if added and sign * difference >= 0 and sum(added.values()) >= sign * difference:
+            movers |= {
+                label: (side, joules / side_total if side_total else 0.0) for label, joules in added.items()
+            }
+    return movers
+
+
+def describe_movers(movers: dict[str, tuple[str, float]], what: str) -> str:
+    """'label (12% of the variant's energy to produce);...' for verdict_movers' answer."""
+    return ";".join(f"{label} ({share:.0%} of {side} {what})" for label, (side, share) in movers.items())
+
+
+def _shares(flagged: dict[str, float], parts: list[str], total: float) -> str:
+    """'label (12%);...': each flagged part of `parts`, with its share of `total`."""
+    return ";".join(
+        f"{label} ({flagged[label] / total if total else 0.0:.0%})"
+        for label in dict.fromkeys(parts)
+        if label in flagged
+    )
+
+
+def _share(flagged: dict[str, float], parts: list[str], total: float) -> float:
+    """The share of `total` that the flagged parts of `parts` carry together."""
+    return sum(flagged[label] for label in dict.fromkeys(parts) if label in flagged) / total if total else 0.0
+
+
+def inference_busy_columns(rounds: list[dict], baseline_rounds: list[dict] | None) -> dict:
+    """The row's interleaved inference rounds (joulebench.evaluate.interleaved: round, variant, joules_per_1k,
+    busy_host) taken while other processes loaded the host, with the share of the row's inference
+    energy each carries (`inference_busy_rounds`), and those that could move its inference verdict
+    (`inference_busy_host`, `verdict_busy_rounds`). The verdict pairs each round with the baseline's
+    of the same round (report_stats.round_differences), so its two sides are the rounds both ran,
+    and verdict_movers decides; `baseline_rounds` is None for the baseline's own row."""
+    common = {row["round"] for row in rounds}
+    if baseline_rounds is not None:
+        common &= {row["round"] for row in baseline_rounds}
+    flagged, sides = {}, []
+    for side in (rounds, baseline_rounds or []):
+        paired = [row for row in side if row["round"] in common]
+        labels = [f"round{row['round']}:{row['variant']}" for row in paired]
+        flagged |= {
+            label: row["joules_per_1k"] for label, row in zip(labels, paired, strict=True) if row["busy_host"]
+        }
+        sides.append((labels, sum(row["joules_per_1k"] for row in paired)))
+    variant, baseline = sides
+    movers = verdict_movers(flagged, variant, baseline if baseline_rounds is not None else None)
+    return {
+        "inference_busy_rounds": _shares(flagged, variant[0], variant[1]),
+        "inference_busy_host": bool(movers),
+        "verdict_busy_rounds": describe_movers(movers, "inference energy"),
+    }
 
 
 def idle_baseline_gap(record: dict, idle: dict | None) -> str | None:

@@ -132,6 +132,17 @@ def _boundary_of(rows: pd.DataFrame, column: str) -> str:
     return "+".join(sorted({kind for cell in cells for kind in str(cell).split("+") if kind}))
 
 
+# Per-row lists (joulebench.report.columns) each variant's summary joins over its seeds.
+JOINED_COLUMNS = (
+    "verdict_slow_jobs",
+    "pipeline_slow_jobs",
+    "verdict_busy_jobs",
+    "pipeline_busy_jobs",
+    "verdict_busy_rounds",
+    "inference_busy_rounds",
+)
+
+
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, model, variant): n, means, CI half-widths, provenance, Pareto flags."""
     rows = []
@@ -152,8 +163,11 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
             if column in group:
                 row[column] = group[column].mean()
         row["pipeline_energy_measured"] = bool(group["pipeline_energy_measured"].all())
-        # Seeds with an energy window during which other processes loaded the host (inflated).
-        row["busy_host_seeds"] = int((group["pipeline_busy_host"] | group["inference_busy_host"]).sum())
+        # Seeds whose verdicts rest on windows of one side only during which other processes loaded
+        # the host enough to move them (energy_columns.verdict_movers), and those jobs and rounds.
+        row["busy_host_seeds"] = int(
+            (_flags(group, "pipeline_busy_host") | _flags(group, "inference_busy_host")).sum()
+        )
         # Seeds with an energy window during which other processes computed on the metered GPU.
         row["busy_gpu_seeds"] = int(
             (_flags(group, "pipeline_busy_gpu") | _flags(group, "inference_busy_gpu")).sum()
@@ -161,7 +175,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         # Seeds whose verdicts rest on a job of one side only that ran on a notably slow host
         # (joulebench.energy.host_speed, energy_columns.host_speed_columns), and those jobs.
         row["slow_host_seeds"] = int(_flags(group, "pipeline_slow_host").sum())
-        for column in ("verdict_slow_jobs", "pipeline_slow_jobs"):
+        for column in JOINED_COLUMNS:
             cells = group.get(column, pd.Series([""])).fillna("")
             row[column] = ";".join(dict.fromkeys(job for cell in cells for job in cell.split(";") if job))
         for column in HOST_SPEED_COLUMNS:

@@ -262,17 +262,40 @@ def busy_gpu_note(summary: pd.DataFrame) -> list[str]:
     ]
 
 
+# The summary's per-variant lists of busy jobs and rounds (report_stats.JOINED_COLUMNS).
+BUSY_LISTS = ("pipeline_busy_jobs", "inference_busy_rounds")
+
+
 def busy_host_note(summary: pd.DataFrame) -> list[str]:
-    """A warning naming the variants whose energy was taken while other processes loaded the host."""
-    named = _variants_flagged(summary, "busy_host_seeds")
-    if named is None:
-        return []
+    """A warning naming the variants whose comparison with the baseline rests on energy windows of
+    one side, taken while other processes loaded the host, that could move it
+    (energy_columns.verdict_movers); a line where such windows ran but none could."""
+    load = f"other processes used more than {BUSY_HOST_SHARE:.0%} of the host's CPUs"
+    listed = "columns `pipeline_busy_jobs` and `inference_busy_rounds` of results.csv"
+    flagged = summary[summary.get("busy_host_seeds", pd.Series(0, index=summary.index)) > 0]
+    if flagged.empty:
+        cells = [summary.get(column, pd.Series("", index=summary.index)).fillna("") for column in BUSY_LISTS]
+        if not any(cell.astype(bool).any() for cell in cells):
+            return []
+        return [
+            f"During some energy windows {load} ({listed}, each with its share of the row's energy), "
+            "but none can move a verdict: each is shared by both sides of its comparison with the "
+            "baseline, or carries less energy than the difference it sits in.",
+            "",
+        ]
+    named = "; ".join(
+        f"{row['variant']} ({row['busy_host_seeds']} of {row['n']} seeds: {_busy_windows(row)})"
+        for _, row in flagged.iterrows()
+    )
     return [
-        f"**Busy host**: other processes used more than {BUSY_HOST_SHARE:.0%} of the host's CPUs during "
-        f"energy windows of "
-        f"{named}. Their energy is inflated (counters see the whole device; CPU-time estimates include "
-        "threads waiting for cores): rerun those rules on an idle machine (`--forcerun <rule>`) before "
-        "trusting them. Columns `pipeline_busy_host` and `inference_busy_host` of results.csv name the rows.",
+        f"**Busy host**: the comparison with the baseline of {named} rests on energy windows that "
+        f"only one side of it ran while {load}, and that carry at least the difference between the "
+        "two, so they can move the verdict. Their energy is inflated (counters see the whole device; "
+        "CPU-time estimates include threads waiting for cores): rerun those rules on an idle machine "
+        "(`--forcerun <rule>`) before trusting them. A busy job both sides share (the data jobs, the "
+        "training a compressed model starts from), or one that carries less energy than the "
+        f"difference, cannot move it and is not flagged; {listed} list every busy job and round of a "
+        "row with its share of the row's energy.",
         "",
     ]
 
@@ -302,6 +325,12 @@ def estimate_note(summary: pd.DataFrame) -> list[str]:
         "confirm it on a host with energy counters (RAPL) before relying on it.",
         "",
     ]
+
+
+def _busy_windows(row) -> str:
+    """The jobs and inference rounds that can move a variant's verdicts, joined for the text."""
+    cells = [row.get(column) for column in ("verdict_busy_jobs", "verdict_busy_rounds")]
+    return ", ".join(job for cell in cells if isinstance(cell, str) for job in cell.split(";") if job)
 
 
 def protocol_paragraph(protocol: dict | None) -> list[str]:
