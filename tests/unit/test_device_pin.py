@@ -15,7 +15,8 @@ from joulebench.evaluate.stages import inference_placement
 from joulebench.report import figures
 from joulebench.report.aggregate import training_device
 from joulebench.report.stats import device_label, paired_differences, summarize
-from joulebench.report.summary import devices_markdown, verdict
+from joulebench.report.summary import devices_markdown
+from joulebench.report.verdicts import verdict
 from joulebench.train.overrides import needs_gpu, pinned_device
 from joulebench.train.stages import train_model
 

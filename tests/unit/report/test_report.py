@@ -24,8 +24,9 @@ from joulebench.report.decisions import (
     most_accurate_within_budget,
 )
 from joulebench.report.stats import mean_ci, paired_differences, pareto_mask, proportion_ci, summarize
-from joulebench.report.summary import summary_markdown, verdict
+from joulebench.report.summary import summary_markdown
 from joulebench.report.tables import latex_escape, latex_table, paper_table
+from joulebench.report.verdicts import verdict
 from joulebench.variants import lineage
 
 CARBON = resolved_config()["energy"]["carbon"]
