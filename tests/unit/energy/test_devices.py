@@ -1,8 +1,8 @@
-"""devices.probe_gpu over MOCK NVML: which GPU Zeus meters, and why one is not metered.
+"""gpu_access.probe_gpu over MOCK NVML: which GPU Zeus meters, and why one is not metered.
 
 No GPU and no NVML here: `zeus.device.gpu.nvidia.pynvml` is replaced by an autospec of the real
 pynvml (tests/support/simulated_host/nvml.py), as Zeus's own tests do, and the UUID torch would give the
-rule's CUDA device is injected through `devices.torch_gpu_uuid`. Everything named MOCK stands in
+rule's CUDA device is injected through `gpu_access.torch_gpu_uuid`. Everything named MOCK stands in
 for hardware this machine does not have.
 """
 
@@ -15,9 +15,9 @@ import zeus.device.cpu
 import zeus.device.gpu
 from zeus.device.gpu import nvidia
 
-from joulebench import devices
-from joulebench.devices import CPU, GpuAccess, Placement, probe_gpu
-from joulebench.energy import estimate
+from joulebench.devices import CPU, Placement
+from joulebench.energy import estimate, gpu_access
+from joulebench.energy.gpu_access import GpuAccess, probe_gpu
 from joulebench.energy.meter import EnergyMeter
 from simulated_host.nvml import autospec_pynvml
 
@@ -64,7 +64,7 @@ def nvml(monkeypatch):
 
 def cuda_names_device(monkeypatch, name: str) -> None:
     """The device name torch would give the rule's CUDA device (MOCK: there is no CUDA here)."""
-    monkeypatch.setattr(devices, "gpu_name", lambda placement: name)
+    monkeypatch.setattr(gpu_access, "gpu_name", lambda placement: name)
     monkeypatch.setattr(estimate, "gpu_name", lambda placement: name)
 
 
@@ -145,7 +145,7 @@ def test_the_meter_of_a_mig_slice_shown_as_device_0_estimates_its_share_of_the_b
 def test_the_gpu_metered_is_the_one_whose_uuid_cuda_gives_the_rules_device(nvml, monkeypatch):
     # CUDA orders fastest first: its GPU 0 is NVML's GPU 1 on this host of two unlike GPUs.
     nvml(count=2)
-    monkeypatch.setattr(devices, "torch_gpu_uuid", lambda placement: "MOCK-handle1")
+    monkeypatch.setattr(gpu_access, "torch_gpu_uuid", lambda placement: "MOCK-handle1")
     access = probe_gpu(ON_GPU0)
     assert (access.metered, access.index) == (True, 1)
 
@@ -155,7 +155,7 @@ def test_the_meter_reads_the_gpu_whose_uuid_cuda_gives_the_rules_device(nvml, mo
     module.nvmlDeviceGetTotalEnergyConsumption.side_effect = lambda handle: {"handle0": 5, "handle1": 9}[
         handle
     ]
-    monkeypatch.setattr(devices, "torch_gpu_uuid", lambda placement: "MOCK-handle1")
+    monkeypatch.setattr(gpu_access, "torch_gpu_uuid", lambda placement: "MOCK-handle1")
     with EnergyMeter("unit", placement=ON_GPU0) as meter:
         pass
     record = meter.record()
@@ -168,7 +168,7 @@ def test_a_gpu_zeus_does_not_read_is_estimated_and_the_reason_says_how_to_meter_
     # CUDA_VISIBLE_DEVICES=1 is CUDA's GPU 1 (fastest first), but Zeus reads NVML's GPU 1.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     nvml(count=2)
-    monkeypatch.setattr(devices, "torch_gpu_uuid", lambda placement: "MOCK-handle0")
+    monkeypatch.setattr(gpu_access, "torch_gpu_uuid", lambda placement: "MOCK-handle0")
     access = probe_gpu(ON_GPU0)
     assert (access.metered, access.index) == (False, None)
     assert "GPU-MOCK-handle0" in access.reason and "CUDA_DEVICE_ORDER=PCI_BUS_ID" in access.reason
@@ -178,8 +178,8 @@ def test_torch_gpu_uuid_is_the_uuid_torch_gives_the_cuda_device(monkeypatch):
     # MOCK CUDA device properties: torch prints a device's UUID without NVML's "GPU-" prefix.
     properties = SimpleNamespace(uuid="2b7f1a4e-8c1d-4e5f-9a0b-1c2d3e4f5a6b")
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: properties)
-    assert devices.torch_gpu_uuid(Placement(torch.device("cuda", 0), 0)) == properties.uuid
-    assert devices.torch_gpu_uuid(ON_GPU0) is None  # tensors on the CPU: nothing to compare
+    assert gpu_access.torch_gpu_uuid(Placement(torch.device("cuda", 0), 0)) == properties.uuid
+    assert gpu_access.torch_gpu_uuid(ON_GPU0) is None  # tensors on the CPU: nothing to compare
 
 
 # --- The Zeus daemon ----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from zeus.device.gpu import nvidia
 from conftest import ROOT
 from joulebench import devices
 from joulebench.devices import CPU, Placement
-from joulebench.energy import estimate, process
+from joulebench.energy import estimate, gpu_access, process
 from joulebench.energy import meter as energy
 from joulebench.energy.estimate import ESTIMATE_MODEL, EstimateModel
 from joulebench.energy.idle import idle_record
@@ -792,8 +792,8 @@ def test_process_ids_of_another_pid_namespace_are_unknown_not_busy(gpus, monkeyp
     computing = Placement(torch.device("cuda", 0), 0)
     monkeypatch.setattr(Placement, "synchronize", lambda self: None)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    monkeypatch.setattr(devices, "torch_gpu_uuid", lambda placement: "GPU-MOCK-handle0")
-    monkeypatch.setattr(devices, "gpu_name", lambda placement: "NVIDIA H200 (MOCK)")
+    monkeypatch.setattr(gpu_access, "torch_gpu_uuid", lambda placement: "GPU-MOCK-handle0")
+    monkeypatch.setattr(gpu_access, "gpu_name", lambda placement: "NVIDIA H200 (MOCK)")
     with EnergyMeter("unit", placement=computing) as meter:
         pass
     record = meter.record()

@@ -3,8 +3,9 @@ power per core, memory x watts per GB, and a GPU term for a GPU NVML cannot read
 
 from dataclasses import dataclass, field
 
-from joulebench.devices import GpuAccess, Placement, board_power_w, gpu_name, mig_share
+from joulebench.devices import Placement
 from joulebench.energy import cpu_power
+from joulebench.energy.gpu_access import GpuAccess, board_power_w, gpu_name, mig_share
 from joulebench.energy.inventory import cpu_model
 
 ESTIMATE_MODEL = "green-algorithms"

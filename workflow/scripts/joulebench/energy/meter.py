@@ -57,11 +57,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from joulebench.devices import CPU, Placement, probe_gpu
+from joulebench.devices import CPU, Placement
 from joulebench.energy import host_speed
 from joulebench.energy.boundary import energy_boundary
 from joulebench.energy.contention import BUSY_HOST_MIN_CPU_S, BUSY_HOST_SHARE, wait_for_quiet_host
 from joulebench.energy.estimate import ESTIMATE_MODEL, ESTIMATE_SCOPE, EstimateModel, gpu_term
+from joulebench.energy.gpu_access import probe_gpu
 from joulebench.energy.inventory import (
     device_facts,
     gpu_processes,

@@ -12,7 +12,7 @@ from torch import nn
 # Imported with this module, not inside an evaluation's energy window (it loads triton).
 from torch.utils.flop_counter import FlopCounterMode
 
-from joulebench.devices import gpu_name
+from joulebench.energy.gpu_access import gpu_name
 from joulebench.energy.inventory import cpu_model
 from joulebench.evaluate.accuracy import accuracy
 from joulebench.evaluate.protocol import Protocol, repeat_for, warm_up

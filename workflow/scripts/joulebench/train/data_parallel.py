@@ -128,7 +128,8 @@ def node_meter(rule: str, estimate: EstimateModel, placement, gpu_indices: list[
     GPU decides whether NVML is usable at all."""
     from zeus.monitor import ZeusMonitor
 
-    from joulebench.devices import Placement, probe_gpu
+    from joulebench.devices import Placement
+    from joulebench.energy.gpu_access import probe_gpu
 
     monitor = None
     if gpu_indices and placement.gpu is not None and probe_gpu(placement).metered:

@@ -31,7 +31,8 @@ writes a skipped marker instead (joulebench.train.stages.write_skipped), which t
 import logging
 from contextlib import contextmanager
 
-from joulebench.devices import Placement, probe_gpu
+from joulebench.devices import Placement
+from joulebench.energy.gpu_access import probe_gpu
 
 log = logging.getLogger(__name__)
 
