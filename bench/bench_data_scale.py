@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from joulebench.config import resolved_config
+from joulebench.data.prepared import prepared_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,13 +61,7 @@ def run_stage(stage: str, folder: Path, work: Path, threads: int) -> None:
     from joulebench.data.stages import clean_dataset, prepare_dataset
 
     torch.set_num_threads(threads)
-    names = {
-        "splits": "raw.npz",
-        "facts": "raw.json",
-        "rejected": "rejected.csv",
-        "energy": "raw_energy.json",
-    }
-    raw = {key: work / name for key, name in names.items()}
+    raw = prepared_files(work / "raw")
     if stage == "prepare":
         dataset = {"name": "scale", "source": "imagefolder", "root": str(folder), "image_size": IMAGE_SIZE}
         dataset |= {"resize": "stretch", "val_fraction": 0.15, "test_fraction": 0.2, "split_seed": 0}
@@ -108,7 +103,7 @@ def loader_ratio(folder: Path, work: Path, workers: int, batch_size: int) -> Non
     from joulebench.data import loader
 
     torch.set_num_threads(1)
-    arrays = store.open_arrays(work / "raw.npz")  # the prepared, uncleaned splits: every file
+    arrays = store.open_arrays(prepared_files(work / "raw")["splits"])  # the prepared, uncleaned splits
     names = [str(name) for name in arrays["item_names"]]
     train_files = {names[i] for i in arrays["train_id"]}
 

@@ -13,6 +13,7 @@ SCRIPTS = Path(str(workflow.current_basedir)).parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 from joulebench import variants  # noqa: E402
+from joulebench.data.prepared import prepared_files  # noqa: E402
 from joulebench.report import figure_registry  # noqa: E402
 from joulebench.run import warm_worker  # noqa: E402
 from joulebench.config import check_config, idle_baseline_seconds, model_entries, schema_error  # noqa: E402

@@ -1,9 +1,6 @@
 rule prepare_dataset:
     output:
-        splits="results/data/{dataset}/raw/splits.npz",
-        facts="results/data/{dataset}/raw/dataset.json",
-        rejected="results/data/{dataset}/raw/rejected.csv",
-        energy="results/data/{dataset}/raw/energy.json",
+        **prepared_files("results/data/{dataset}/raw"),
     log:
         "logs/prepare_dataset/{dataset}.log",
     benchmark:

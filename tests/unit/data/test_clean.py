@@ -13,6 +13,7 @@ from sklearn.datasets import load_sample_images
 from joulebench import store
 from joulebench.config import resolved_config
 from joulebench.data import clean, sources, splits
+from joulebench.data.prepared import prepared_files
 from joulebench.data.stages import clean_dataset, prepare_dataset
 
 CLASSES = ("boats", "flowers", "roofs")
@@ -88,15 +89,7 @@ def planted_tree(tmp_path_factory):
 def run_cleaning(root, tmp_path, settings=SETTINGS):
     dataset = {"name": "tree", "source": "imagefolder", "root": str(root), "resize": "stretch"}
     dataset |= {"val_fraction": 0.2, "test_fraction": 0.3, "split_seed": 0, "image_size": 32}
-    raw = {
-        key: tmp_path / f"raw_{name}"
-        for key, name in (
-            ("splits", "s.npz"),
-            ("facts", "f.json"),
-            ("rejected", "r.csv"),
-            ("energy", "e.json"),
-        )
-    }
+    raw = prepared_files(tmp_path / "raw")
     prepare_dataset({}, raw, dataset, settings["enabled"], ENERGY)
     out = {
         "splits": tmp_path / "splits.npz",

@@ -207,6 +207,7 @@ def test_cifar10_root_in_torchvision_format_is_prepared_as_uint8(tmp_path, monke
 
     # torchvision checks the official files' md5 sums; these files are ours, in the same format.
     from joulebench import store
+    from joulebench.data.prepared import prepared_files
     from joulebench.data.stages import prepare_dataset
 
     monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
@@ -214,13 +215,7 @@ def test_cifar10_root_in_torchvision_format_is_prepared_as_uint8(tmp_path, monke
     write_cifar10_root(tmp_path / "cifar", labels, [0, 1, 2] * 3)
     dataset = {"name": "CIFAR10", "source": "torchvision", "root": str(tmp_path / "cifar"), "download": False}
     dataset |= {"val_fraction": 0.2, "test_fraction": 0.2, "split_seed": 0}
-    names = {
-        "splits": "splits.npz",
-        "facts": "dataset.json",
-        "rejected": "rejected.csv",
-        "energy": "energy.json",
-    }
-    out = {key: tmp_path / name for key, name in names.items()}
+    out = prepared_files(tmp_path)
     prepare_dataset({}, out, dataset, True, {"power_per_core_w": 12.0, "memory_w_per_gb": 0.3725})
     stored = store.open_arrays(out["splits"])
     assert stored["train_x"].dtype == np.uint8 and stored["train_x"].shape[1:] == (3, 32, 32)
