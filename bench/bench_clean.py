@@ -1,6 +1,6 @@
 """Cleaning throughput on synthetic 32x32 RGB images, on one core.
 
-Target (issue #3): thousands of images per second per core. Prints images/s for the whole
+Target: thousands of images per second per core. Prints images/s for the whole
 clean_splits call (content hash + crop pHashes and thumbnails + near-duplicate search + grouping)
 and per step, and the ratio to the target. The images are smooth random textures with planted
 exact and near duplicates, so the grouping does real work.

@@ -8,7 +8,7 @@ figures are made of (wall time, CPU seconds, test-set passes), the host-speed in
 training job (joulebench.energy.host_speed) and the other processes' share of the host, so a missed target
 says what dominated the variance.
 
-Targets on an idle machine (issue 17): training energy CV <= 5%; inference energy per 1k samples
+Targets on an idle machine: training energy CV <= 5%; inference energy per 1k samples
 CV <= 10% (CPU estimates).
 
     python bench/bench_repeatability.py [--runs 5]

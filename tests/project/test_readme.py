@@ -11,6 +11,18 @@ import pytest
 from conftest import ROOT, readme_checkout, run_as_printed
 from readme import readme_commands
 
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def anchors(page) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown page."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
+    headings = re.findall(r"^#+ (.+)$", text, re.MULTILINE)
+    return {
+        re.sub(r"[^\w\- ]", "", heading.replace("`", "").lower()).replace(" ", "-") for heading in headings
+    }
+
 
 def test_the_readme_keeps_two_set_up_commands_and_prints_the_fast_suite():
     assert len(readme_commands("Two commands")) == 2
@@ -51,3 +63,30 @@ def test_job_overhead_benchmark_runs_as_printed_on_a_finished_run(tiny_run, tmp_
         assert measured_s > 0 or rule == "prepare_dataset", (rule, rows[rule])
     total_jobs = sum(int(rows[rule][0]) for rule in rows if rule not in ("total", "run:"))
     assert int(rows["total"][0]) == total_jobs == len(list((workdir / "benchmarks").rglob("*.tsv")))
+
+
+def test_every_link_of_the_readme_and_the_docs_pages_resolves():
+    for page in [ROOT / "README.md", *DOCS]:
+        for target in LINK.findall(page.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.relative_to(ROOT)}: {target}"
+            if anchor:
+                assert anchor in anchors(linked), f"{page.relative_to(ROOT)}: {target}"
+
+
+def test_the_readme_links_every_docs_page():
+    linked = {
+        (ROOT / target.partition("#")[0]).resolve()
+        for target in LINK.findall((ROOT / "README.md").read_text())
+    }
+    assert [page for page in DOCS if page not in linked] == []
+
+
+def test_the_docs_pages_print_no_shell_commands():
+    # Commands are printed in the README, whose tests run them as printed; a docs page names a
+    # script by its path instead.
+    for page in DOCS:
+        assert not re.search(r"^\s*```(bash|sh|shell|console)\b", page.read_text(), re.MULTILINE), page

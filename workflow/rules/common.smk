@@ -103,7 +103,7 @@ def training_threads(wildcards):
 
 def training_tasks(wildcards):
     """SLURM tasks of train_model: a data_parallel variant's processes; None (the resource is
-    left out, so other variants are submitted exactly as before) for every other variant."""
+    left out, so every other variant is submitted as a single task) for every other variant."""
     return VARIANTS.get(wildcards.variant, {}).get("processes")
 
 

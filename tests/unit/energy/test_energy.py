@@ -626,7 +626,7 @@ def test_a_rule_job_imports_neither_scikit_learn_nor_pandas_until_it_uses_them()
     assert result.stdout.split("\n")[:3] == ["[]", "4.0", "(1, 1)"]
 
 
-# --- Host-speed index, steal time, frequency (issue 17: drift of the host itself) -----------------
+# --- Host-speed index, steal time, frequency (drift of the host itself) -----------------
 
 
 def test_the_host_speed_index_is_taken_before_the_window_opens_and_never_charged(monkeypatch):

@@ -130,7 +130,7 @@ def _replace_head(model: nn.Module, num_classes: int, name: str) -> None:
 
 
 def _adapt_first_conv(model: nn.Module, in_channels: int, small_input: bool) -> None:
-    """The first convolution takes `in_channels` (pretrained filters summed over the old channels
+    """The first convolution takes `in_channels` (pretrained filters summed over their RGB channels
     and shared out, so a grey image replicated to RGB gives the same response); on small images
     it and a stem max-pool (resnet's `maxpool`) stop downsampling."""
     name, conv = next((k, m) for k, m in model.named_modules() if isinstance(m, nn.Conv2d))

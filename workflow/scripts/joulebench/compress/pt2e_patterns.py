@@ -2,8 +2,8 @@
 
 torchao's PT2E passes find conv + batch-norm, dropout and batch-norm subgraphs by matching pattern
 graphs, and trace each pattern with torch.export (Dynamo, strict) every time a pass runs.
-`convert_pt2e` of a QAT model traces about 100 of them: 16-18 s on this project's 2-core machine,
-where its fine-tuning epoch took 1.2 s. Every `.train()`/`.eval()` of an exported graph traces four
+`convert_pt2e` of a QAT model traces about 100 of them: 16-18 s on a 2-core CPU host,
+where its fine-tuning epoch takes about 1 s. Every `.train()`/`.eval()` of an exported graph traces four
 more. The patterns are torchao's own small functions, the same for every model. Its authors named
 caching them as the fix that was never made (pytorch/pytorch#116440: "cache the patterns if
 possible"). Why by hand: torchao has no switch for it.

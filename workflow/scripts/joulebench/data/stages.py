@@ -65,7 +65,7 @@ def clean_dataset(inputs: dict, outputs: dict, cleaning: dict, estimate: dict) -
     report = clean.cleaning_report(raw, arrays, removed, settings, cleaning["examples_per_reason"])
     report["near_duplicate_thresholds"] = chosen or None
     report["lookalike_pairs"] = len(lookalikes)
-    # Diversity of the training split before and after cleaning (the seed's D1 >= D0).
+    # Diversity of the training split before and after cleaning (data optimisation should keep D1 >= D0).
     report["diversity"] = diversity.diversity_of_stages(
         {
             name: (splits["train_x"], splits["train_y"])

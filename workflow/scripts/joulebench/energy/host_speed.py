@@ -30,10 +30,10 @@ REFERENCE_SIZE = 128
 REFERENCE_CHUNKS = 5
 REFERENCE_UNITS_PER_CHUNK = 80
 # A job whose index is under this share of the run's median ran on a notably slower host. 10% is
-# below the 15% slowdown of issue 17, at which two runs' intervals stopped covering each other,
-# and above the probe's spread in a burst on a quiet host: 40 probes in a row on this project's
-# 2-core VM had a CV of 0.5% at a quiet moment, 6-9% (lowest 0.89-0.95 of the median) while two
-# other users' jobs loaded it (README, "Host speed").
+# below the slowdown (about 15%) at which two runs' intervals stop covering each other, and above
+# the probe's spread in a burst on a quiet host: on a shared 2-core VM, 40 probes in a row had a CV
+# of 0.5% at a quiet moment, 6-9% (lowest 0.89-0.95 of the median) while two other users' jobs
+# loaded it (docs/measurement-protocol.md, "Host speed"; docs/results/).
 SLOW_HOST_RATIO = 0.90
 # The aggregate line of /proc/stat: user nice system idle iowait irq softirq steal guest
 # guest_nice, in clock ticks since boot. Guest time is already inside user and nice.

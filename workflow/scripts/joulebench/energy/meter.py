@@ -112,7 +112,8 @@ class _CounterLog:
         return gpus.get_total_energy_consumption
 
 
-# What each window flag warns of is in the README; a record lists the windows carrying each.
+# What each window flag warns of is in the README and docs/energy-accounting.md; a record lists
+# the windows carrying each.
 WINDOW_FLAGS = {
     "short_window": "short_windows",
     "busy_host": "busy_host_windows",
@@ -158,9 +159,9 @@ def window_parts(devices: dict, estimate: dict) -> list[dict]:
 def freeze_long_lived_objects() -> None:
     """Collect garbage now, and leave every object alive before the windows (torch and the other
     libraries, the loaded model and data) out of later collections (`gc.freeze`). A full
-    collection scans them all: 0.5 CPU-seconds on this project's 2-core machine with torch loaded,
-    1.2 s in a job forked from the warm worker (which copies each page it touches). One that fell
-    inside an inference window once made a 13 ms test pass take 0.64 s. Objects made later are
+    collection scans them all: 0.5 CPU-seconds on a 2-core CPU host with torch loaded,
+    1.2 s in a job forked from the warm worker (which copies each page it touches). One that falls
+    inside an inference window can make a 13 ms test pass take 0.64 s. Objects made later are
     collected as usual."""
     gc.collect()
     gc.freeze()

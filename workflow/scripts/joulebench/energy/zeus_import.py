@@ -7,7 +7,7 @@ def _import_zeus_monitor():
     """zeus.monitor.ZeusMonitor, without importing scikit-learn into every job.
 
     zeus.monitor.power imports `sklearn.metrics.auc` at module level, which pulls in scipy.stats:
-    0.75 s of each job's 3 s of imports on this project's 2-core machine. Zeus calls `auc` only to
+    0.75 s of each job's 3 s of imports on a 2-core CPU host. Zeus calls `auc` only to
     integrate sampled power (GPUs without an energy counter), so it gets a stand-in that imports
     the real `auc` on its first call; the stand-in leaves sys.modules as soon as Zeus is imported.
     """

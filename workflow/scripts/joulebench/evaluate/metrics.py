@@ -42,7 +42,7 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
 def _skip_dynamo_import() -> None:
     """Spare count_macs the import of torch._dynamo (and sympy): 1-3 s of every evaluate_model job
-    on this project's 2-core machine, more than the count itself.
+    on a 2-core CPU host, more than the count itself.
 
     torch wraps the counter's dispatch handler in `torch._disable_dynamo`, which imports Dynamo on
     the handler's first call only to keep torch.compile out of it. Nothing is compiled where Dynamo

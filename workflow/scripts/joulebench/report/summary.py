@@ -222,7 +222,7 @@ def diversity_markdown(diversity: pd.DataFrame | None) -> list[str]:
     lines = [
         "## Data diversity",
         "",
-        "Diversity of the training data at each stage (the seed asks that data optimisation keep it: "
+        "Diversity of the training data at each stage (data optimisation should keep it: "
         "D1 >= D0): class entropy and its evenness (Pielou), and the Vendi score (Friedman & Dieng, "
         "TMLR 2023), the effective number of distinct images, on random samples of one size for the "
         "stages compared (the smaller stage's size, at most 1,000; since the score grows with the "

@@ -237,9 +237,10 @@ def host_speed_markdown(summary: pd.DataFrame) -> list[str]:
         )
         flagged = (
             f"**Slow host**: the comparison with the baseline of {named} rests on a job under "
-            f"{threshold} (10% slower: below the 15% by which two runs' intervals came to disagree, "
-            "above the index's spread on a quiet host) that only one side of it ran, so it can move "
-            "the verdict: rerun that job (`--forcerun <rule>`) on a quiet host before trusting it. A "
+            f"{threshold} (10% slower: below the slowdown, about 15%, at which two runs' intervals "
+            "stop covering each other, and above the index's spread on a quiet host) that only one "
+            "side of it ran, so it can move the verdict: rerun that job (`--forcerun <rule>`) on a "
+            "quiet host before trusting it. A "
             "slow job both sides share (the data jobs, the training a compressed model starts from) "
             "cancels in the comparison and is not flagged; column `pipeline_slow_jobs` of results.csv "
             "lists every slow job of a row's lineage with its share of the row's energy to produce."

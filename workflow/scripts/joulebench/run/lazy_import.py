@@ -1,6 +1,6 @@
 """Modules imported on first use, so a rule job that never touches one does not pay its import.
 
-`pandas` costs about 0.2 s of a job's start-up on this project's 2-core machine (it also loads
+`pandas` costs about 0.2 s of a job's start-up on a 2-core CPU host (it also loads
 pyarrow), and most jobs (evaluate_model: one per model, variant and seed) never build a table.
 """
 
