@@ -173,6 +173,28 @@ def has_tool(name: str) -> bool:
     return shutil.which(name) is not None
 
 
+# A `quiet` test is skipped where the 1-minute load average exceeds this share of the host's cores:
+# other work then fills the windows it measures, or delays the timings it asserts.
+QUIET_LOAD_PER_CORE = 0.5
+
+
+def busy_host_reason() -> str | None:
+    """Why this host is too loaded for a `quiet` test now, or None where it is quiet enough."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load <= QUIET_LOAD_PER_CORE * cores:
+        return None
+    return (
+        f"needs a quiet host: the 1-minute load average is {load:.1f}, over half of this host's "
+        f"{cores} cores; rerun it when other work has ended"
+    )
+
+
+def pytest_runtest_setup(item):
+    """A `quiet` test runs only on a host quiet at its start (busy_host_reason)."""
+    if item.get_closest_marker("quiet") and (reason := busy_host_reason()):
+        pytest.skip(f"{item.name} {reason}")
+
+
 def pytest_collection_modifyitems(items):
     """Every test under tests/workflow/ runs the real workflow: marked slow, whatever its file says."""
     workflow = ROOT / "tests" / "workflow"

@@ -89,6 +89,7 @@ def run_check(*args: str, env: dict | None = None) -> subprocess.CompletedProces
     )
 
 
+@pytest.mark.quiet  # timings: on a loaded host the sampler process starts and samples late
 def test_the_sampler_reads_nvml_power_usage_every_10_ms_in_a_process_of_its_own(simulated_gpu, monkeypatch):
     # nvmlDeviceGetPowerUsage says 123 W, the instant-power field IDLE_W: the sampler reads the former,
     # through the simulated NVML it gets from zeus.device.gpu.nvidia in a spawned process.

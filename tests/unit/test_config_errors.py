@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import run_snakemake, tiny_config
-from joulebench.config import ConfigError, resolved_config
+from joulebench.config import ConfigError, check_config, resolved_config
 from joulebench.data import loader, sources, splits
 from joulebench.report import aggregate
 from joulebench.train.pretrained import torchvision_weights
@@ -130,3 +130,28 @@ def test_the_reports_config_keeps_unicode_paths_readable(tmp_path):
     text = aggregate.config_text(config)
     assert "/data/Bilder/Kätzchen" in text and "\\x" not in text
     assert yaml.safe_load(text) == config
+
+
+# --- The config check the workflow runs before any job (common.smk), without Snakemake ----------
+
+
+def checked(change) -> None:
+    """Validate and check `change`d tiny config the way common.smk does before any job."""
+    config = tiny_config(augmentation={"transforms": []})
+    change(config)
+    check_config(resolved_config(config))
+
+
+def test_an_unknown_top_level_key_is_refused():
+    with pytest.raises(ConfigError, match=r"'colour' was unexpected"):
+        checked(lambda c: c.update(colour="blue"))
+
+
+def test_validation_and_test_splits_must_leave_a_tenth_for_training():
+    # Each fraction is within the schema's bounds (under 0.5); their sum is checked apart.
+    for val, test in ((0.45, 0.45), (0.49, 0.49)):
+        with pytest.raises(
+            ConfigError, match=r"val_fraction \+ dataset.test_fraction must leave at least 10%"
+        ):
+            checked(lambda c, val=val, test=test: c["dataset"].update(val_fraction=val, test_fraction=test))
+    checked(lambda c: c["dataset"].update(val_fraction=0.4, test_fraction=0.45))

@@ -215,3 +215,45 @@ def test_every_figure_marks_the_device_of_each_row(cross_device_table, tmp_path,
     one = summary[summary["variant"] != "cpu"]
     figures.plot_time_vs_energy(one, [tmp_path / "one_device.pdf", tmp_path / "one_device.png"])
     assert "all trained on NVIDIA H200" in legends["one_device"]
+
+
+# --- stages that compute on the CPU on a GPU host too ------------------------------------------
+
+# SIMULATED GPU host: the accelerator is GPU 0, whose stand-in computes on the CPU (no CUDA here).
+SIMULATED_GPU = devices.Placement(devices.torch.device("cpu"), 0)
+
+
+def test_the_dataset_is_prepared_on_the_cpu_on_a_gpu_host(tmp_path, monkeypatch):
+    from joulebench.config import resolved_config
+    from joulebench.data.stages import prepare_dataset
+    from joulebench.energy import contention
+
+    # Whichever way a stage asks for the accelerator, it finds one.
+    monkeypatch.setattr(devices, "accelerator", lambda: SIMULATED_GPU)
+    monkeypatch.setattr(devices.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(contention, "QUIET_MAX_WAIT_S", 0.0)  # the wait for a quiet host: not tested here
+    config = resolved_config()
+    # Were the GPU charged, its board power is known (it cannot be read here).
+    estimate = {**config["energy"]["estimate"], "gpu_power_w": 700.0}
+    names = {
+        "splits": "splits.npz",
+        "facts": "dataset.json",
+        "rejected": "rejected.csv",
+        "energy": "energy.json",
+    }
+    outputs = {key: tmp_path / name for key, name in names.items()}
+    prepare_dataset({}, outputs, config["dataset"], True, estimate)
+    record = json.loads(outputs["energy"].read_text())
+    assert record["placement"] == devices.CPU.describe()
+    assert record["estimate"]["gpu_joules"] is None and not record["gpu"]["used"]
+
+
+def test_post_training_int8_is_made_on_the_cpu_and_qat_where_its_parent_was(monkeypatch):
+    from joulebench.compress.stages import quantization_placement
+
+    monkeypatch.setattr(devices, "accelerator", lambda: GPU)  # a GPU host
+    for method in ("int8_dynamic", "int8_static"):
+        assert quantization_placement(method, {}) == devices.CPU
+        assert quantization_placement(method, {"device": "cuda"}) == devices.CPU
+    assert quantization_placement("int8_qat", {}) == GPU
+    assert quantization_placement("int8_qat", {"device": "cpu"}) == devices.CPU

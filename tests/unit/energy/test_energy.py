@@ -581,6 +581,7 @@ def test_other_processes_loading_the_host_flag_the_window_busy_host():
     json.dumps(record, allow_nan=False)
 
 
+@pytest.mark.quiet  # other work on the host fills the windows this test needs empty
 def test_own_work_does_not_count_as_other_processes():
     # One of our threads keeps a core busy: 1/cpu_count of the host. Were it not subtracted, the
     # share would be at least that; what remains is the rest of the machine. Other work on a shared
@@ -647,9 +648,8 @@ def test_the_host_speed_index_is_taken_before_the_window_opens_and_never_charged
     record = meter.record()
     # One probe, before the outermost (rule) window: the phase window inside it is not probed again.
     assert [name for name, _ in probes] == ["rule:unit"]
-    assert record["start_unix"] >= probes[0][1]
     for window in (record, record["windows"][0]):
-        assert window["wall_time_s"] < 0.25 and window["estimate"]["cpu_seconds"] < 0.25
+        assert window["start_unix"] >= probes[0][1] and window["estimate"]["cpu_seconds"] < 0.25
         assert window["host_speed"] == 1234.0 and window["host_speed_probed_before"] == "rule:unit"
         assert window["host_speed_reference"] == host_speed.REFERENCE
 
@@ -660,10 +660,17 @@ def test_every_window_records_host_speed_steal_and_frequency():
     record = meter.record()
     for window in (record, *record["windows"]):
         assert window["host_speed"] > 0 and window["host_speed_reference"].startswith("torch-matmul")
-        assert 0.0 < window["host_speed_probe_s"] < 0.5  # about 20 ms on this project's 2-core VM
+        assert window["host_speed_probe_s"] > 0.0
         assert window["steal_share"] is None or 0.0 <= window["steal_share"] <= 1.0
         assert window["cpu_freq_mhz"] is None or window["cpu_freq_mhz"] > 0
     json.dumps(record, allow_nan=False)
+
+
+@pytest.mark.quiet  # a timing: other work on the host slows the probe down
+def test_the_host_speed_probe_takes_a_fraction_of_a_second():
+    from joulebench.energy import host_speed
+
+    assert host_speed.probe("w")["host_speed_probe_s"] < 0.5  # about 20 ms on this project's 2-core VM
 
 
 def test_the_probe_restores_the_callers_thread_count():
@@ -822,3 +829,19 @@ def test_every_record_says_what_its_joules_cover_and_leave_out(gpus, monkeypatch
     with EnergyMeter("unit") as cpu_only:
         pass
     assert cpu_only.record()["boundary"]["id"] == "cpu:estimate+dram:estimate"
+
+
+def test_the_other_processes_share_is_of_every_core_of_a_16_core_host(monkeypatch):
+    # SIMULATED 16-core host on which other processes keep one core busy: the host's busy CPU
+    # seconds are this process's own plus one second a second.
+    started = time.monotonic()
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(
+        energy, "host_busy_cpu_seconds", lambda: process.process_cpu_seconds() + time.monotonic() - started
+    )
+    with EnergyMeter("unit") as meter, meter.window("one_core_of_sixteen"):
+        time.sleep(0.5)
+    window = meter.windows[0]
+    assert window["other_processes_cpu_share"] == pytest.approx(1 / 16, rel=0.25)
+    assert window["busy_host"] is False
+    assert meter.record()["quiet_host_wait"]["quiet"] is True

@@ -191,3 +191,50 @@ def test_merged_energy_counts_each_epoch_once_across_attempts():
     }
     assert current["joules"] == 50.0, "the attempt's own record is not modified"
     assert merge_prior_energy(current, [], 0) is current
+
+
+def test_resuming_restores_the_random_states_the_uninterrupted_run_has(tmp_path, digits_arrays):
+    """After _resume, the global torch RNG, the loader's shuffle and the augmentation pipeline's
+    numpy and python RNGs are where the uninterrupted run has them after the checkpointed epoch."""
+    from joulebench.models import build_model
+    from joulebench.train.checkpoint import Checkpointer, rng_state
+    from joulebench.train.loop import _resume
+
+    arrays = digits_arrays[0]
+    flips = [{"name": "HorizontalFlip", "params": {"p": 0.5}}]
+    cpu = torch.device("cpu")
+    recipe = {"arch": "small_cnn", "in_channels": 1, "num_classes": 10, "image_size": [8, 8]}
+
+    def run_state():
+        model = build_model(recipe)
+        optimizer = torch.optim.AdamW(model.parameters())
+        batches = loader.loader(arrays, "train", 256, shuffle=True, seed=0, augment=flips)
+        return model, optimizer, torch.amp.GradScaler("cpu", enabled=False), batches
+
+    def epoch(batches):
+        images = torch.cat([images for images, _ in batches])
+        return images, torch.rand(4)  # the next epoch's draws: shuffle, flips, global torch RNG
+
+    torch.manual_seed(0)
+    model, optimizer, scaler, batches = run_state()
+    epoch(batches)
+    saved = rng_state(batches, cpu)
+    history = [{"epoch": 1, "val_accuracy": 0.5}]
+    checkpointer = Checkpointer(tmp_path / "last.pt", "run")
+    checkpointer.save(
+        {"epoch": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+         "scaler": scaler.state_dict(), "rng": saved, "history": history, "windows": []}
+    )  # fmt: skip
+    expected_images, expected_draws = epoch(batches)
+
+    torch.manual_seed(1234)  # the rerun is a new process, its RNGs elsewhere
+    model, optimizer, scaler, resumed = run_state()
+    assert (
+        _resume(Checkpointer(tmp_path / "last.pt", "run"), model, optimizer, scaler, resumed, cpu) == history
+    )
+    restored = rng_state(resumed, cpu)
+    assert torch.equal(restored["torch"], saved["torch"])
+    assert torch.equal(restored["loader"], saved["loader"])
+    assert json.loads(restored["augment"]) == json.loads(saved["augment"])  # numpy and python RNGs
+    images, draws = epoch(resumed)
+    assert torch.equal(images, expected_images) and torch.equal(draws, expected_draws)

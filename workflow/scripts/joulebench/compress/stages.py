@@ -4,7 +4,7 @@ import logging
 
 from joulebench import precision, store
 from joulebench.compress import apply, prune, quantize
-from joulebench.devices import CPU, placement_on
+from joulebench.devices import CPU, Placement, placement_on
 from joulebench.energy.meter import rule_meter
 from joulebench.run.lazy_import import pandas as pd
 from joulebench.run.prepare import import_before_window, prepare_before_window
@@ -31,6 +31,12 @@ def prune_model(
     write_trained(outputs, model, {**recipe, "pruning": {**variant, **facts}}, history, record)
 
 
+def quantization_placement(method: str, recipe: dict) -> Placement:
+    """Where a quantize_model job computes: post-training int8 on the CPU kernels it targets; QAT
+    fine-tunes where its parent was pinned, else on the GPU if any."""
+    return placement_on(recipe.get("device")) if method == "int8_qat" else CPU
+
+
 def quantize_model(
     inputs: dict, outputs: dict, variant: dict, training: dict, seed: int, estimate: dict
 ) -> None:
@@ -40,9 +46,7 @@ def quantize_model(
     model, recipe = load_model(inputs["model"], inputs["recipe"])
     seed_everything(seed)
     settings = training_settings(training, seed, epochs=variant["finetune_epochs"])
-    # Post-training int8 runs on the CPU kernels it targets; QAT fine-tunes where its parent was
-    # pinned, else on the GPU if any.
-    placement = placement_on(recipe.get("device")) if variant["method"] == "int8_qat" else CPU
+    placement = quantization_placement(variant["method"], recipe)
     prepare_before_window(quantize, variant["method"])  # PT2E methods: Dynamo, traced patterns
     with rule_meter("quantize_model", estimate, placement) as meter:
         model, history, facts = apply.apply_quantization(model, variant, arrays, settings, meter)
