@@ -613,7 +613,7 @@ def test_a_busy_job_counts_only_its_busy_windows():
 def rounds_of(variant: str, joules: list[float], busy: set[int] = frozenset()) -> list[dict]:
     """One variant's interleaved rounds (joulebench.evaluate.interleaved's rows); `busy`: busy_host."""
     return [
-        {"round": r, "variant": variant, "joules_per_1k": j, "busy_host": r in busy}
+        {"seed": 0, "round": r, "variant": variant, "joules_per_1k": j, "busy_host": r in busy}
         for r, j in enumerate(joules, start=1)
     ]
 
@@ -623,14 +623,14 @@ def test_a_busy_inference_round_flags_the_row_only_where_it_carries_the_differen
     # int8 saves half: one busy round of 2 J cannot erase the 8 J its four rounds save in all.
     columns = inference_busy_columns(rounds_of("int8", [2.0, 2.0, 2.0, 2.0], busy={3}), base)
     assert columns == {
-        "inference_busy_rounds": "round3:int8 (25%)",
+        "inference_busy_rounds": "seed0/round3:int8 (25%)",
         "inference_busy_host": False,
         "verdict_busy_rounds": "",
     }
     # fp16 is within 1% of the baseline: a busy round on its dearer side can.
     columns = inference_busy_columns(rounds_of("fp16", [4.1, 4.0, 4.0, 4.0], busy={3}), base)
     assert columns["inference_busy_host"]
-    assert columns["verdict_busy_rounds"] == "round3:fp16 (25% of the variant's inference energy)"
+    assert columns["verdict_busy_rounds"] == "seed0/round3:fp16 (25% of the variant's inference energy)"
     # A busy round of the cheaper side only widens the gap; the baseline's own row has no verdict.
     assert not inference_busy_columns(rounds_of("fp16", [3.9, 4.0, 4.0, 4.0], busy={3}), base)[
         "inference_busy_host"
@@ -640,7 +640,7 @@ def test_a_busy_inference_round_flags_the_row_only_where_it_carries_the_differen
     columns = inference_busy_columns(
         rounds_of("fp16", [3.9, 4.0, 4.0, 4.0]), rounds_of("baseline", [4.0] * 4, busy={2})
     )
-    assert columns["verdict_busy_rounds"] == "round2:baseline (25% of the baseline's inference energy)"
+    assert columns["verdict_busy_rounds"] == "seed0/round2:baseline (25% of the baseline's inference energy)"
 
 
 def report_of(entries, data_energy, settings):

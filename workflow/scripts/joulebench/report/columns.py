@@ -143,8 +143,8 @@ def verdict_movers(
     A verdict pairs the row with its baseline seed by seed: `variant` and `baseline` are each side's
     parts (the job records behind its energy to produce, or its inference rounds) and its total;
     None for the baseline's own row, which has no verdict of its own. `flagged` maps each flagged
-    part to the most its flag can have added to it, at most its whole energy (a measured figure
-    never undercounts the work: what the flag adds is in it). A part both sides hold (the data
+    part to the most its flag can have added to it: the energy of its flagged windows, since what
+    other processes or a slow host added is inside that figure. A part both sides hold (the data
     jobs, the training a compressed model starts from) adds the same to both and cancels. The rest
     leave the true difference d (variant minus baseline) between d minus what they added on the
     variant's side and d plus what they added on the baseline's: they can reverse or erase it only
@@ -190,19 +190,20 @@ def _share(flagged: dict[str, float], parts: list[str], total: float) -> float:
 
 
 def inference_busy_columns(rounds: list[dict], baseline_rounds: list[dict] | None) -> dict:
-    """The row's interleaved inference rounds (joulebench.evaluate.interleaved: round, variant, joules_per_1k,
-    busy_host) taken while other processes loaded the host, with the share of the row's inference
-    energy each carries (`inference_busy_rounds`), and those that could move its inference verdict
-    (`inference_busy_host`, `verdict_busy_rounds`). The verdict pairs each round with the baseline's
-    of the same round (report_stats.round_differences), so its two sides are the rounds both ran,
-    and verdict_movers decides; `baseline_rounds` is None for the baseline's own row."""
+    """The row's interleaved inference rounds (joulebench.report.aggregate.read_rounds: seed, round, variant,
+    joules_per_1k, busy_host) taken while other processes loaded the host, with the share of the
+    row's inference energy each carries (`inference_busy_rounds`), and those that could move its
+    inference verdict (`inference_busy_host`, `verdict_busy_rounds`). The verdict pairs each round
+    with the baseline's of the same round (joulebench.report.stats.round_differences), so its two sides are
+    the rounds both ran, and verdict_movers decides; `baseline_rounds` is None for the baseline's
+    own row."""
     common = {row["round"] for row in rounds}
     if baseline_rounds is not None:
         common &= {row["round"] for row in baseline_rounds}
     flagged, sides = {}, []
     for side in (rounds, baseline_rounds or []):
         paired = [row for row in side if row["round"] in common]
-        labels = [f"round{row['round']}:{row['variant']}" for row in paired]
+        labels = [f"seed{row['seed']}/round{row['round']}:{row['variant']}" for row in paired]
         flagged |= {
             label: row["joules_per_1k"] for label, row in zip(labels, paired, strict=True) if row["busy_host"]
         }
