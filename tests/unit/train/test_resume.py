@@ -16,6 +16,7 @@ from conftest import model_files
 from joulebench import store
 from joulebench.config import resolved_config
 from joulebench.data import loader
+from joulebench.data.splits import describe
 from joulebench.train.checkpoint import ForeignCheckpointError
 from joulebench.train.stages import train_model
 
@@ -37,7 +38,7 @@ def dataset(tmp_path, digits_arrays):
     arrays, classes = digits_arrays
     splits, facts = tmp_path / "splits.npz", tmp_path / "dataset.json"
     store.save_arrays(splits, arrays)
-    store.write_json(facts, splits.describe(arrays, classes))
+    store.write_json(facts, describe(arrays, classes))
     return splits, facts
 
 

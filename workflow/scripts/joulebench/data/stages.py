@@ -68,8 +68,8 @@ def clean_dataset(inputs: dict, outputs: dict, cleaning: dict, estimate: dict) -
     # Diversity of the training split before and after cleaning (data optimisation should keep D1 >= D0).
     report["diversity"] = diversity.diversity_of_stages(
         {
-            name: (splits["train_x"], splits["train_y"])
-            for name, splits in (("raw", raw), ("cleaned", arrays))
+            name: (stage_arrays["train_x"], stage_arrays["train_y"])
+            for name, stage_arrays in (("raw", raw), ("cleaned", arrays))
         },
         len(classes),
     )
