@@ -53,14 +53,11 @@ for _name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
 for _name in ("NO_PROXY", "no_proxy"):
     os.environ.pop(_name, None)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from bench_train_loop import RECIPE, NoMeter  # noqa: E402
 
-from joulebench.data import sources  # noqa: E402
+from joulebench.data import sources, splits  # noqa: E402
 from joulebench.energy.meter import EnergyMeter  # noqa: E402
 from joulebench.models import build_model  # noqa: E402
 from joulebench.train.loop import TrainSettings, seed_everything, train  # noqa: E402
@@ -288,7 +285,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     images, labels, _ = sources.load_digits_source()
-    arrays = sources.split_arrays(images, labels, 0.15, 0.2, seed=0)
+    arrays = splits.split_arrays(images, labels, 0.15, 0.2, seed=0)
     settings = TrainSettings(epochs=args.epochs, batch_size=64, lr=3e-3, seed=0)
     workdir = Path(tempfile.mkdtemp(prefix="bench_trackers_"))
     bench = Bench(arrays, settings, workdir)
