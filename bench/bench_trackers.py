@@ -114,11 +114,23 @@ class Bench:
         record = meter.record()
         return wall, record["joules"], fixed + time.perf_counter() - closing, {"record": record}
 
+    def around_training(self, start, stop) -> tuple[object, float, float]:
+        """Train under a tracker: (what `start` returned, training wall seconds, the seconds spent
+        starting and stopping the tracker), the tracker's own output sent to the log."""
+        fixed = time.perf_counter()
+        with into(self.log):
+            tracker = start()
+        fixed = time.perf_counter() - fixed
+        wall = self.training(NoMeter())
+        closing = time.perf_counter()
+        with into(self.log):
+            stop(tracker)
+        return tracker, wall, fixed + time.perf_counter() - closing
+
     def _codecarbon(self, mode: str):
         from codecarbon import OfflineEmissionsTracker
 
-        fixed = time.perf_counter()
-        with into(self.log):
+        def start():
             tracker = OfflineEmissionsTracker(
                 country_iso_code=COUNTRY_ISO3,
                 measure_power_secs=SAMPLE_S,
@@ -128,12 +140,9 @@ class Bench:
                 allow_multiple_runs=True,
             )
             tracker.start()
-        fixed = time.perf_counter() - fixed
-        wall = self.training(NoMeter())
-        closing = time.perf_counter()
-        with into(self.log):
-            tracker.stop()
-        fixed += time.perf_counter() - closing
+            return tracker
+
+        tracker, wall, fixed = self.around_training(start, lambda tracker: tracker.stop())
         emissions = tracker.final_emissions_data
         cpu = next(h for h in tracker._hardware if type(h).__name__ == "CPU")
         facts = {
@@ -158,8 +167,7 @@ class Bench:
     def carbontracker(self):
         from carbontracker.tracker import CarbonTracker
 
-        fixed = time.perf_counter()
-        with into(self.log):
+        def start():
             tracker = CarbonTracker(
                 epochs=1,
                 components="cpu",
@@ -169,12 +177,9 @@ class Bench:
             )
             thread = tracker.tracker  # the tracker drops it once its last epoch ends
             tracker.epoch_start()
-        fixed = time.perf_counter() - fixed
-        wall = self.training(NoMeter())
-        closing = time.perf_counter()
-        with into(self.log):
-            tracker.epoch_end()
-        fixed += time.perf_counter() - closing
+            return tracker, thread
+
+        (_, thread), wall, fixed = self.around_training(start, lambda started: started[0].epoch_end())
         handler = thread.components[0].handler
         brand = getattr(handler, "cpu_brand", "")
         table = getattr(handler, "cpu_power_data", {})
@@ -188,8 +193,8 @@ class Bench:
         import eco2ai
 
         csv_path = self.workdir / "eco2ai.csv"
-        fixed = time.perf_counter()
-        with into(self.log):
+
+        def start():
             tracker = eco2ai.Tracker(
                 project_name="joulebench",
                 experiment_description="bench_trackers",
@@ -200,12 +205,9 @@ class Bench:
                 ignore_warnings=True,
             )
             tracker.start()
-        fixed = time.perf_counter() - fixed
-        wall = self.training(NoMeter())
-        closing = time.perf_counter()
-        with into(self.log):
-            tracker.stop()
-        fixed += time.perf_counter() - closing
+            return tracker
+
+        tracker, wall, fixed = self.around_training(start, lambda tracker: tracker.stop())
         kwh = float(pd.read_csv(csv_path)["power_consumption(kWh)"].iloc[-1])
         facts = {"tdp_w": tracker._cpu._tdp, "sockets": tracker._cpu._cpu_num, "cpu": tracker._cpu._name}
         return wall, kwh * KWH, fixed, facts
