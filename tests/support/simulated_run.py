@@ -33,6 +33,14 @@ def expected_package_joules(record: dict) -> float:
     return PACKAGE_IDLE_W * record["wall_time_s"] + PACKAGE_BUSY_W * host_busy / cores
 
 
+def package_edge_joules(host: Path) -> float:
+    """How far a package reading may stray from the power model: the counter stands still between
+    two updates of the writer, at each window edge, for at most its longest gap in this run."""
+    gap = host / "longest_period_s"
+    period = max(RAPL_WRITER_PERIOD_S, float(gap.read_text()) if gap.exists() else 0.0)
+    return 2 * period * (PACKAGE_IDLE_W + PACKAGE_BUSY_W)
+
+
 @contextmanager
 def simulated_host(host: Path):
     """The RAPL writer running over `host` (a new folder); yields the environment variables that

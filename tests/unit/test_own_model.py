@@ -170,7 +170,7 @@ def test_pretrained_finetunes_and_a_new_architecture_run_end_to_end(tmp_path):
     table = pd.read_csv(workdir / "results/report/results.csv")
     rows = set(zip(table["model"], table["variant"], table["technique"], strict=True))
     for name in files:
-        assert {(name, "baseline", "train"), (name, "finetune", "finetune")} <= rows
+        assert {(name, "baseline", "baseline"), (name, "finetune", "finetune")} <= rows
         assert (name, "finetune_frozen", "finetune") in rows
     assert "excludes the pretraining" in (workdir / "results/report/summary.md").read_text()
     scratch = table[table["variant"] == "baseline"]

@@ -30,7 +30,6 @@ import zeus.utils.framework
 from zeus.device.gpu import nvidia
 
 from conftest import ROOT
-from joulebench import devices
 from joulebench.devices import CPU, Placement
 from joulebench.energy import estimate, gpu_access, process
 from joulebench.energy import meter as energy
@@ -345,7 +344,7 @@ def test_unreadable_gpu_of_unknown_board_power_asks_for_gpu_power_w(gpus):
 def test_mig_slice_is_estimated_at_its_share_of_the_board(gpus, monkeypatch):
     # Defect 5: NVML cannot meter a MIG slice; the estimate charged CPU time only.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-5c89d5d6-0f5b-5b4d-9c1e-1f2a3b4c5d6e")
-    for module in (estimate, devices):
+    for module in (estimate, gpu_access):
         monkeypatch.setattr(module, "gpu_name", lambda placement: "NVIDIA A100-SXM4-40GB MIG 2g.10gb")
     gpus([pynvml.NVML_DEVICE_ARCH_AMPERE])
     with EnergyMeter("unit", placement=ON_GPU0) as meter:

@@ -312,12 +312,10 @@ def _python(code: str, env: dict | None = None) -> str:
 def test_the_fork_check_sees_a_started_cuda_driver_and_the_guard_keeps_torchao_from_it():
     # Without the guard, torchao's import alone arms torch's fork guard (it calls
     # torch.cuda.is_available()); with it, it does not. The check sees both, in a forked probe.
-    check = "from joulebench import warm; print(warm_worker._check_fork_is_clean())"
+    worker = "from joulebench.run import warm_worker"
+    check = f"{worker}; print(warm_worker._check_fork_is_clean())"
     assert _python(f"import torch, torchao; {check}").startswith("a process forked from the worker")
-    assert (
-        _python(f"from joulebench import warm; warm_worker._cuda_answers_no_gpu(); import torchao; {check}")
-        == "None"
-    )
+    assert _python(f"{worker}; warm_worker._cuda_answers_no_gpu(); import torchao; {check}") == "None"
     assert "NVML library is loaded" in _python(f"import torch, pynvml; pynvml.nvmlLib = object(); {check}")
 
 
