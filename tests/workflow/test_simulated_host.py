@@ -162,8 +162,8 @@ def test_a_cpu_pinned_variant_meters_only_the_cpu_and_the_report_says_so(simulat
 
 @pytest.mark.slow
 def test_zeus_helper_processes_do_not_rerun_the_rule_scripts(simulated_run):
-    # Defect 1: Zeus's RAPL wrap-around tracker is a spawned process that re-imports the rule
-    # script; before the __main__ guard it re-ran the rule, truncating its log, and died.
+    # Zeus's RAPL wrap-around tracker is a spawned process that re-imports the rule script:
+    # without the __main__ guard it reruns the rule, truncating its log.
     workdir, _, _ = simulated_run
     logs = list((workdir / "logs").rglob("*.log"))
     assert logs

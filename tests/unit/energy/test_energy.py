@@ -306,7 +306,7 @@ def test_cuda_visible_devices_selects_the_job_gpu(gpus, monkeypatch):
 
 
 def test_cuda_visible_devices_as_gpu_uuids_selects_the_job_gpu(gpus, monkeypatch):
-    # Defect 4: some schedulers name GPUs by UUID; Zeus parses integers only and crashed.
+    # Some schedulers name GPUs by UUID; Zeus parses integers only.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-MOCK-handle2,GPU-MOCK-handle3")
     nvml = gpus([pynvml.NVML_DEVICE_ARCH_AMPERE] * 4)
     with EnergyMeter("unit", placement=ON_GPU0) as meter:
@@ -320,7 +320,7 @@ def test_cuda_visible_devices_as_gpu_uuids_selects_the_job_gpu(gpus, monkeypatch
 
 
 def test_nvml_without_permission_estimates_the_gpu_and_says_why(gpus):
-    # Defect 4: NVML_ERROR_NO_PERMISSION. ZeusMonitor re-raised it (only ZeusGPUInitError is caught).
+    # NVML_ERROR_NO_PERMISSION: ZeusMonitor re-raises it (it catches only ZeusGPUInitError).
     nvml = gpus([pynvml.NVML_DEVICE_ARCH_AMPERE])
     nvml.module.nvmlDeviceGetHandleByIndex.side_effect = pynvml.NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
     with EnergyMeter("unit", EstimateModel(gpu_power_w=300.0), ON_GPU0) as meter, meter.window("epoch1"):
@@ -342,7 +342,7 @@ def test_unreadable_gpu_of_unknown_board_power_asks_for_gpu_power_w(gpus):
 
 
 def test_mig_slice_is_estimated_at_its_share_of_the_board(gpus, monkeypatch):
-    # Defect 5: NVML cannot meter a MIG slice; the estimate charged CPU time only.
+    # NVML cannot meter a MIG slice: the estimate charges the slice's share of the board.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-5c89d5d6-0f5b-5b4d-9c1e-1f2a3b4c5d6e")
     for module in (estimate, gpu_access):
         monkeypatch.setattr(module, "gpu_name", lambda placement: "NVIDIA A100-SXM4-40GB MIG 2g.10gb")
@@ -401,7 +401,7 @@ def test_a_counter_ticking_after_zeus_read_it_is_still_labelled_instant_power(gp
 
 
 def test_cpu_only_rules_never_meter_the_gpu(gpus, rapl):
-    # Defect 2: evaluate, quantize, prepare... computed on the CPU but metered GPU 0.
+    # Rules that compute on the CPU (evaluate int8, quantize, prepare) meter no GPU.
     nvml = gpus([pynvml.NVML_DEVICE_ARCH_HOPPER])
     with EnergyMeter("quantize_model", placement=CPU) as meter:
         nvml.burn(100.0)  # another job's GPU work, or just idle draw: not this rule's
@@ -415,8 +415,8 @@ def test_cpu_only_rules_never_meter_the_gpu(gpus, rapl):
 
 
 def test_nvml_sees_a_gpu_torch_cannot_use_so_training_meters_the_cpu(gpus):
-    # Defect 3: NVML sees a GPU but torch has no CUDA (this machine): Zeus's sync crashed every rule
-    # while training had chosen the CPU. Zeus's real sync is left in place here.
+    # NVML sees a GPU but torch has no CUDA (this machine): Zeus's sync must not reach CUDA while
+    # training runs on the CPU. Zeus's real sync is left in place here.
     from joulebench.devices import accelerator
     from joulebench.models import build_model
     from joulebench.train.loop import TrainSettings, train
@@ -484,8 +484,8 @@ def test_gpu_and_rapl_together_sum_with_both_counters(gpus, rapl, monkeypatch):
 
 
 def test_rapl_window_across_a_counter_wrap_reads_the_energy_not_a_negative_number(tmp_path, monkeypatch):
-    # Defect 1 in-process: Zeus's real wrap-around tracker (a spawned process) with a counter that
-    # wraps inside the window. pytest's main module is guarded, as the rule scripts now are.
+    # Zeus's real wrap-around tracker (a spawned process) with a counter that wraps inside the
+    # window. pytest's main module is guarded, as the rule scripts are.
     zone = tmp_path / "intel-rapl" / "intel-rapl:0"
     zone.mkdir(parents=True)
     (zone / "name").write_text("package-0\n")
@@ -532,7 +532,7 @@ def test_host_busy_time_counts_guest_time_once(monkeypatch):
 
 
 def test_a_resumed_record_keeps_the_busy_host_flags_of_earlier_epochs():
-    # Defect 6: the merge kept short_windows but dropped busy_host_windows of checkpointed epochs.
+    # The merge of checkpointed epochs keeps busy_host_windows as it keeps short_windows.
     with EnergyMeter("train_model") as meter, meter.window("epoch2"):
         busy(0.05)
     prior = {**meter.windows[0], "window": "epoch1", "busy_host": True}
