@@ -246,7 +246,8 @@ def wait_for_text(path: Path, pattern: str, deadline: float, process: subprocess
 @pytest.mark.parametrize("variant", ["baseline", "ddp2"])
 def test_cancelled_training_resumes_from_its_checkpoint(profile, slurm_run, tmp_path, variant):
     """scancel a training job mid-run; the rerun resumes from its last epoch checkpoint. ddp2: a
-    2-process data_parallel job, whose workers' srun step SLURM signals too."""
+    2-process data_parallel job, whose workers' srun step SLURM signals too; its resumed job is
+    then checked as a data-parallel SLURM job (assert_two_slurm_tasks)."""
     epochs = 7
     config = small_config()
     config["training"]["epochs"] = epochs
@@ -288,21 +289,18 @@ def test_cancelled_training_resumes_from_its_checkpoint(profile, slurm_run, tmp_
     history = pd.read_csv(workdir / model_dir / "history.csv")
     assert list(history["epoch"]) == list(range(1, epochs + 1))
     assert store.read_json(workdir / model_dir / "training.json")["resumed_after_epoch"] >= 1
+    if variant == "ddp2":  # the resumed job is a complete data-parallel job
+        (rerun_job,) = (
+            job for job, rule in submitted_jobs(rerun.stdout + rerun.stderr).items() if rule == "train_model"
+        )
+        assert_two_slurm_tasks(workdir, model_dir, rerun_job)
 
 
-def test_data_parallel_training_runs_as_two_slurm_tasks(profile, tmp_path):
-    """A data_parallel variant's train_model job gets 2 SLURM tasks and 2 GPUs, one per process,
-    from the shipped profile unedited, and runs its workers with srun; every worker sees both GPUs
+def assert_two_slurm_tasks(workdir: Path, model_dir: str, job_id: str) -> None:
+    """A data_parallel variant's train_model job got 2 SLURM tasks and 2 GPUs, one per process,
+    from the shipped profile unedited, and ran its workers with srun; every worker saw both GPUs
     (MOCK: the fake gres devices of tests/slurm/cluster_up.sh, so they still train on the CPU with
-    gloo); one rank measures the node, and the record names the job, the node and both ranks."""
-    config = small_config()
-    config["variants"] = {"ddp2": {"technique": "data_parallel", "processes": 2}}
-    model_dir = "results/models/digits/small_cnn/ddp2/seed0"
-    workdir = tmp_path / "work"
-    result = run_workflow(workdir, config, profile, f"{model_dir}/model.pt")
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"SLURM run failed ({result.returncode}):\n{output[-6000:]}"
-    job_id = next(job for job, rule in submitted_jobs(output).items() if rule == "train_model")
+    gloo); one rank measured the node, and the record names the job, the node and both ranks."""
     row = sacct_states_when_settled([job_id]).loc[job_id]
     assert row["State"] == "COMPLETED"
     assert "gres/gpu=2" in row["AllocTRES"], row["AllocTRES"]
