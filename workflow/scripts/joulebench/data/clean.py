@@ -6,15 +6,17 @@ so nothing disappears silently.
 
 Exact duplicates are found by a content hash of the 8-bit pixels. Near duplicates (shifted by a
 pixel or two, cropped a little, re-encoded, brightened: the copies real datasets contain, ciFAIR,
-Barz & Denzler 2020) in two steps. Candidates: every image is hashed (64-bit pHash, Zauner 2010,
-as ImageHash computes it) at each crop offset within `near_duplicate_max_shift` pixels, and an
-image's centre-crop hash is matched against every crop hash of the others by Hamming distance
-(multi-index search between queries and crops). Verification: the candidates' 8x8 grey thumbnails
-must correlate at the best offset. Both thresholds are chosen from the data by default
-(auto_thresholds), from the distances between random pairs of images. A candidate is a copy only
-where the two grey images, aligned over small shifts and crop-and-resizes, correlate within a
-threshold calibrated on copies made from the dataset's own images (copy_threshold); the other
-candidates are look-alikes (distinct samples that sit close), reported and removed only when asked.
+Barz & Denzler 2020) in two steps. Candidates: every image is hashed (64-bit pHash, Zauner 2010)
+through windows that cover the edits a copy gets, every shift within `near_duplicate_max_shift`
+pixels and every crop of up to a tenth of the side resized back (axis_windows), and an image's
+centre-crop hash is matched against every window hash of the others by Hamming distance
+(multi-index search, hamming.close_pairs). Verification: the candidates' 8x8 grey thumbnails must
+correlate at the windows where their hashes agree best. Both thresholds are chosen from the data
+by default (auto_thresholds), from the distances between random pairs of images. A candidate is a
+copy only where the two grey images, aligned over small shifts and crop-and-resizes, correlate
+within a threshold calibrated on copies made from the dataset's own images (copy_threshold); the
+other candidates are look-alikes (distinct samples that sit close), reported and removed only when
+asked.
 Removal goes image by image in split order train, val, test: an image is removed only as a copy of
 an image that stays, and names it, so a test image that copies a training image is the one removed
 (leakage); copies whose labels disagree both go. bench/bench_dedup.py measures precision and recall.
@@ -25,6 +27,8 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+
+from joulebench import hamming
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +100,15 @@ def _grey(pixels: np.ndarray) -> np.ndarray:
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.float64)
 
 
-def _area_weights(size_in: int, size_out: int) -> np.ndarray:
-    """(size_out, size_in) box-filter weights: each output pixel averages the input it covers."""
-    edges = np.linspace(0.0, size_in, size_out + 1)
-    weights = np.zeros((size_out, size_in))
-    for out in range(size_out):
-        for pixel in range(size_in):
-            overlap = min(edges[out + 1], pixel + 1) - max(edges[out], pixel)
-            weights[out, pixel] = max(overlap, 0.0)
+def _area_weights(size_in: int, size_out: int, start: float = 0.0, length: float | None = None) -> np.ndarray:
+    """(size_out, size_in) box-filter weights: each output pixel averages the input it covers, of
+    the window [start, start + length) of the axis (the whole axis by default; fractional edges
+    weigh the pixels they cut by the part covered)."""
+    length = size_in - start if length is None else length
+    edges = np.linspace(start, start + length, size_out + 1)
+    pixels = np.arange(size_in)
+    overlap = np.minimum(edges[1:, None], pixels + 1) - np.maximum(edges[:-1, None], pixels)
+    weights = np.maximum(overlap, 0.0)
     return weights / weights.sum(axis=1, keepdims=True)
 
 
@@ -137,112 +142,127 @@ def perceptual_hashes(pixels: np.ndarray, batch: int = 4096) -> np.ndarray:
 
 
 def hamming_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
-    """All index pairs (i < j) of distinct hashes that differ in at most max_distance bits.
-
-    Pigeonhole multi-index search (Manku, Jain & Das Sarma, WWW 2007): cut the 64 bits into
-    max_distance + 1 chunks; two hashes within max_distance bits agree exactly on at least one
-    chunk. Only pairs sharing a chunk value are compared, so the search is exact and far below
-    the N^2 of comparing all pairs. `hashes` must be unique (np.unique).
-    """
-    chunks = min(max_distance + 1, 64)
-    edges = np.linspace(0, 64, chunks + 1).astype(np.uint64)
-    found = []
-    for low, high in zip(edges[:-1], edges[1:], strict=True):
-        mask = np.uint64((1 << int(high - low)) - 1)
-        keys = (hashes >> low) & mask
-        order = np.argsort(keys, kind="stable")
-        sorted_keys, sorted_hashes = keys[order], hashes[order]
-        # Pairs `offset` apart in sorted order share a key; stop when none do any more.
-        offset = 1
-        while offset < len(order):
-            same = np.flatnonzero(sorted_keys[:-offset] == sorted_keys[offset:])
-            if not len(same):
-                break
-            close = same[np.bitwise_count(sorted_hashes[same] ^ sorted_hashes[same + offset]) <= max_distance]
-            first, second = order[close], order[close + offset]
-            found.append(np.minimum(first, second) * len(hashes) + np.maximum(first, second))
-            offset += 1
-    codes = np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
-    return codes // len(hashes), codes % len(hashes)  # a pair found by several chunks, once
+    """All index pairs (i < j) of hashes that differ in at most max_distance bits (hamming's
+    multi-index search, far below the N^2 of comparing all pairs)."""
+    first, second = hamming.close_pairs(hashes, hashes, max_distance)
+    keep = first < second
+    return first[keep], second[keep]
 
 
-DESCRIPTOR_SIDE = 8  # crops are compared as 8x8 grey thumbnails: 64 numbers (128 bytes) each
+DESCRIPTOR_SIDE = 8  # windows are compared as 8x8 grey thumbnails: 64 numbers each
 RANDOM_PAIRS = 20000  # pairs of random images that set the automatic thresholds
-ZOOM_STEPS = (1, 2)  # zoomed windows, per 16 pixels of side, for copies cropped and resized back
+BEST_WINDOWS = 4  # a pair's thumbnails are compared at the windows where their hashes agree best
 VERIFY_SIDE = 16  # copies are aligned at up to 32x32 and compared area-resized to at most 16x16
 ALIGN_SIDE = 32
+# Crop hashes keep their 64 bits interleaved (every third frequency in each third of the word): each
+# chunk of the multi-index search then holds low and high frequencies alike, and the lowest ones,
+# much the same in every image, no longer crowd one chunk with unrelated matches (3x fewer).
+CROP_BIT_ORDER = np.concatenate([np.arange(chunk, 64, hamming.CHUNKS) for chunk in range(hamming.CHUNKS)])
 
 
-def _thumbnails(grey: np.ndarray) -> np.ndarray:
-    """(N, H, W) grey -> (N, 64) float16 area-averaged 8x8 thumbnails, zero mean, unit length, so
-    a dot product is their correlation (brightness and contrast changes do not count)."""
-    rows = _area_weights(grey.shape[1], DESCRIPTOR_SIDE)
-    cols = _area_weights(grey.shape[2], DESCRIPTOR_SIDE)
-    small = (rows @ grey @ cols.T).reshape(len(grey), -1)
-    small -= small.mean(axis=1, keepdims=True)
-    small /= np.maximum(np.linalg.norm(small, axis=1, keepdims=True), 1e-6)
-    return small.astype(np.float16)
+def crop_most(side: int) -> int:
+    """Most pixels a copy loses a side to a crop that is resized back: a tenth of the side."""
+    return max(1, round(side / 10))
+
+
+def axis_windows(side: int, shift: int) -> list[tuple[float, float]]:
+    """(start, length) along one axis of every window hashed: where a copy's centre crop
+    (s, side - 2s) lies in its original, for each edit a copy gets along that axis. A shift by
+    d pixels, |d| <= s; or a crop of t pixels at the start and b at the end, t and b in
+    0..crop_most(side) in steps of one hash pixel (side / 32, at least one pixel), resized back
+    (the copy's pixel x is the original's t + x (side - t - b) / side). The first is the centre."""
+    step = max(1.0, side / HASH_INPUT)
+    steps = max(1, round(crop_most(side) / step))
+    cuts = [(0.0, 0.0)] + [(float(d), float(-d)) for d in range(-shift, shift + 1) if d]
+    cuts += [(t * step, b * step) for t in range(steps + 1) for b in range(steps + 1) if t or b]
+    windows = []
+    for top, bottom in cuts:
+        scale = (side - top - bottom) / side
+        length = (side - 2 * shift) * scale
+        if length >= min(4, side - 2 * shift):  # tiny images: no window smaller than 4 pixels
+            windows.append((top + shift * scale, length))
+    return windows
 
 
 @dataclass
 class CropFeatures:
-    """Per image: the pHash and thumbnail of each of K windows (crops at offsets (dy, dx) in 0..2s,
-    then smaller, zoomed-in windows), and the grey image at the size copies are verified at."""
+    """Per image: the pHash of each of K windows (every row window of axis_windows with every
+    column window, K = R * C, window k = (k // C, k % C); window 0 is the centre crop, the image's
+    query), and the grey image at the size copies are verified at, from which the windows'
+    thumbnails are made when a pair is compared: K * 8 + S^2 bytes an image."""
 
-    hashes: np.ndarray  # (N, K) uint64
-    thumbnails: np.ndarray  # (N, K, 64) float16
-    centre: int  # the crop at offset (s, s): the image's query
+    hashes: np.ndarray  # (N, K) uint64, bits in CROP_BIT_ORDER
     shift: int
-    verify: np.ndarray | None = None  # (N, S, S) uint8 grey, S = min(side, ALIGN_SIDE)
+    verify: np.ndarray  # (N, S, S) uint8 grey, S = min(side, ALIGN_SIDE)
+    thumbnail_rows: np.ndarray  # (R, 8, S): each row window of `verify` area-resized to 8 pixels
+    thumbnail_columns: np.ndarray  # (C, 8, S)
 
     @property
     def query(self) -> np.ndarray:
-        return self.hashes[:, self.centre]
+        return self.hashes[:, 0]
 
 
-def crop_windows(height: int, width: int, shift: int) -> list[tuple[int, int, int, int]]:
-    """(top, left, height, width) of every window hashed: the (2s + 1)^2 crops of size
-    (H - 2s, W - 2s), then, for copies cropped by a few pixels and resized back (a zoom the crops
-    do not cover), windows z = 1 and 2 pixels (per 16 of side) smaller on each side, at the same
-    offsets around the centre."""
-    windows = [
-        (dy, dx, height - 2 * shift, width - 2 * shift)
-        for dy in range(2 * shift + 1)
-        for dx in range(2 * shift + 1)
-    ]
-    for step in ZOOM_STEPS:
-        zoom_y, zoom_x = max(1, round(step * height / 16)), max(1, round(step * width / 16))
-        if height - 2 * shift - 2 * zoom_y < 4 or width - 2 * shift - 2 * zoom_x < 4:
-            continue
-        windows += [
-            (zoom_y + dy, zoom_x + dx, height - 2 * shift - 2 * zoom_y, width - 2 * shift - 2 * zoom_x)
-            for dy in range(2 * shift + 1)
-            for dx in range(2 * shift + 1)
-        ]
-    return windows
+def crop_shift(height: int, width: int, max_shift: int) -> int:
+    """The shift the windows cover: max_shift, at most an eighth of the side."""
+    return max(0, min(max_shift, height // 8, width // 8))
 
 
-def crop_features(images, max_shift: int, workers: int = 1, batch: int = 1024) -> CropFeatures:
-    """Hashes and thumbnails that survive shifts, small crops and re-encoding.
+def _window_maps(side: int, windows: list, size_out: int, side_out: int | None = None) -> np.ndarray:
+    """(len(windows), size_out, side_out) area resizes of each window of an axis of `side` pixels
+    to size_out pixels, applied to the axis resized to side_out pixels (default: side)."""
+    side_out = side if side_out is None else side_out
+    ratio = side_out / side
+    return np.stack(
+        [_area_weights(side_out, size_out, start * ratio, length * ratio) for start, length in windows]
+    )
+
+
+def _axis_hash_maps(side: int, windows: list) -> np.ndarray:
+    """(len(windows) * 8, side): each window area-resized to 32 pixels, then its 8 lowest DCT
+    frequencies, the pHash of the window along this axis."""
+    dct = _dct_matrix(HASH_INPUT)[:HASH_SIZE]
+    return (dct @ _window_maps(side, windows, HASH_INPUT)).reshape(-1, side).astype(np.float32)
+
+
+def verify_images(parts: list, side: int, batch: int = 1024) -> np.ndarray:
+    """(N, S, S) uint8 grey images, S = side, of the (N, C, H, W) uint8 parts, area-resized."""
+    out = np.empty((sum(len(part) for part in parts), side, side), dtype=np.uint8)
+    row = 0
+    for part in parts:
+        for start in range(0, len(part), batch):
+            grey = _grey(np.ascontiguousarray(part[start : start + batch]))
+            out[row : row + len(grey)] = _to_verify(grey, side)
+            row += len(grey)
+    return out
+
+
+def _to_verify(grey: np.ndarray, side: int) -> np.ndarray:
+    height, width = grey.shape[1:]
+    return np.rint(_area_weights(height, side) @ grey @ _area_weights(width, side).T)
+
+
+def crop_features(images, max_shift: int, workers: int = 1, batch: int = 256) -> CropFeatures:
+    """Hashes that survive shifts, small crops resized back, and re-encoding.
 
     `images`: (N, C, H, W) uint8 pixels, or a list of such arrays (the splits, in order), read a
-    batch at a time (memory maps stay on disk). Every image is seen through the windows of
-    crop_windows, s = min(max_shift, side // 8): a copy shifted by up to s pixels has a centre
-    crop equal to one of the original's crops; a copy cropped and resized back has a centre crop
-    close to one of the original's zoomed windows. Batches are processed in `workers` threads
-    (numpy releases the GIL). The result takes K * 136 bytes per image.
+    batch at a time (memory maps stay on disk). Every image is hashed through the windows of
+    axis_windows in both axes, s = crop_shift: a copy shifted by up to s pixels, or cropped by up
+    to a tenth of the side and resized back, has a centre crop equal, or within a fraction of a
+    hash pixel, to one of the original's windows. A window's hash is separable: the 8 lowest
+    DCT frequencies of its 32-pixel area resize along rows, the same along columns, so all K are
+    two matrix products per image. Batches are processed in `workers` threads (numpy releases
+    the GIL).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     parts = images if isinstance(images, list | tuple) else [images]
     count, (height, width) = sum(len(part) for part in parts), parts[0].shape[2:]
-    shift = max(0, min(max_shift, height // 8, width // 8))
-    windows = crop_windows(height, width, shift)
-    side = min(height, width, ALIGN_SIDE)
-    hashes = np.empty((count, len(windows)), dtype=np.uint64)
-    thumbnails = np.empty((count, len(windows), DESCRIPTOR_SIDE**2), dtype=np.float16)
+    shift = crop_shift(height, width, max_shift)
+    row_windows, column_windows = axis_windows(height, shift), axis_windows(width, shift)
+    rows, columns = _axis_hash_maps(height, row_windows), _axis_hash_maps(width, column_windows)
+    crops, side = len(row_windows) * len(column_windows), min(height, width, ALIGN_SIDE)
+    hashes = np.empty((count, crops), dtype=np.uint64)
     verify = np.empty((count, side, side), dtype=np.uint8)
-    verify_rows, verify_cols = _area_weights(height, side), _area_weights(width, side)
     jobs, first = [], 0
     for part in parts:
         jobs += [(part, start, first + start) for start in range(0, len(part), batch)]
@@ -250,54 +270,74 @@ def crop_features(images, max_shift: int, workers: int = 1, batch: int = 1024) -
 
     def one_batch(job) -> None:
         part, start, row = job
-        pixels = np.ascontiguousarray(part[start : start + batch])
-        grey = _grey(pixels)
-        rows = slice(row, row + len(pixels))
-        verify[rows] = np.rint(verify_rows @ grey @ verify_cols.T)
-        for k, (top, left, h, w) in enumerate(windows):
-            hashes[rows, k] = perceptual_hashes(pixels[:, :, top : top + h, left : left + w])
-            thumbnails[rows, k] = _thumbnails(grey[:, top : top + h, left : left + w])
+        grey = _grey(np.ascontiguousarray(part[start : start + batch]))
+        n = len(grey)
+        verify[row : row + n] = _to_verify(grey, side)
+        grey = grey.astype(np.float32)
+        # (n, R, W, 8): the 8 row frequencies of each row window; then (n, R, C, 8, 8) per window.
+        along_rows = (
+            np.matmul(rows, grey).reshape(n, len(row_windows), HASH_SIZE, width).transpose(0, 1, 3, 2)
+        )
+        low = np.matmul(columns, along_rows).reshape(n, crops, HASH_SIZE**2)
+        middle = np.sort(low, axis=2)[:, :, HASH_SIZE**2 // 2 - 1 : HASH_SIZE**2 // 2 + 1]
+        bits = low > middle.mean(axis=2, keepdims=True)  # above the median, as pHash
+        packed = np.packbits(bits[:, :, CROP_BIT_ORDER], axis=2)
+        hashes[row : row + n] = np.ascontiguousarray(packed).view(">u8")[:, :, 0]
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         list(pool.map(one_batch, jobs))
-    centre = windows.index((shift, shift, height - 2 * shift, width - 2 * shift))
-    return CropFeatures(hashes, thumbnails, centre, shift, verify)
+    thumbnail_rows = _window_maps(height, row_windows, DESCRIPTOR_SIDE, side).astype(np.float32)
+    thumbnail_columns = _window_maps(width, column_windows, DESCRIPTOR_SIDE, side).astype(np.float32)
+    return CropFeatures(hashes, shift, verify, thumbnail_rows, thumbnail_columns)
 
 
-def shifted_distance(features: CropFeatures, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Bits between images first[i] and second[i]: either's query against the other's closest crop."""
+def _window_thumbnails(features: CropFeatures, images: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """(n, m, 64) float32 8x8 grey thumbnails of windows windows[i] (n, m) of image images[i],
+    with zero mean and unit length, so a dot product is their correlation (brightness and
+    contrast changes do not count)."""
+    count = len(features.thumbnail_columns)
+    grey = features.verify[images].astype(np.float32)[:, None]  # (n, 1, S, S)
+    rows, columns = features.thumbnail_rows[windows // count], features.thumbnail_columns[windows % count]
+    small = (rows @ grey @ columns.transpose(0, 1, 3, 2)).reshape(*windows.shape, -1)
+    small -= small.mean(axis=-1, keepdims=True)
+    small /= np.maximum(np.linalg.norm(small, axis=-1, keepdims=True), 1e-6)
+    return small
+
+
+def pair_scores(
+    features: CropFeatures, first: np.ndarray, second: np.ndarray, batch: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """(bits, similarity) of image pairs first[i], second[i]: the fewest bits between either's
+    query and the other's windows, and the best correlation of the query's thumbnail with the
+    other's thumbnails at the BEST_WINDOWS windows whose hashes are closest to the query."""
     query, hashes = features.query, features.hashes
-    distance = np.empty(len(first), dtype=np.int64)
-    for start in range(0, len(first), 65536):  # bounded memory: 65,536 pairs x K crops at a time
-        a, b = first[start : start + 65536], second[start : start + 65536]
-        one = np.bitwise_count(query[a, None] ^ hashes[b]).min(axis=1)
-        other = np.bitwise_count(query[b, None] ^ hashes[a]).min(axis=1)
-        distance[start : start + 65536] = np.minimum(one, other)
-    return distance
-
-
-def shifted_similarity(features: CropFeatures, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Correlation of the thumbnails of images first[i] and second[i] at their best offset."""
-    best = np.full(len(first), -1.0, dtype=np.float32)
-    for start in range(0, len(first), 2048):  # 2048 pairs: 13 MB of thumbnails at a time
-        a, b = first[start : start + 2048], second[start : start + 2048]
-        thumbs, centre = features.thumbnails, features.centre
-        one = np.einsum("nd,nkd->nk", thumbs[a, centre].astype(np.float32), thumbs[b].astype(np.float32))
-        other = np.einsum("nd,nkd->nk", thumbs[b, centre].astype(np.float32), thumbs[a].astype(np.float32))
-        best[start : start + 2048] = np.maximum(one.max(axis=1), other.max(axis=1))
-    return best
+    best = min(BEST_WINDOWS, hashes.shape[1])
+    bits = np.full(len(first), 64, dtype=np.int64)
+    similarity = np.full(len(first), -1.0, dtype=np.float32)
+    for start in range(0, len(first), batch):
+        pair = slice(start, start + batch)
+        a, b = np.asarray(first[pair]), np.asarray(second[pair])
+        for asking, asked in ((a, b), (b, a)):
+            distance = np.bitwise_count(query[asking, None] ^ hashes[asked])
+            closest = np.argpartition(distance, best - 1, axis=1)[:, :best]
+            bits[pair] = np.minimum(bits[pair], distance.min(axis=1))
+            centre = _window_thumbnails(features, asking, np.zeros((len(a), 1), dtype=np.int64))
+            there = _window_thumbnails(features, asked, closest)
+            correlation = np.einsum("nd,nkd->nk", centre[:, 0], there).max(axis=1)
+            similarity[pair] = np.maximum(similarity[pair], correlation)
+    return bits, similarity
 
 
 def auto_thresholds(features: CropFeatures, seed: int = 0) -> tuple[int, float]:
     """Near-duplicate thresholds chosen from the data, from random pairs of distinct images
     (nearly all unrelated): (max bits, min similarity).
 
-    Bits: half the 1st percentile of their pHash distances, within 2..4 (shifted and re-encoded
-    copies sit 0-3 bits apart once aligned; more bits cost far more candidate comparisons).
-    Similarity: the 99.99th percentile of their best-offset thumbnail correlation, within
-    0.90..0.98. Small, look-alike images (8x8 digits) get strict thresholds, textured photos
-    looser ones; the clamps keep tiny datasets, whose percentiles mean little, at sensible values.
-    bench_dedup.py measures them.
+    Bits: half the 1st percentile of their pHash distances, within 2..4 (shifted, cropped and
+    re-encoded copies sit 0-4 bits apart once aligned; more bits cost far more candidate
+    comparisons). Similarity: the 99.99th percentile of their thumbnail correlation at the
+    best-matching windows, within 0.90..0.98. Small, look-alike images (8x8 digits) get strict
+    thresholds, textured photos looser ones; the clamps keep tiny datasets, whose percentiles
+    mean little, at sensible values. bench_dedup.py measures them.
     """
     count = len(features.hashes)
     if count < 2:
@@ -305,64 +345,32 @@ def auto_thresholds(features: CropFeatures, seed: int = 0) -> tuple[int, float]:
     rng = np.random.default_rng(seed)
     first = rng.integers(0, count, RANDOM_PAIRS)
     second = (first + rng.integers(1, count, RANDOM_PAIRS)) % count  # never the image itself
-    bits = int(np.percentile(shifted_distance(features, first, second), 1) // 2)
-    similarity = float(np.percentile(shifted_similarity(features, first, second), 99.99))
+    distance, similarity = pair_scores(features, first, second)
+    bits = int(np.percentile(distance, 1) // 2)
+    similarity = float(np.percentile(similarity, 99.99))
     return int(np.clip(bits, 2, 4)), round(float(np.clip(similarity, 0.90, 0.98)), 4)
 
 
-def query_pairs(features: CropFeatures, max_distance: int, block: int = 1_000_000) -> np.ndarray:
+def query_pairs(features: CropFeatures, max_distance: int) -> np.ndarray:
     """Image pairs (i < j), as codes i * N + j, where one's query hash is within max_distance bits
-    of one of the other's crop hashes.
-
-    Pigeonhole multi-index search (Manku, Jain & Das Sarma, WWW 2007) between queries and crops
-    only: cut the 64 bits into max_distance + 1 chunks; a query and a crop within max_distance
-    bits agree exactly on at least one chunk, so per chunk only equal-key (query, crop) pairs
-    are compared, `block` comparisons at a time.
-    """
+    of one of the other's window hashes (hamming.close_pairs between queries and windows)."""
     count, crops = features.hashes.shape
-    query, flat = features.query, features.hashes.ravel()
     owner = np.repeat(np.arange(count, dtype=np.int64), crops)
-    chunks = min(max_distance + 1, 64)
-    edges = np.linspace(0, 64, chunks + 1).astype(np.uint64)
-    found = []
-    for low, high in zip(edges[:-1], edges[1:], strict=True):
-        mask = np.uint64((1 << int(high - low)) - 1)
-        crop_keys = (flat >> low) & mask
-        order = np.argsort(crop_keys, kind="stable")
-        sorted_keys = crop_keys[order]
-        query_keys = (query >> low) & mask
-        left = np.searchsorted(sorted_keys, query_keys, "left")
-        counts = np.searchsorted(sorted_keys, query_keys, "right") - left
-        ends = np.cumsum(counts)
-        start = 0
-        while start < count:  # queries in blocks of about `block` comparisons
-            stop = max(start + 1, int(np.searchsorted(ends, ends[start] - counts[start] + block, "right")))
-            stop = min(stop, count)
-            n = counts[start:stop]
-            if n.sum():
-                images = np.repeat(np.arange(start, stop), n)
-                offsets = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + np.repeat(left[start:stop], n)
-                held = order[offsets]
-                close = np.bitwise_count(query[images] ^ flat[held]) <= max_distance
-                first, second = images[close], owner[held[close]]
-                other = first != second
-                first, second = first[other], second[other]
-                found.append(np.unique(np.minimum(first, second) * count + np.maximum(first, second)))
-            start = stop
-        found = [np.unique(np.concatenate(found))] if found else []  # a pair found by several chunks, once
-    return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
+    first, second = hamming.close_pairs(features.query, features.hashes.ravel(), max_distance, owner)
+    other = first != second
+    first, second = first[other], second[other]
+    return np.unique(np.minimum(first, second) * count + np.maximum(first, second))
 
 
 def near_pairs(features: CropFeatures, max_distance: int, min_similarity: float) -> tuple[np.ndarray, ...]:
     """Image pairs (i < j) whose hashes are within max_distance bits (query_pairs) and whose
-    thumbnails correlate at least min_similarity at the best offset; with distance and similarity."""
+    thumbnails correlate at least min_similarity at the best windows; with bits and similarity."""
     codes = query_pairs(features, max_distance)
     count = len(features.hashes)
     first, second = codes // count, codes % count
-    similarity = shifted_similarity(features, first, second)
+    bits, similarity = pair_scores(features, first, second)
     keep = similarity >= min_similarity
-    first, second = first[keep], second[keep]
-    return first, second, shifted_distance(features, first, second), similarity[keep]
+    return first[keep], second[keep], bits[keep], similarity[keep]
 
 
 def _resample_matrix(side: int, top: float, bottom: float) -> np.ndarray:
@@ -385,7 +393,7 @@ def copy_alignments(side: int, shift: int) -> np.ndarray:
     verification size V: cut `top` and `bottom` pixels, each in -s..c (c = a tenth of the side),
     with top + bottom in 0..2c (shifts by up to s pixels, crops of up to c pixels a side resized
     back, and both). Aligning at full size and then averaging is what storing a copy does."""
-    most = max(1, round(side / 10))
+    most = crop_most(side)
     to_verify = _area_weights(side, min(side, VERIFY_SIDE))
     cuts = [
         (top, bottom)
@@ -441,7 +449,7 @@ def copy_distances(
 
 def _identity_index(side: int, shift: int) -> int:
     """Position of the plain area resize (no cut) in copy_alignments."""
-    most = max(1, round(side / 10))
+    most = crop_most(side)
     cuts = [
         (t, b) for t in range(-shift, most + 1) for b in range(-shift, most + 1) if 0 <= t + b <= 2 * most
     ]
@@ -465,7 +473,7 @@ def synthetic_copy(image: np.ndarray, pixel_max: int, shift: int, rng) -> np.nda
     pil = Image.fromarray(image[0] if channels == 1 else image.transpose(1, 2, 0))
     kind = rng.integers(3)
     if kind == 1:
-        most = max(1, round(min(height, width) / 10))
+        most = crop_most(min(height, width))
         top, left, bottom, right = (int(v) for v in rng.integers(0, most + 1, 4))
         if top + left + bottom + right == 0:
             top = 1
@@ -499,9 +507,9 @@ def copy_threshold(parts: list, pixel_max: int, shift: int, seed: int = 0) -> fl
     chosen = rng.choice(len(pixels), size=min(CALIBRATION_IMAGES, len(pixels)), replace=False)
     originals = pixels[chosen]
     copies = np.stack([synthetic_copy(image, pixel_max, shift, rng) for image in originals])
-    features = crop_features(np.concatenate([originals, copies]), shift)
+    verify = verify_images([originals, copies], min(*originals.shape[2:], ALIGN_SIDE))
     count = len(originals)
-    distances = copy_distances(features.verify, np.arange(count), np.arange(count, 2 * count), features.shift)
+    distances = copy_distances(verify, np.arange(count), np.arange(count, 2 * count), shift)
     return round(max(COPY_FLOOR, CALIBRATION_MARGIN * float(np.percentile(distances, 99))), 5)
 
 
