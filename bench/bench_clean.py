@@ -1,7 +1,7 @@
 """Cleaning throughput on synthetic 32x32 RGB images, on one core.
 
 Target: thousands of images per second per core. Prints images/s for the whole
-clean_splits call (content hash + crop pHashes and thumbnails + near-duplicate search + grouping)
+clean_splits call (content hash + window pHashes + near-duplicate search + copy check + grouping)
 and per step, and the ratio to the target. The images are smooth random textures with planted
 exact and near duplicates, so the grouping does real work.
 
@@ -84,7 +84,7 @@ def main() -> None:
     for step, seconds in (
         ("to uint8", t_uint8),
         ("content hash", t_content),
-        ("crop pHashes+thumbnails", t_features),
+        ("window pHashes", t_features),
         ("auto thresholds", t_auto),
         ("near pairs (search)", t_pairs),
         ("copy threshold (calib.)", t_calibration),

@@ -7,9 +7,9 @@ re-encoded. A detected pair is a true positive if it is a planted (original, cop
 other detected pair counts against precision (a few may be genuine near duplicates in the source).
 
 - old: 64-bit pHash of the whole image within `--old-distance` bits (the previous default, 4).
-- new: pHash of the centre crop against pHashes at every crop offset, verified by thumbnail
-  correlation (clean.crop_features, clean.near_pairs), at the thresholds clean.auto_thresholds
-  chooses from the data.
+- new: pHash of the centre crop against pHashes of windows covering every shift and crop-and-resize,
+  verified by thumbnail correlation (clean.crop_features, clean.near_pairs) and by the aligned copy
+  distance, at the thresholds clean.auto_thresholds and clean.copy_threshold choose from the data.
 
     python bench/bench_dedup.py [--originals 1500 --copies 300]
 """
@@ -237,7 +237,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         new = score(found, truth, originals)
         bits, similarity, copy_distance = bits_similarity
-        rule = f"shifted pHash <= {bits} bits, correlation >= {similarity}, "
+        rule = f"window pHash <= {bits} bits, correlation >= {similarity}, "
         rule += f"copy distance <= {copy_distance} (auto)"
         print(f"  new: {rule}: {new} [{seconds:.1f} s]")
     planted_digits(500, 100)

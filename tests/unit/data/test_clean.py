@@ -327,7 +327,7 @@ def test_leak_of_an_exact_copy_says_which_split_kept_the_original():
 def digits_at_32(rows) -> np.ndarray:
     """load_digits images (by index) brought to 32x32 grey as a camera-sized dataset would hold
     them: (N, 1, 32, 32) uint8, bilinear."""
-    images, _, _ = data.load_digits_source()
+    images, _, _ = sources.load_digits_source()
     big = [
         Image.fromarray(np.uint8(np.rint(images[row, 0] * 255))).resize((32, 32), Image.BILINEAR)
         for row in rows
@@ -339,7 +339,7 @@ def test_cropped_and_resized_copies_of_real_digits_are_removed_and_a_close_drawi
     """Copies cut by 1-3 pixels a side and resized back, the crop a copy in a dataset gets, go as
     leaks of their originals; digit 1398, a distinct drawing of a 4 close to 1397 (2 bits, thumbnail
     correlation 0.99), stays and is listed as a look-alike."""
-    _, labels, _ = data.load_digits_source()
+    _, labels, _ = sources.load_digits_source()
     train = [row for row in range(1300, 1500) if row != 1398]
     originals = [1397, 1310, 1333, 1402, 1450, 1488]
     cuts = [(3, 0, 0, 3), (1, 2, 2, 1), (0, 3, 3, 0), (2, 1, 1, 2), (3, 2, 0, 1), (0, 1, 3, 2)]

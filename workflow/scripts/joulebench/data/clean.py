@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from joulebench import hamming
+from joulebench.data import hamming
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from joulebench.hamming import close_pairs
+from joulebench.data.hamming import close_pairs
 
 
 def test_close_pairs_equal_comparing_every_pair_at_every_distance():
