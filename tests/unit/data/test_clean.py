@@ -12,7 +12,7 @@ from sklearn.datasets import load_sample_images
 
 from joulebench import store
 from joulebench.config import resolved_config
-from joulebench.data import clean, sources, splits
+from joulebench.data import clean, image_hash, sources, splits
 from joulebench.data.prepared import prepared_files
 from joulebench.data.stages import clean_dataset, prepare_dataset
 
@@ -138,9 +138,9 @@ def test_every_planted_item_is_found_and_no_clean_item_removed(planted_tree, tmp
     assert facts["train_count"] == len(kept["train_y"]) and facts["classes"] == list(CLASSES)
     assert store.read_json(out["energy"])["rule"] == "clean_dataset"
     # After cleaning no two images, in any splits, are duplicates.
-    pixels = clean.to_uint8(np.concatenate([kept[f"{s}_x"] for s in splits.SPLITS]))
-    hashes = clean.perceptual_hashes(pixels)
-    assert len(clean.hamming_pairs(hashes, SETTINGS["near_duplicate_max_distance"])[0]) == 0
+    pixels = image_hash.to_uint8(np.concatenate([kept[f"{s}_x"] for s in splits.SPLITS]))
+    hashes = image_hash.perceptual_hashes(pixels)
+    assert len(image_hash.hamming_pairs(hashes, SETTINGS["near_duplicate_max_distance"])[0]) == 0
 
 
 def test_unreadable_file_is_an_error_naming_it_when_cleaning_is_off(planted_tree):
@@ -175,7 +175,7 @@ def test_test_images_copying_train_images_are_leaks_and_train_keeps_its_copy():
 def test_vectorized_phash_equals_imagehash_on_32x32_images():
     crops = photo_crops(30, seed=5)
     pixels = np.stack([np.asarray(c).transpose(2, 0, 1) for c in crops])
-    ours = clean.perceptual_hashes(pixels)
+    ours = image_hash.perceptual_hashes(pixels)
     for crop, value in zip(crops, ours, strict=True):
         bits = np.unpackbits(np.array([value], dtype=">u8").view(np.uint8)).astype(bool)
         assert np.array_equal(bits.reshape(8, 8), imagehash.phash(crop).hash)
@@ -226,7 +226,7 @@ def test_shifted_cropped_and_jpeg_copies_of_training_images_in_test_are_leaks():
         return np.asarray(Image.open(buffer).convert("RGB"))
 
     copies = np.stack([shifted(base[0], 1, 0), shifted(base[1], -2, 1), jpeg(shifted(base[2], 0, 1))])
-    old = clean.perceptual_hashes(np.concatenate([base[:3], copies]).transpose(0, 3, 1, 2))
+    old = image_hash.perceptual_hashes(np.concatenate([base[:3], copies]).transpose(0, 3, 1, 2))
     assert (np.bitwise_count(old[:3] ^ old[3:]) > SETTINGS["near_duplicate_max_distance"]).any()
     labels = np.arange(12) % 3
     arrays = {
