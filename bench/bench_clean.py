@@ -1,7 +1,7 @@
 """Cleaning throughput on synthetic 32x32 RGB images, on one core.
 
 Target: thousands of images per second per core. Prints images/s for the whole
-clean_splits call (content hash + crop pHashes and thumbnails + near-duplicate search + grouping)
+clean_splits call (content hash + window pHashes + near-duplicate search + copy check + grouping)
 and per step, and the ratio to the target. The images are smooth random textures with planted
 exact and near duplicates, so the grouping does real work.
 
@@ -18,7 +18,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 from joulebench.config import resolved_config
-from joulebench.data import clean
+from joulebench.data import candidates, clean, copy_distance, image_hash
 
 TARGET_IMAGES_PER_S = 1000.0
 
@@ -61,16 +61,18 @@ def main() -> None:
     names = [f"synthetic:{i}" for i in range(args.images)]
     settings = {**resolved_config()["cleaning"], "near_duplicate_max_shift": args.max_shift}
 
-    pixels, t_uint8 = timed(clean.to_uint8, np.concatenate([arrays[f"{s}_x"] for s in clean.SPLIT_ORDER]))
-    digests, t_content = timed(clean.content_hashes, pixels)
-    features, t_features = timed(clean.crop_features, pixels, args.max_shift)
-    thresholds, t_auto = timed(clean.auto_thresholds, features)
-    (first, second, _, _), t_pairs = timed(clean.near_pairs, features, *thresholds)
+    pixels, t_uint8 = timed(
+        image_hash.to_uint8, np.concatenate([arrays[f"{s}_x"] for s in clean.SPLIT_ORDER])
+    )
+    digests, t_content = timed(image_hash.content_hashes, pixels)
+    features, t_features = timed(candidates.crop_features, pixels, args.max_shift)
+    thresholds, t_auto = timed(candidates.auto_thresholds, features)
+    (first, second, _, _), t_pairs = timed(candidates.near_pairs, features, *thresholds)
     parts = [arrays[f"{split}_x"] for split in clean.SPLIT_ORDER]
     _, t_calibration = timed(
-        clean.copy_threshold, [clean.to_uint8(part) for part in parts], 255, args.max_shift
+        copy_distance.copy_threshold, [image_hash.to_uint8(part) for part in parts], 255, args.max_shift
     )
-    _, t_copies = timed(clean.copy_distances, features.verify, first, second, features.shift)
+    _, t_copies = timed(copy_distance.copy_distances, features.verify, first, second, features.shift)
     wall_started = time.perf_counter()
     (_, removed), t_total = timed(clean.clean_splits, arrays, names, settings)
     wall = time.perf_counter() - wall_started
@@ -84,7 +86,7 @@ def main() -> None:
     for step, seconds in (
         ("to uint8", t_uint8),
         ("content hash", t_content),
-        ("crop pHashes+thumbnails", t_features),
+        ("window pHashes", t_features),
         ("auto thresholds", t_auto),
         ("near pairs (search)", t_pairs),
         ("copy threshold (calib.)", t_calibration),

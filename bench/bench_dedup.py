@@ -7,9 +7,10 @@ re-encoded. A detected pair is a true positive if it is a planted (original, cop
 other detected pair counts against precision (a few may be genuine near duplicates in the source).
 
 - old: 64-bit pHash of the whole image within `--old-distance` bits (the previous default, 4).
-- new: pHash of the centre crop against pHashes at every crop offset, verified by thumbnail
-  correlation (clean.crop_features, clean.near_pairs), at the thresholds clean.auto_thresholds
-  chooses from the data.
+- new: pHash of the centre crop against pHashes of windows covering every shift and
+  crop-and-resize, verified by thumbnail correlation (candidates.crop_features,
+  candidates.near_pairs) and by the aligned copy distance, at the thresholds
+  candidates.auto_thresholds and copy_distance.copy_threshold choose from the data.
 
     python bench/bench_dedup.py [--originals 1500 --copies 300]
 """
@@ -21,7 +22,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from joulebench.data import clean
+from joulebench.data import candidates, clean, copy_distance, image_hash
 
 SIZE = 32
 EDITS = ("shift1", "shift2", "crop", "jpeg", "shift1+jpeg")
@@ -110,7 +111,7 @@ def planted(originals: np.ndarray, copies: int, rng) -> tuple[np.ndarray, dict]:
 
 
 def old_pairs(pixels: np.ndarray, max_distance: int) -> set:
-    hashes = clean.perceptual_hashes(pixels)
+    hashes = image_hash.perceptual_hashes(pixels)
     distances = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
     first, second = np.nonzero(np.triu(distances <= max_distance, k=1))
     return set(zip(first.tolist(), second.tolist(), strict=True))
@@ -123,16 +124,16 @@ def new_pairs(pixels: np.ndarray, max_shift: int) -> tuple[set, tuple]:
         "near_duplicate_min_similarity": "auto",
         "copy_max_distance": "auto",
     }
-    features = clean.crop_features(pixels, max_shift)
+    features = candidates.crop_features(pixels, max_shift)
     chosen = {}
-    copies, _ = clean._links(features, clean.content_hashes(pixels), settings, chosen, [pixels], 255)
+    copies, _ = clean.near_links(features, image_hash.content_hashes(pixels), settings, chosen, [pixels], 255)
     thresholds = (chosen["max_distance"], chosen["min_similarity"], chosen["copy_max_distance"])
     return {(i, j) for i, j, *_ in copies}, thresholds
 
 
 def planted_digits(originals: int, copies: int, seed: int = 0) -> None:
     """Real 8x8 digits as prepare_dataset stores them (17 levels), with planted copies (shifted by
-    a pixel, cropped by a pixel and resized back, JPEG re-encoded: clean.synthetic_copy's edits)
+    a pixel, cropped by a pixel and resized back, JPEG re-encoded: copy_distance.synthetic_copy's edits)
     in val and test; prints the copies found and the clean images removed."""
     from joulebench.data import sources as data
 
@@ -146,7 +147,7 @@ def planted_digits(originals: int, copies: int, seed: int = 0) -> None:
         kind = ("shift", "crop", "jpeg")[number % 3]
         edit_rng = np.random.default_rng([seed, number])
         while True:  # synthetic_copy draws its edit; keep drawing until it is the wanted kind
-            copy = clean.synthetic_copy(pixels[source], 16, 1, edit_rng)
+            copy = copy_distance.synthetic_copy(pixels[source], 16, 1, edit_rng)
             if kind_of(pixels[source], copy) == kind:
                 break
         planted.append(copy)
@@ -237,7 +238,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         new = score(found, truth, originals)
         bits, similarity, copy_distance = bits_similarity
-        rule = f"shifted pHash <= {bits} bits, correlation >= {similarity}, "
+        rule = f"window pHash <= {bits} bits, correlation >= {similarity}, "
         rule += f"copy distance <= {copy_distance} (auto)"
         print(f"  new: {rule}: {new} [{seconds:.1f} s]")
     planted_digits(500, 100)

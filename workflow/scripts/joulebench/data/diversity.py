@@ -30,10 +30,10 @@ def class_entropy(labels: np.ndarray, num_classes: int) -> dict:
 
 def embeddings(images: np.ndarray) -> np.ndarray:
     """(N, C, H, W) images (any dtype) -> (N, C * 64) unit vectors: thumbnails with the mean removed."""
-    from joulebench.data.clean import _area_weights
+    from joulebench.data.image_hash import area_weights
 
     _, channels, height, width = images.shape
-    rows, cols = _area_weights(height, THUMBNAIL), _area_weights(width, THUMBNAIL)
+    rows, cols = area_weights(height, THUMBNAIL), area_weights(width, THUMBNAIL)
     small = (rows @ np.asarray(images, dtype=np.float64) @ cols.T).reshape(len(images), -1)
     small -= small.mean(axis=1, keepdims=True)
     return small / np.maximum(np.linalg.norm(small, axis=1, keepdims=True), 1e-12)
