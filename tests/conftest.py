@@ -195,9 +195,26 @@ def pytest_runtest_setup(item):
         pytest.skip(f"{item.name} {reason}")
 
 
+# The suite runs in two pytest-xdist workers (pyproject's addopts: -n 2 --dist loadgroup), one per
+# group. The SLURM tests spend most of their time waiting on the cluster's queue and the executor's
+# status polls; these modules, none of which uses the shared tiny run (it would be made twice),
+# share their worker, so the two take about as long.
+BESIDE_SLURM = {
+    "test_slurm.py",
+    "test_gpu_check.py",
+    "test_simulated_host.py",
+    "test_pt2e_patterns.py",
+    "test_data_parallel.py",
+    "test_own_model.py",
+}
+
+
 def pytest_collection_modifyitems(items):
-    """Every test under tests/workflow/ runs the real workflow: marked slow, whatever its file says."""
+    """Every test under tests/workflow/ runs the real workflow: marked slow, whatever its file says.
+    Every test joins one of the two worker groups (BESIDE_SLURM)."""
     workflow = ROOT / "tests" / "workflow"
     for item in items:
         if workflow in Path(item.path).parents:
             item.add_marker(pytest.mark.slow)
+        group = "slurm" if Path(item.path).name in BESIDE_SLURM else "local"
+        item.add_marker(pytest.mark.xdist_group(group))
