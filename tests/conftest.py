@@ -195,10 +195,10 @@ def pytest_runtest_setup(item):
         pytest.skip(f"{item.name} {reason}")
 
 
-# The suite runs in two pytest-xdist workers (pyproject's addopts: -n 2 --dist loadgroup), one per
-# group. The SLURM tests spend most of their time waiting on the cluster's queue and the executor's
-# status polls; these modules, none of which uses the shared tiny run (it would be made twice),
-# share their worker, so the two take about as long.
+# The suite runs in two pytest-xdist workers (pyproject's addopts: -n 2), one group of modules each.
+# The SLURM tests spend most of their time waiting on the cluster's queue and the executor's status
+# polls; these modules, none of which uses the shared tiny run (it would be made twice), share
+# their worker, so the two take about as long.
 BESIDE_SLURM = {
     "test_slurm.py",
     "test_gpu_check.py",
@@ -209,12 +209,20 @@ BESIDE_SLURM = {
 }
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scope scheduling with two scopes: BESIDE_SLURM's modules, and the rest."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TwoGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "slurm" if Path(nodeid.split("::")[0]).name in BESIDE_SLURM else "local"
+
+    return TwoGroups(config, log)
+
+
 def pytest_collection_modifyitems(items):
-    """Every test under tests/workflow/ runs the real workflow: marked slow, whatever its file says.
-    Every test joins one of the two worker groups (BESIDE_SLURM)."""
+    """Every test under tests/workflow/ runs the real workflow: marked slow, whatever its file says."""
     workflow = ROOT / "tests" / "workflow"
     for item in items:
         if workflow in Path(item.path).parents:
             item.add_marker(pytest.mark.slow)
-        group = "slurm" if Path(item.path).name in BESIDE_SLURM else "local"
-        item.add_marker(pytest.mark.xdist_group(group))

@@ -33,12 +33,11 @@ def expected_package_joules(record: dict) -> float:
     return PACKAGE_IDLE_W * record["wall_time_s"] + PACKAGE_BUSY_W * host_busy / cores
 
 
-def package_edge_joules(host: Path) -> float:
-    """How far a package reading may stray from the power model: the counter stands still between
-    two updates of the writer, at each window edge, for at most its longest gap in this run."""
+def writer_gap_s(host: Path) -> float:
+    """The longest the simulated RAPL counters stood still in this run: the writer's period, or
+    longer where it woke late on a loaded host. At each window edge a reading may lag by that."""
     gap = host / "longest_period_s"
-    period = max(RAPL_WRITER_PERIOD_S, float(gap.read_text()) if gap.exists() else 0.0)
-    return 2 * period * (PACKAGE_IDLE_W + PACKAGE_BUSY_W)
+    return max(RAPL_WRITER_PERIOD_S, float(gap.read_text()) if gap.exists() else 0.0)
 
 
 @contextmanager
