@@ -12,7 +12,7 @@ from sklearn.datasets import load_sample_images
 
 from joulebench import store
 from joulebench.config import resolved_config
-from joulebench.data import clean, image_hash, sources, splits
+from joulebench.data import clean, copy_distance, image_hash, sources, splits
 from joulebench.data.prepared import prepared_files
 from joulebench.data.stages import clean_dataset, prepare_dataset
 
@@ -250,8 +250,11 @@ def test_shifted_cropped_and_jpeg_copies_of_training_images_in_test_are_leaks():
         ("img14", "leakage", "img2"),
     ]
     assert len(cleaned["train_y"]) == 12 and len(cleaned["test_y"]) == 0
-    assert set(chosen) == {"max_distance", "min_similarity", "max_shift", "copy_max_distance"}
-    assert chosen["max_shift"] == 2
+    assert set(chosen) == {
+        "max_distance", "min_similarity", "max_shift", "copy_max_distance", "copy_isolation",
+        "candidate_search",
+    }  # fmt: skip
+    assert chosen["max_shift"] == 2 and chosen["candidate_search"] == "aligned"
 
 
 def digit_splits(train: list[int], test: list[int], val: tuple = ()) -> tuple[dict, list[str]]:
@@ -363,3 +366,71 @@ def test_cropped_and_resized_copies_of_real_digits_are_removed_and_a_close_drawi
         (f"copy of {row}", "leakage", str(row)) for row in originals
     )
     assert {"1397", "1398"} in [{row["item"], row["other_item"]} for row in lookalikes]
+
+
+def cropped_8x8(image: np.ndarray, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+    """A (1, 8, 8) digit in [0, 1] cut by a pixel on some sides, resized back (bilinear) and
+    stored at load_digits' 17 levels again, as prepare_dataset holds it."""
+    pil = Image.fromarray(np.uint8(np.rint(image[0] * 255)))
+    pil = pil.crop((left, top, 8 - right, 8 - bottom)).resize((8, 8), Image.BILINEAR)
+    return (np.rint(np.asarray(pil, dtype=np.float32) * 16 / 255) / 16).astype(np.float32)[None]
+
+
+def test_cropped_copies_of_8x8_digits_are_found_though_their_hashes_move():
+    """A one-pixel crop resized back moves an 8x8 image's pHash by 4-10 bits, beyond any candidate
+    threshold: small sets compare every pair at every alignment, so the copies go as leaks."""
+    images, labels, _ = sources.load_digits_source()
+    originals = [3, 150, 321, 476, 599, 730, 888, 1042, 1203, 1377]
+    cuts = [(1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1), (1, 1, 0, 0)] * 2
+    copies = np.stack([cropped_8x8(images[row], *cut) for row, cut in zip(originals, cuts, strict=True)])
+    arrays, names = digit_splits(list(range(0, 1500)), [])
+    arrays |= {
+        "test_x": copies, "test_y": labels[originals], "test_id": np.arange(len(labels), len(labels) + 10)
+    }  # fmt: skip
+    names += [f"copy of {row}" for row in originals]
+    chosen = {}
+    _, removed = clean.clean_splits(arrays, names, resolved_config()["cleaning"], chosen=chosen)
+    assert sorted((r["item"], r["reason"], r["matched_item"]) for r in removed) == sorted(
+        (f"copy of {row}", "leakage", str(row)) for row in originals
+    )
+    assert chosen["candidate_search"] == "aligned"
+    for row in removed:
+        assert row["copy_distance"] <= chosen["copy_max_distance"], row
+
+
+def test_distinct_digits_within_the_copy_threshold_in_a_crowd_are_lookalikes():
+    """load_digits 403~438 and 1471~1485 are distinct drawings that line up within a copy
+    threshold of 0.0134 (0.0127 and 0.0115), but so do other drawings near them: a picture and its
+    copies sit far closer to each other than to anything else, so these are look-alikes."""
+    _, labels, _ = sources.load_digits_source()
+    test = [438, 1485]
+    arrays, names = digit_splits([row for row in range(len(labels)) if row not in test], test)
+    settings = {**resolved_config()["cleaning"], "copy_max_distance": 0.0134}
+    lookalikes = []
+    _, removed = clean.clean_splits(arrays, names, settings, lookalikes=lookalikes)
+    assert removed == []
+    listed = {frozenset((row["item"], row["other_item"])): row for row in lookalikes}
+    for pair in ({"403", "438"}, {"1471", "1485"}):
+        row = listed[frozenset(pair)]
+        assert row["copy_distance"] <= 0.0134 and row["across_splits"] and not row["removed"]
+
+
+def test_a_picture_and_two_copies_are_one_isolated_group_and_a_crowd_is_not():
+    """Images 0-2: a picture and two copies, 0.05 from anything else; 4-6: distinct drawings each
+    within the copy threshold of the others, but 0.02 from a fourth (7)."""
+    first = np.array([0, 0, 1, 0, 4, 4, 5, 4])
+    second = np.array([1, 2, 2, 3, 5, 6, 6, 7])
+    distance = np.array([0.002, 0.003, 0.004, 0.05, 0.008, 0.010, 0.012, 0.02])
+    copy = copy_distance.isolated_copies(8, first, second, distance, max_copy=0.013)
+    assert copy.tolist() == [True, True, True, False, False, False, False, False]
+
+
+def test_the_exhaustive_search_returns_the_copy_distance_of_every_close_pair():
+    images, _, _ = sources.load_digits_source()
+    verify = image_hash.verify_images([clean.stored_uint8(images[:300], 16)], 8)
+    first, second, distance = copy_distance.close_copies(verify, 1, 0.2)
+    assert len(first) > 100 and (first < second).all()
+    np.testing.assert_allclose(distance, copy_distance.copy_distances(verify, first, second, 1), atol=1e-5)
+    every = np.array([(i, j) for i in range(300) for j in range(i + 1, 300)])
+    all_distances = copy_distance.copy_distances(verify, every[:, 0], every[:, 1], 1, batch=512)
+    assert {tuple(pair) for pair in every[all_distances <= 0.2]} == set(zip(first, second, strict=True))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from joulebench.data import hamming
-from joulebench.data.copy_distance import crop_most
+from joulebench.data.copy_distance import aligned_search_cost, close_copies, crop_most
 from joulebench.data.image_hash import (
     ALIGN_SIDE,
     HASH_INPUT,
@@ -26,6 +26,13 @@ from joulebench.data.image_hash import (
 DESCRIPTOR_SIDE = 8  # windows are compared as 8x8 grey thumbnails: 64 numbers each
 RANDOM_PAIRS = 20000  # pairs of random images that set the automatic thresholds
 BEST_WINDOWS = 4  # a pair's thumbnails are compared at the windows where their hashes agree best
+# Small sets of small images (the 1,797 8x8 digits: 4e9) skip the hashes' candidate stage: every
+# image is compared with every other at every alignment (copy_distance.close_copies), where an 8x8
+# image's pHash is too unstable under a one-pixel crop to find its copies. Up to this many
+# multiply-adds (a few seconds), keeping pairs within ALIGNED_SEARCH_MARGIN times the copy
+# threshold, the neighbourhood that tells a copy from a look-alike in a crowd.
+ALIGNED_SEARCH_BUDGET = 2e10
+ALIGNED_SEARCH_MARGIN = 4.0
 # Crop hashes keep their 64 bits interleaved (every third frequency in each third of the word): each
 # chunk of the multi-index search then holds low and high frequencies alike, and the lowest ones,
 # much the same in every image, no longer crowd one chunk with unrelated matches (3x fewer).
@@ -221,3 +228,13 @@ def near_pairs(features: CropFeatures, max_distance: int, min_similarity: float)
     bits, similarity = pair_scores(features, first, second)
     keep = similarity >= min_similarity
     return first[keep], second[keep], bits[keep], similarity[keep]
+
+
+def aligned_pairs(features: CropFeatures, max_copy: float) -> tuple[np.ndarray, ...] | None:
+    """Every pair (i < j) within ALIGNED_SEARCH_MARGIN times max_copy of copy distance, found by
+    comparing all pairs at every alignment (first, second, copy distance); None where that costs
+    more than ALIGNED_SEARCH_BUDGET and the window hashes find the candidates."""
+    side = features.verify.shape[-1]
+    if aligned_search_cost(len(features.verify), side, features.shift) > ALIGNED_SEARCH_BUDGET:
+        return None
+    return close_copies(features.verify, features.shift, ALIGNED_SEARCH_MARGIN * max_copy)

@@ -20,8 +20,8 @@ import logging
 
 import numpy as np
 
-from joulebench.data.candidates import auto_thresholds, crop_features, near_pairs
-from joulebench.data.copy_distance import copy_distances, copy_threshold
+from joulebench.data.candidates import aligned_pairs, auto_thresholds, crop_features, near_pairs, pair_scores
+from joulebench.data.copy_distance import COPY_ISOLATION, copy_distances, copy_threshold, isolated_copies
 from joulebench.data.image_hash import content_hashes, to_uint8
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,26 @@ def removed_frame(removed: list[dict]):
     return frame
 
 
+def identical_pairs(digests: list) -> list[tuple[int, int]]:
+    """(first, i) for every image i whose content an earlier image `first` has, the first such."""
+    first_with, pairs = {}, []
+    for i, digest in enumerate(digests):
+        if digest in first_with:
+            pairs.append((first_with[digest], i))
+        else:
+            first_with[digest] = i
+    return pairs
+
+
 def near_links(features, digests, settings, chosen, parts, pixel_max) -> tuple[list, list]:
     """Near pairs (i < j, distinct content) split into copies and look-alikes, each as
-    (i, j, hash_distance, similarity, copy_distance)."""
+    (i, j, hash_distance, similarity, copy_distance).
+
+    Candidates are the pairs within the hash thresholds (near_pairs) and, where every pair can be
+    compared at every alignment (candidates.aligned_pairs), every pair within a margin of the copy
+    threshold. Copies are the candidates within the copy threshold whose group is isolated
+    (copy_distance.isolated_copies); look-alikes, the other pairs within the hash thresholds or
+    within the copy threshold."""
     auto_bits, auto_similarity = auto_thresholds(features)
     max_distance = settings["near_duplicate_max_distance"]
     min_similarity = settings["near_duplicate_min_similarity"]
@@ -86,9 +103,22 @@ def near_links(features, digests, settings, chosen, parts, pixel_max) -> tuple[l
     min_similarity = auto_similarity if min_similarity == "auto" else float(min_similarity)
     max_copy = copy_threshold(parts, pixel_max, features.shift) if max_copy == "auto" else float(max_copy)
     first, second, bits, similarity = near_pairs(features, max_distance, min_similarity)
+    distance = copy_distances(features.verify, first, second, features.shift)
+    count, listed = len(features.verify), np.ones(len(first), dtype=bool)
+    aligned = aligned_pairs(features, max_copy)
+    if aligned is not None:
+        more = ~np.isin(aligned[0] * count + aligned[1], first * count + second)
+        more_first, more_second, more_distance = (part[more] for part in aligned)
+        more_bits, more_similarity = pair_scores(features, more_first, more_second)
+        first, second = np.concatenate([first, more_first]), np.concatenate([second, more_second])
+        bits, similarity = np.concatenate([bits, more_bits]), np.concatenate([similarity, more_similarity])
+        distance = np.concatenate([distance, more_distance])
+        listed = np.concatenate([listed, more_distance <= max_copy])  # the rest: neighbourhood
     distinct = np.array([digests[i] != digests[j] for i, j in zip(first, second, strict=True)], dtype=bool)
     first, second, bits, similarity = first[distinct], second[distinct], bits[distinct], similarity[distinct]
-    distance = copy_distances(features.verify, first, second, features.shift)
+    distance, listed = distance[distinct], listed[distinct]
+    same = np.array(identical_pairs(digests), dtype=np.int64).reshape(-1, 2).T
+    copy = isolated_copies(count, first, second, distance, max_copy, (same[0], same[1]))
     rows = list(
         zip(
             first.tolist(),
@@ -99,12 +129,15 @@ def near_links(features, digests, settings, chosen, parts, pixel_max) -> tuple[l
             strict=True,
         )
     )
-    copies = [row for row in rows if row[4] <= max_copy]
-    lookalikes = [row for row in rows if row[4] > max_copy]
+    copies = [row for row, is_copy in zip(rows, copy, strict=True) if is_copy]
+    lookalikes = [
+        row for row, is_copy, shown in zip(rows, copy, listed, strict=True) if shown and not is_copy
+    ]
+    search = "windows" if aligned is None else "aligned"
     log.info(
-        "near pairs within %d bits and correlation >= %.3f: %d copies (copy distance <= %.4f), "
-        "%d look-alikes (max shift %d px)",
-        max_distance, min_similarity, len(copies), max_copy, len(lookalikes), features.shift,
+        "near pairs (%s search) within %d bits and correlation >= %.3f: %d copies (copy distance "
+        "<= %.4f, isolated), %d look-alikes (max shift %d px)",
+        search, max_distance, min_similarity, len(copies), max_copy, len(lookalikes), features.shift,
     )  # fmt: skip
     if chosen is not None:
         chosen |= {
@@ -112,6 +145,8 @@ def near_links(features, digests, settings, chosen, parts, pixel_max) -> tuple[l
             "min_similarity": min_similarity,
             "max_shift": features.shift,
             "copy_max_distance": max_copy,
+            "copy_isolation": COPY_ISOLATION,
+            "candidate_search": search,
         }
     return copies, lookalikes
 
@@ -120,14 +155,9 @@ def _matches(count: int, digests: list, links: list) -> dict[int, list]:
     """Every image's links as (other, hash_distance, similarity, copy_distance): the near links,
     and each image of identical content linked to the first image with that content."""
     matches = {i: [] for i in range(count)}
-    first_with = {}
-    for i, digest in enumerate(digests):
-        if digest in first_with:
-            j = first_with[digest]
-            matches[i].append((j, 0, 1.0, 0.0))
-            matches[j].append((i, 0, 1.0, 0.0))
-        else:
-            first_with[digest] = i
+    for j, i in identical_pairs(digests):
+        matches[i].append((j, 0, 1.0, 0.0))
+        matches[j].append((i, 0, 1.0, 0.0))
     for i, j, bits, similarity, distance in links:
         matches[i].append((j, bits, similarity, distance))
         matches[j].append((i, bits, similarity, distance))

@@ -12,6 +12,10 @@ VERIFY_SIDE = 16  # aligned copies are compared area-resized to at most 16x16
 CALIBRATION_IMAGES = 256  # images edited into copies to set the copy threshold
 CALIBRATION_MARGIN = 1.5  # the threshold: this times the 99th percentile of their distances
 COPY_FLOOR = 0.001  # ... and never below this (lossless copies sit at 0)
+# A group of copies is one picture only where its links are at most this fraction of the distance
+# from the group to the nearest image outside it: a picture and its copies sit far closer to each
+# other than to anything else, distinct drawings in a crowd (the 1s of the digits) do not.
+COPY_ISOLATION = 0.25
 
 
 def crop_most(side: int) -> int:
@@ -58,9 +62,44 @@ def copy_alignments(side: int, shift: int) -> np.ndarray:
 
 
 def _normalised(images: np.ndarray) -> np.ndarray:
-    """Zero mean, unit length over the last two axes: a dot product is then a correlation."""
-    images = images - images.mean(axis=(-2, -1), keepdims=True)
-    return images / np.maximum(np.sqrt((images**2).sum(axis=(-2, -1), keepdims=True)), 1e-6)
+    """Zero mean, unit length over the last axis: a dot product is then a correlation."""
+    images = images - images.mean(axis=-1, keepdims=True)
+    return images / np.maximum(np.sqrt((images**2).sum(axis=-1, keepdims=True)), 1e-6)
+
+
+def _windowed_alignments(side: int, shift: int) -> tuple[np.ndarray, int]:
+    """copy_alignments away from the border a shift uncovers, (F, w, S), and the index of the
+    identity (no cut)."""
+    alignments = copy_alignments(side, shift).astype(np.float32)  # (F, V, S)
+    small = alignments.shape[1]
+    margin = -(-shift * small // side) if small > 4 else 0
+    return alignments[:, margin : small - margin], copy_cuts(side, shift).index((0, 0))
+
+
+def _views(images: np.ndarray, shift: int) -> np.ndarray:
+    """(n, K, P) every alignment of copy_alignments in both axes (K = F^2) of (n, S, S) grey
+    images, away from the border (P pixels), each with zero mean and unit length."""
+    side = images.shape[-1]
+    alignments, _ = _windowed_alignments(side, shift)
+    count, width = alignments.shape[:2]
+    flat_columns = alignments.transpose(2, 0, 1).reshape(side, -1)  # (S, F * w)
+    rows = np.matmul(alignments[None], images.astype(np.float32)[:, None])  # (n, F, w, S)
+    both = (rows.reshape(-1, side) @ flat_columns).reshape(len(images), count, width, count, width)
+    return _normalised(both.transpose(0, 1, 3, 2, 4).reshape(len(images), count * count, width * width))
+
+
+def _as_is(images: np.ndarray, shift: int) -> np.ndarray:
+    """(n, P) the identity view of _views: each image uncut, away from the border."""
+    alignments, identity = _windowed_alignments(images.shape[-1], shift)
+    same = alignments[identity]
+    return _normalised((same @ images.astype(np.float32) @ same.T).reshape(len(images), -1))
+
+
+def aligned_search_cost(count: int, side: int, shift: int) -> float:
+    """Multiply-adds close_copies spends on `count` images of `side` pixels: every image at every
+    alignment against every other."""
+    views = _views(np.zeros((1, side, side)), shift)
+    return float(count) ** 2 * views.shape[1] * views.shape[2]
 
 
 def copy_distances(
@@ -73,31 +112,75 @@ def copy_distances(
     to interpolation and compression noise; two drawings of one digit do not line up everywhere
     at any alignment. `verify`: (N, S, S) grey images (CropFeatures.verify).
     """
-    side = verify.shape[-1]
-    alignments = copy_alignments(side, shift).astype(np.float32)  # (F, V, S)
-    count, small = len(alignments), alignments.shape[1]
-    margin = -(-shift * small // side) if small > 4 else 0
-    window = slice(margin, small - margin)
-    to_verify = alignments[copy_cuts(side, shift).index((0, 0))]
-    flat_columns = alignments.transpose(2, 0, 1).reshape(side, -1)  # (S, F * V)
     best = np.full(len(first), -1.0, dtype=np.float32)
     for start in range(0, len(first), batch):
-        a = verify[first[start : start + batch]].astype(np.float32)
-        b = verify[second[start : start + batch]].astype(np.float32)
+        pair = slice(start, start + batch)
+        a, b = verify[first[pair]], verify[second[pair]]
         for moved, fixed in ((a, b), (b, a)):
-            rows = np.matmul(alignments[None], moved[:, None])  # (n, F, V, S)
-            both = (rows.reshape(-1, side) @ flat_columns).reshape(len(a), count, small, count, small)
-            both = both[:, :, window][..., window].transpose(0, 1, 3, 2, 4)  # (n, F, F, w, w)
-            target = to_verify @ fixed @ to_verify.T
-            target = _normalised(target[:, window, window])
-            pixels = target.shape[-1] ** 2
-            sums = both.sum(axis=(-2, -1))
-            squares = np.einsum("nfgil,nfgil->nfg", both, both)
-            cross = np.einsum("nfgil,nil->nfg", both, target)  # target has zero mean
-            spread = np.sqrt(np.maximum(squares - sums**2 / pixels, 1e-12))
-            correlation = (cross / spread).reshape(len(a), -1).max(axis=1)
-            best[start : start + batch] = np.maximum(best[start : start + batch], correlation)
+            correlation = np.einsum("nkp,np->nk", _views(moved, shift), _as_is(fixed, shift)).max(axis=1)
+            best[pair] = np.maximum(best[pair], correlation)
     return 1.0 - best
+
+
+def close_copies(
+    verify: np.ndarray, shift: int, max_distance: float, batch_values: int = 2**24
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i < j) of images within max_distance of copy distance, compared exhaustively:
+    each image at every alignment against every other (aligned_search_cost), so no copy can be
+    missed by a candidate stage. (first, second, copy distance), as copy_distances gives it."""
+    count = len(verify)
+    if count < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    targets = _as_is(verify, shift)  # (N, P)
+    found = []
+    batch = max(1, batch_values // (_views(verify[:1], shift).shape[1] * count))
+    for start in range(0, count, batch):
+        views = _views(verify[start : start + batch], shift)
+        correlation = (views.reshape(-1, views.shape[2]) @ targets.T).reshape(len(views), -1, count)
+        distance = 1.0 - correlation.max(axis=1)  # (n, N): image start + i moved onto image j
+        rows, columns = np.nonzero(distance <= max_distance)
+        rows += start
+        other = rows != columns
+        found.append((rows[other], columns[other], distance[rows[other] - start, columns[other]]))
+    rows, columns, distance = (np.concatenate(part) for part in zip(*found, strict=True))
+    first, second = np.minimum(rows, columns), np.maximum(rows, columns)
+    order = np.lexsort((distance, second, first))  # per pair, the better of its two directions
+    first, second, distance = first[order], second[order], distance[order]
+    unique = np.ones(len(first), dtype=bool)
+    unique[1:] = (first[1:] != first[:-1]) | (second[1:] != second[:-1])
+    return first[unique].astype(np.int64), second[unique].astype(np.int64), distance[unique]
+
+
+def isolated_copies(
+    count: int,
+    first: np.ndarray,
+    second: np.ndarray,
+    distance: np.ndarray,
+    max_copy: float,
+    same: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64)),
+) -> np.ndarray:
+    """Which of the known pairs (first[i], second[i], copy distance[i]) of `count` images are
+    copies: within max_copy, and isolated (COPY_ISOLATION). Groups are the images joined by copy
+    links and by `same` (pairs of identical content); a link whose distance exceeds COPY_ISOLATION
+    times the distance from its group to the nearest other image among the known pairs is a
+    look-alike, and the groups are formed again until none is. Pairs the search did not return
+    are further apart than every known one, so a group with no known outside pair is isolated."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    copy = distance <= max_copy
+    while True:
+        links = (np.concatenate([first[copy], same[0]]), np.concatenate([second[copy], same[1]]))
+        graph = coo_matrix((np.ones(len(links[0])), links), shape=(count, count))
+        _, group = connected_components(graph, directed=False)
+        outside = group[first] != group[second]
+        nearest = np.full(group.max(initial=0) + 1, np.inf)
+        np.minimum.at(nearest, group[first[outside]], distance[outside])
+        np.minimum.at(nearest, group[second[outside]], distance[outside])
+        crowded = copy & (distance > COPY_ISOLATION * nearest[group[first]])
+        if not crowded.any():
+            return copy
+        copy &= ~crowded
 
 
 def synthetic_copy(image: np.ndarray, pixel_max: int, shift: int, rng) -> np.ndarray:
