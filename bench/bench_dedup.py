@@ -188,6 +188,9 @@ def planted_digits(originals: int, copies: int, seed: int = 0) -> None:
         f"{hits / max(1, len(removed)):.3f}; clean images removed {clean_removed}; "
         f"look-alike pairs listed {len(lookalikes)}"
     )
+    precision = hits / max(1, len(removed))
+    met = precision >= 0.99 and min(found[kind] / total[kind] for kind in found) >= 0.9
+    print(f"  target precision >= 0.99 at recall >= 0.9 for each edit: {'met' if met else 'MISSED'}")
 
 
 def kind_of(original: np.ndarray, copy: np.ndarray) -> str:
