@@ -165,7 +165,9 @@ def test_pretrained_finetunes_and_a_new_architecture_run_end_to_end(tmp_path):
         "finetune_frozen": {"technique": "finetune", "freeze_backbone": True},
     }
     workdir = tmp_path / "run"
-    run_snakemake(workdir, digits_config(models, variants))
+    config = digits_config(models, variants)
+    config["training"]["epochs"] = 5  # one epoch leaves a ShuffleNet from scratch at chance
+    run_snakemake(workdir, config)
 
     table = pd.read_csv(workdir / "results/report/results.csv")
     rows = set(zip(table["model"], table["variant"], table["technique"], strict=True))
@@ -174,7 +176,7 @@ def test_pretrained_finetunes_and_a_new_architecture_run_end_to_end(tmp_path):
         assert (name, "finetune_frozen", "finetune") in rows
     assert "excludes the pretraining" in (workdir / "results/report/summary.md").read_text()
     scratch = table[table["variant"] == "baseline"]
-    assert (scratch["test_accuracy"] > 0.1).all()
+    assert (scratch["test_accuracy"] > 0.3).all(), scratch["test_accuracy"]
 
     for name, path in files.items():
         for variant in variants:

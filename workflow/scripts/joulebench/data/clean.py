@@ -43,9 +43,11 @@ REMOVED_COLUMNS = [
 ]  # fmt: skip
 
 # What cleaning imports (the copy threshold's calibration re-encodes images with PIL, whose first
-# save loads these format plugins), for clean_dataset to import before its energy window opens.
+# save loads these format plugins; copy groups are scipy's graph components), for clean_dataset
+# to import before its energy window opens.
 WORK_MODULES = (
     "PIL.Image",
+    "scipy.sparse.csgraph",
     *(f"PIL.{name}ImagePlugin" for name in ("Bmp", "Gif", "Jpeg", "Ppm", "Png")),
 )
 LOOKALIKE_COLUMNS = [
