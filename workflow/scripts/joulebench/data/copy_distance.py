@@ -1,7 +1,8 @@
 """What a copy is: one picture shifted, cropped and resized back, or re-encoded. How far two images
 are from being one picture (copy_distances: the best correlation over the alignments a copy may
 have), and the largest distance a copy has, calibrated on copies made from the dataset's own
-images (copy_threshold).
+images (copy_threshold). Every pair of a small set within a margin of it (close_copies), and which
+close pairs are copies: those whose group sits far from everything else (isolated_copies).
 """
 
 import numpy as np
@@ -163,8 +164,9 @@ def isolated_copies(
     copies: within max_copy, and isolated (COPY_ISOLATION). Groups are the images joined by copy
     links and by `same` (pairs of identical content); a link whose distance exceeds COPY_ISOLATION
     times the distance from its group to the nearest other image among the known pairs is a
-    look-alike, and the groups are formed again until none is. Pairs the search did not return
-    are further apart than every known one, so a group with no known outside pair is isolated."""
+    look-alike, and the groups are formed again until none is. A group with no known outside pair
+    counts as isolated: the aligned search knows every pair within its margin of the copy
+    threshold, the window search only its candidates."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
